@@ -1,0 +1,150 @@
+//! Trust bundles: the set of root certificates a trust domain's peers are checked against.
+//!
+//! Owns: holding one or several roots (several during a root rotation), as DER for sending and
+//! as webpki trust anchors for verifying. Reading files is the caller's job; this module takes
+//! PEM or DER bytes.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, TrustAnchor};
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::TrustDomain;
+
+/// Why a set of roots could not become a trust bundle.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BundleError {
+    /// No certificate was found in the input.
+    #[error("trust bundle has no certificates")]
+    Empty,
+    /// The PEM framing is broken.
+    #[error("trust bundle PEM is malformed: {0}")]
+    Pem(String),
+    /// Root number `index` (0-based) is not a parseable X.509 certificate.
+    #[error("root #{index} is not a valid certificate: {reason}")]
+    BadCertificate {
+        /// Position of the certificate in the input.
+        index: usize,
+        /// What the parser said.
+        reason: String,
+    },
+    /// Root number `index` is not a CA certificate (basicConstraints cA=true is required).
+    #[error("root #{index} ({subject}) is not a CA certificate")]
+    NotCa {
+        /// Position of the certificate in the input.
+        index: usize,
+        /// Its subject, to find it.
+        subject: String,
+    },
+}
+
+/// The roots trusted for one trust domain. Cheap to clone relative to a handshake.
+#[derive(Debug, Clone)]
+pub struct TrustBundle {
+    /// The trust domain whose workloads these roots vouch for.
+    trust_domain: TrustDomain,
+    /// The roots as DER, in the order given, for distribution to workloads.
+    roots: Vec<CertificateDer<'static>>,
+    /// The same roots as webpki anchors, for verification.
+    anchors: Vec<TrustAnchor<'static>>,
+}
+
+impl TrustBundle {
+    /// Builds a bundle from DER roots. Each must parse and be a CA certificate.
+    pub fn new(
+        trust_domain: TrustDomain,
+        roots: Vec<CertificateDer<'static>>,
+    ) -> Result<Self, BundleError> {
+        if roots.is_empty() {
+            return Err(BundleError::Empty);
+        }
+        let mut unique: Vec<CertificateDer<'static>> = Vec::with_capacity(roots.len());
+        for root in roots {
+            if !unique.iter().any(|r| r.as_ref() == root.as_ref()) {
+                unique.push(root);
+            }
+        }
+        let mut anchors = Vec::with_capacity(unique.len());
+        for (index, root) in unique.iter().enumerate() {
+            let bad = |reason: String| BundleError::BadCertificate { index, reason };
+            let (_, cert) = X509Certificate::from_der(root).map_err(|e| bad(e.to_string()))?;
+            if !cert.is_ca() {
+                return Err(BundleError::NotCa {
+                    index,
+                    subject: cert.subject().to_string(),
+                });
+            }
+            let anchor =
+                webpki::anchor_from_trusted_cert(root).map_err(|e| bad(format!("{e:?}")))?;
+            anchors.push(anchor.to_owned());
+        }
+        Ok(Self {
+            trust_domain,
+            roots: unique,
+            anchors,
+        })
+    }
+
+    /// Builds a bundle from PEM text holding one or more `CERTIFICATE` blocks.
+    pub fn from_pem(trust_domain: TrustDomain, pem: &[u8]) -> Result<Self, BundleError> {
+        Self::new(trust_domain, certs_from_pem(pem)?)
+    }
+
+    /// A new bundle with `other`'s roots added (for rotation: old and new root side by side).
+    pub fn merged_with(&self, other: &[CertificateDer<'static>]) -> Result<Self, BundleError> {
+        let mut roots = self.roots.clone();
+        roots.extend(other.iter().cloned());
+        Self::new(self.trust_domain.clone(), roots)
+    }
+
+    /// The trust domain.
+    pub fn trust_domain(&self) -> &TrustDomain {
+        &self.trust_domain
+    }
+
+    /// The roots, as DER.
+    pub fn roots(&self) -> &[CertificateDer<'static>] {
+        &self.roots
+    }
+
+    /// The roots as webpki trust anchors.
+    pub fn anchors(&self) -> &[TrustAnchor<'static>] {
+        &self.anchors
+    }
+
+    /// When the first of the roots expires (for expiry metrics and `trellis check`).
+    pub fn earliest_expiry(&self) -> Option<SystemTime> {
+        self.roots
+            .iter()
+            .filter_map(|r| X509Certificate::from_der(r).ok())
+            .filter_map(|(_, c)| u64::try_from(c.validity().not_after.timestamp()).ok())
+            .map(|s| UNIX_EPOCH + Duration::from_secs(s))
+            .min()
+    }
+
+    /// The roots as concatenated PEM, the format of `bundle.pem` and `root-cert.pem`.
+    pub fn to_pem(&self) -> String {
+        self.roots.iter().map(|r| der_to_pem(r)).collect()
+    }
+}
+
+/// Reads every `CERTIFICATE` block of a PEM text.
+pub fn certs_from_pem(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, BundleError> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| BundleError::Pem(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(BundleError::Empty);
+    }
+    Ok(certs)
+}
+
+/// Encodes one DER certificate as PEM.
+pub fn der_to_pem(der: &CertificateDer<'_>) -> String {
+    pem::encode_config(
+        &pem::Pem::new("CERTIFICATE", der.as_ref()),
+        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+    )
+}

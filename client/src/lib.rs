@@ -1,0 +1,18 @@
+//! `trellis-client`: how workloads and tools talk to the control plane.
+//!
+//! # Layout
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`channel`] | a gRPC channel over TLS 1.3 that trusts only the given bundle and checks the control plane's SPIFFE ID |
+//! | [`certify`] | `Certify`: send a CSR with a bearer token, check what comes back, return a [`trellis_ca::Svid`] |
+//!
+//! Protobuf types stay inside this crate; callers see `trellis_ca` types.
+
+#![forbid(unsafe_code)]
+
+pub mod certify;
+pub mod channel;
+
+pub use certify::{CertifyError, IdentityClient};
+pub use channel::{ChannelError, connect};

@@ -1,0 +1,94 @@
+//! Attestation: turning the bearer token a caller presents into the identity it may be issued.
+//!
+//! Owns: the [`Attestor`] kinds — Kubernetes ([`TokenReviewer`]: projected ServiceAccount
+//! tokens checked by the TokenReview API) and local ([`JoinTokens`]: a token file, as SPIRE's
+//! join tokens) — and the errors they report. The identity always comes from here, never from
+//! the CSR; comparing the two is the CA's job.
+
+mod join_tokens;
+mod tokenreview;
+
+use std::time::Duration;
+
+pub use join_tokens::{JoinTokenError, JoinTokens};
+pub use tokenreview::TokenReviewer;
+use trellis_ca::SpiffeId;
+
+/// Token audience every Trellis token must carry (DESIGN.md).
+pub const AUDIENCE: &str = "trellis-ca";
+
+/// A caller whose token was accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attested {
+    /// The identity to issue.
+    pub id: SpiffeId,
+    /// The pod the token is bound to, when the token says so (audit only).
+    pub pod: Option<String>,
+}
+
+/// Why a caller was not authenticated.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AttestError {
+    /// No `authorization: Bearer <token>` metadata.
+    #[error("no bearer token: send `authorization: Bearer <token>` metadata")]
+    MissingToken,
+    /// The token was refused (invalid, expired, tampered, unknown, revoked, wrong audience).
+    #[error("token refused: {0}")]
+    Rejected(String),
+    /// The token is valid but for an audience other than `trellis-ca`.
+    #[error("token is not for audience \"trellis-ca\" (audiences: {0:?})")]
+    WrongAudience(Vec<String>),
+    /// The token authenticates a user that is not a ServiceAccount.
+    #[error(
+        "token authenticates {0:?}, which is not a ServiceAccount (system:serviceaccount:<ns>:<sa>)"
+    )]
+    NotAServiceAccount(String),
+    /// The namespace/service account do not form a valid SPIFFE ID.
+    #[error("authenticated identity is not a valid SPIFFE ID: {0}")]
+    InvalidIdentity(trellis_ca::SpiffeIdError),
+    /// Authentication could not be performed (API server unreachable, RBAC missing).
+    #[error("cannot check tokens right now: {0}")]
+    Unavailable(String),
+}
+
+/// The configured kind of attestation.
+#[derive(Debug)]
+pub enum Attestor {
+    /// Kubernetes ServiceAccount tokens via TokenReview.
+    Kubernetes(TokenReviewer),
+    /// Join tokens from a file (embedded mode).
+    Local(JoinTokens),
+}
+
+impl Attestor {
+    /// Authenticates `token` and returns the identity it proves.
+    pub async fn attest(&self, token: &str) -> Result<Attested, AttestError> {
+        if token.is_empty() {
+            return Err(AttestError::MissingToken);
+        }
+        match self {
+            Attestor::Kubernetes(reviewer) => reviewer.review(token).await,
+            Attestor::Local(tokens) => tokens.lookup(token),
+        }
+    }
+
+    /// A label for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Attestor::Kubernetes(_) => "kubernetes",
+            Attestor::Local(_) => "join-token",
+        }
+    }
+}
+
+/// SHA-256 of a token: caches and tables key on this, so tokens are not kept in memory.
+pub(crate) fn token_digest(token: &str) -> [u8; 32] {
+    let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
+}
+
+/// How often file-backed attestors look for changes.
+pub const RELOAD_INTERVAL: Duration = Duration::from_secs(1);

@@ -1,0 +1,181 @@
+//! The certification pipeline shared by every gRPC front (Trellis `Certify`, Istio
+//! `CreateCertificate`): authenticate → rate-limit → check the CSR → issue → count → audit.
+//!
+//! Owns: the order of those steps and [`CertifyError`], the one place that knows every reason a
+//! request can fail. Turning those reasons into gRPC statuses is done once, in
+//! [`crate::grpc::to_status`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use rustls_pki_types::CertificateDer;
+use trellis_ca::{CertificateAuthority, CsrError, IssueError, IssuedSvid, SpiffeId, ValidatedCsr};
+
+use crate::attest::{AttestError, Attestor};
+use crate::metrics::Metrics;
+use crate::rate_limit::RateLimiter;
+
+/// Why a certificate was not issued.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CertifyError {
+    /// The caller was not authenticated.
+    #[error(transparent)]
+    Attest(#[from] AttestError),
+    /// The caller asked too often.
+    #[error("{caller} is rate limited; retry in {retry_after:?}")]
+    RateLimited {
+        /// The authenticated caller.
+        caller: SpiffeId,
+        /// When a token will be free.
+        retry_after: Duration,
+    },
+    /// The CSR was refused (including a CSR asking for another identity).
+    #[error(transparent)]
+    Csr(#[from] CsrError),
+    /// Issuing failed (lifetime out of range, CA expired, signing error).
+    #[error(transparent)]
+    Issue(#[from] IssueError),
+}
+
+impl CertifyError {
+    /// A short stable label for the refusal metric.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            CertifyError::Attest(AttestError::MissingToken) => "missing_token",
+            CertifyError::Attest(AttestError::WrongAudience(_)) => "wrong_audience",
+            CertifyError::Attest(AttestError::NotAServiceAccount(_)) => "not_service_account",
+            CertifyError::Attest(AttestError::Unavailable(_)) => "attestation_unavailable",
+            CertifyError::Attest(_) => "token_rejected",
+            CertifyError::RateLimited { .. } => "rate_limited",
+            CertifyError::Csr(CsrError::IdentityMismatch { .. })
+            | CertifyError::Issue(IssueError::Csr(CsrError::IdentityMismatch { .. })) => {
+                "identity_mismatch"
+            }
+            CertifyError::Csr(_) | CertifyError::Issue(IssueError::Csr(_)) => "csr_invalid",
+            CertifyError::Issue(IssueError::Lifetime { .. }) => "lifetime",
+            CertifyError::Issue(IssueError::WrongTrustDomain { .. }) => "wrong_trust_domain",
+            CertifyError::Issue(_) => "internal",
+        }
+    }
+}
+
+/// A certificate that was issued, with the bundle to send along.
+#[derive(Debug, Clone)]
+pub struct Certified {
+    /// The identity it carries.
+    pub id: SpiffeId,
+    /// Leaf, chain, serial, validity.
+    pub svid: IssuedSvid,
+    /// Every root the mesh trusts.
+    pub bundle: Vec<CertificateDer<'static>>,
+}
+
+/// A request as the gRPC fronts hand it over.
+#[derive(Debug)]
+pub struct CertifyRequest<'a> {
+    /// The bearer token, if any was sent.
+    pub token: Option<&'a str>,
+    /// The CSR bytes (DER or PEM).
+    pub csr: &'a [u8],
+    /// The requested lifetime, if any.
+    pub ttl: Option<Duration>,
+    /// The caller's address, for the audit line.
+    pub peer: Option<SocketAddr>,
+    /// Which API was called, for the audit line.
+    pub api: &'static str,
+}
+
+/// Runs the pipeline; shared by every gRPC service.
+#[derive(Debug)]
+pub struct Certifier {
+    /// The CA.
+    ca: Arc<CertificateAuthority>,
+    /// How callers are authenticated.
+    attestor: Attestor,
+    /// Per-caller limits.
+    limiter: RateLimiter,
+    /// Counters and histograms.
+    metrics: Arc<Metrics>,
+    /// Lifetime when none is requested.
+    default_ttl: Duration,
+}
+
+impl Certifier {
+    /// Assembles the pipeline.
+    pub fn new(
+        ca: Arc<CertificateAuthority>,
+        attestor: Attestor,
+        limiter: RateLimiter,
+        metrics: Arc<Metrics>,
+        default_ttl: Duration,
+    ) -> Self {
+        Self {
+            ca,
+            attestor,
+            limiter,
+            metrics,
+            default_ttl,
+        }
+    }
+
+    /// The attestor (the join-token reloader needs it).
+    pub fn attestor(&self) -> &Attestor {
+        &self.attestor
+    }
+
+    /// Authenticates the caller and issues a certificate for its identity.
+    pub async fn certify(&self, req: CertifyRequest<'_>) -> Result<Certified, CertifyError> {
+        let result = self.run(&req).await;
+        match &result {
+            Ok(c) => {
+                self.metrics.issued.inc();
+                tracing::info!(
+                    target: "trellis::audit",
+                    api = req.api,
+                    peer.addr = ?req.peer,
+                    peer.id = %c.id,
+                    serial = %c.svid.serial,
+                    not_after = %humantime::format_rfc3339_seconds(c.svid.not_after),
+                    "certificate issued"
+                );
+            }
+            Err(e) => {
+                self.metrics.refuse(e.reason());
+                tracing::warn!(
+                    target: "trellis::audit",
+                    api = req.api,
+                    peer.addr = ?req.peer,
+                    reason = e.reason(),
+                    error = %e,
+                    "certificate refused"
+                );
+            }
+        }
+        result
+    }
+
+    async fn run(&self, req: &CertifyRequest<'_>) -> Result<Certified, CertifyError> {
+        let token = req.token.unwrap_or_default();
+        let started = Instant::now();
+        let attested = self.attestor.attest(token).await;
+        self.metrics
+            .observe_attestation(self.attestor.kind(), started.elapsed());
+        let attested = attested?;
+        self.limiter
+            .check(&attested.id, Instant::now())
+            .map_err(|retry_after| CertifyError::RateLimited {
+                caller: attested.id.clone(),
+                retry_after,
+            })?;
+        let csr = ValidatedCsr::parse(req.csr)?;
+        let ttl = req.ttl.unwrap_or(self.default_ttl);
+        let svid = self.ca.issue(&csr, &attested.id, ttl, SystemTime::now())?;
+        Ok(Certified {
+            id: attested.id,
+            svid,
+            bundle: self.ca.bundle().roots().to_vec(),
+        })
+    }
+}

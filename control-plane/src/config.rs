@@ -1,0 +1,274 @@
+//! The control plane's configuration: one clap struct (every flag also an environment
+//! variable), validated into a [`Config`] before any port is bound.
+//!
+//! Owns: flag names, defaults (matching DESIGN.md) and the checks that name the bad flag.
+//! It leaves reading the files it names to the modules that own them.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use trellis_ca::{SpiffeId, TrustDomain};
+
+/// Where the control plane runs: decides the attestation kind and where CA state is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// In a cluster: TokenReview attestation, CA state in a Secret.
+    Kubernetes,
+    /// On one machine (`trellis demo`): join tokens from a file, CA state in a directory.
+    Local,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Command-line flags of `trellis-control-plane`.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "trellis-control-plane",
+    version,
+    about = "The Trellis control plane: a SPIFFE certificate authority over gRPC+TLS",
+    after_help = "Example (embedded mode):\n  trellis-control-plane --mode local --state-dir /tmp/trellis-ca \\\n    --join-tokens /tmp/join-tokens.txt --listen 127.0.0.1:15012"
+)]
+pub struct Args {
+    /// Kubernetes (TokenReview, Secret) or local (join tokens, directory).
+    #[arg(long, env = "TRELLIS_MODE", value_enum, default_value = "kubernetes")]
+    pub mode: Mode,
+    /// Address of the gRPC server (CA, health).
+    #[arg(long, env = "TRELLIS_LISTEN", default_value = "0.0.0.0:15012")]
+    pub listen: SocketAddr,
+    /// Address of the Prometheus metrics endpoint (plain HTTP).
+    #[arg(long, env = "TRELLIS_METRICS_LISTEN", default_value = "0.0.0.0:15014")]
+    pub metrics_listen: SocketAddr,
+    /// The mesh's SPIFFE trust domain.
+    #[arg(long, env = "TRELLIS_TRUST_DOMAIN", default_value = "cluster.local")]
+    pub trust_domain: String,
+    /// Namespace the control plane runs in (its own identity and its Secret live there).
+    #[arg(long, env = "TRELLIS_NAMESPACE", default_value = "trellis-system")]
+    pub namespace: String,
+    /// Service account of the control plane (its own SPIFFE ID).
+    #[arg(
+        long,
+        env = "TRELLIS_SERVICE_ACCOUNT",
+        default_value = "trellis-control-plane"
+    )]
+    pub service_account: String,
+    /// Local mode: directory holding the CA (ca-cert.pem, ca-key.pem 0600, ...).
+    #[arg(long, env = "TRELLIS_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Kubernetes mode: name of the Secret holding the self-signed CA.
+    #[arg(long, env = "TRELLIS_CA_SECRET", default_value = "trellis-ca")]
+    pub ca_secret: String,
+    /// A plug-in CA in Istio's `cacerts` layout (ca-cert.pem, ca-key.pem, cert-chain.pem,
+    /// root-cert.pem); takes precedence over the self-signed root.
+    #[arg(long, env = "TRELLIS_CACERTS_DIR")]
+    pub cacerts_dir: Option<PathBuf>,
+    /// Extra root certificates (PEM files) to add to the trust bundle, for root rotation.
+    #[arg(
+        long = "extra-root",
+        env = "TRELLIS_EXTRA_ROOTS",
+        value_delimiter = ','
+    )]
+    pub extra_roots: Vec<PathBuf>,
+    /// Local mode: the join-token file (`<token> <identity>` per line), reloaded on change.
+    #[arg(long, env = "TRELLIS_JOIN_TOKENS")]
+    pub join_tokens: Option<PathBuf>,
+    /// Kubernetes mode: how long a positive TokenReview is cached.
+    #[arg(long, env = "TRELLIS_TOKEN_CACHE_TTL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub token_cache_ttl: Duration,
+    /// Lifetime of workload certificates when the caller asks for none.
+    #[arg(long, env = "TRELLIS_DEFAULT_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub default_ttl: Duration,
+    /// Longest lifetime a caller may ask for.
+    #[arg(long, env = "TRELLIS_MAX_TTL", default_value = "7d", value_parser = humantime::parse_duration)]
+    pub max_ttl: Duration,
+    /// Certify calls allowed per caller identity per second (sustained).
+    #[arg(long, env = "TRELLIS_RATE_LIMIT", default_value_t = 5.0)]
+    pub rate_limit_per_second: f64,
+    /// Certify calls a caller may make in a burst.
+    #[arg(long, env = "TRELLIS_RATE_BURST", default_value_t = 20)]
+    pub rate_limit_burst: u32,
+    /// Log format.
+    #[arg(long, env = "TRELLIS_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Log filter (tracing env-filter syntax).
+    #[arg(long, env = "TRELLIS_LOG", default_value = "info")]
+    pub log: String,
+    /// How long to let in-flight calls finish after SIGTERM.
+    #[arg(long, env = "TRELLIS_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+}
+
+/// Why the configuration is unusable. Each message names the flag.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// `--trust-domain` is not a valid trust domain.
+    #[error("--trust-domain {value:?}: {reason}")]
+    TrustDomain {
+        /// The value given.
+        value: String,
+        /// Why it is invalid.
+        reason: trellis_ca::SpiffeIdError,
+    },
+    /// `--namespace`/`--service-account` do not form a valid SPIFFE ID.
+    #[error("--namespace {namespace:?} / --service-account {service_account:?}: {reason}")]
+    OwnIdentity {
+        /// The namespace given.
+        namespace: String,
+        /// The service account given.
+        service_account: String,
+        /// Why the ID is invalid.
+        reason: trellis_ca::SpiffeIdError,
+    },
+    /// A flag required by the mode is missing.
+    #[error("--mode {mode}: {flag} is required")]
+    Missing {
+        /// The mode.
+        mode: &'static str,
+        /// The missing flag.
+        flag: &'static str,
+    },
+    /// A TTL flag is out of range.
+    #[error("{flag} {value:?}: {reason}")]
+    Ttl {
+        /// The flag.
+        flag: &'static str,
+        /// The value given.
+        value: Duration,
+        /// What is expected.
+        reason: &'static str,
+    },
+    /// The rate limit is not a positive number.
+    #[error("--rate-limit-per-second {0}: must be a positive number")]
+    RateLimit(f64),
+}
+
+/// Validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The flags as given.
+    pub args: Args,
+    /// The parsed trust domain.
+    pub trust_domain: TrustDomain,
+    /// The control plane's own SPIFFE ID (its serving certificate).
+    pub own_id: SpiffeId,
+}
+
+impl Args {
+    /// Checks the flags and derives typed values; nothing is bound or read yet.
+    pub fn validate(self) -> Result<Config, ConfigError> {
+        let trust_domain =
+            TrustDomain::new(&self.trust_domain).map_err(|reason| ConfigError::TrustDomain {
+                value: self.trust_domain.clone(),
+                reason,
+            })?;
+        let own_id =
+            SpiffeId::for_service_account(&trust_domain, &self.namespace, &self.service_account)
+                .map_err(|reason| ConfigError::OwnIdentity {
+                    namespace: self.namespace.clone(),
+                    service_account: self.service_account.clone(),
+                    reason,
+                })?;
+        if self.mode == Mode::Local {
+            if self.state_dir.is_none() && self.cacerts_dir.is_none() {
+                return Err(ConfigError::Missing {
+                    mode: "local",
+                    flag: "--state-dir (or --cacerts-dir)",
+                });
+            }
+            if self.join_tokens.is_none() {
+                return Err(ConfigError::Missing {
+                    mode: "local",
+                    flag: "--join-tokens",
+                });
+            }
+        }
+        if self.max_ttl < Duration::from_secs(60) {
+            return Err(ConfigError::Ttl {
+                flag: "--max-ttl",
+                value: self.max_ttl,
+                reason: "must be at least 1m",
+            });
+        }
+        if self.default_ttl.is_zero() || self.default_ttl > self.max_ttl {
+            return Err(ConfigError::Ttl {
+                flag: "--default-ttl",
+                value: self.default_ttl,
+                reason: "must be positive and at most --max-ttl",
+            });
+        }
+        if !(self.rate_limit_per_second.is_finite() && self.rate_limit_per_second > 0.0) {
+            return Err(ConfigError::RateLimit(self.rate_limit_per_second));
+        }
+        Ok(Config {
+            trust_domain,
+            own_id,
+            args: self,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &[&str]) -> Result<Config, ConfigError> {
+        let mut argv = vec!["trellis-control-plane"];
+        argv.extend_from_slice(extra);
+        Args::try_parse_from(argv).unwrap().validate()
+    }
+
+    #[test]
+    fn defaults_match_the_design() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.args.listen.port(), 15012);
+        assert_eq!(c.trust_domain.as_str(), "cluster.local");
+        assert_eq!(
+            c.own_id.to_string(),
+            "spiffe://cluster.local/ns/trellis-system/sa/trellis-control-plane"
+        );
+        assert_eq!(c.args.default_ttl, Duration::from_secs(24 * 3600));
+    }
+
+    #[test]
+    fn local_mode_needs_a_state_dir_and_join_tokens() {
+        let err = parse(&["--mode", "local", "--join-tokens", "/t"]).unwrap_err();
+        assert!(err.to_string().contains("--state-dir"), "{err}");
+        let err = parse(&["--mode", "local", "--state-dir", "/s"]).unwrap_err();
+        assert!(err.to_string().contains("--join-tokens"), "{err}");
+        assert!(
+            parse(&[
+                "--mode",
+                "local",
+                "--state-dir",
+                "/s",
+                "--join-tokens",
+                "/t"
+            ])
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn bad_values_name_their_flag() {
+        let err = parse(&["--trust-domain", "Bad.Domain"]).unwrap_err();
+        assert!(err.to_string().starts_with("--trust-domain"), "{err}");
+        let err = parse(&["--default-ttl", "30d"]).unwrap_err();
+        assert!(err.to_string().starts_with("--default-ttl"), "{err}");
+        let err = parse(&["--rate-limit-per-second", "0"]).unwrap_err();
+        assert!(
+            err.to_string().starts_with("--rate-limit-per-second"),
+            "{err}"
+        );
+        let err = parse(&["--namespace", "a/b"]).unwrap_err();
+        assert!(err.to_string().starts_with("--namespace"), "{err}");
+    }
+}

@@ -1,0 +1,35 @@
+//! `trellis-control-plane`: the mesh's root of trust — a SPIFFE certificate authority served
+//! over gRPC+TLS on port 15012.
+//!
+//! # Layout
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`config`] | flags (each also an env var), defaults, validation before anything is bound |
+//! | [`ca_store`] | durable CA state: a 0600 directory or a Secret; plug-in `cacerts`; never a silent new root |
+//! | [`attest`] | who is calling: TokenReview for ServiceAccount tokens, or a join-token file |
+//! | [`certify`] | the pipeline: authenticate → rate-limit → check CSR → issue → count → audit |
+//! | [`rate_limit`] | per-caller token buckets |
+//! | [`grpc`] | the gRPC fronts (Trellis `Certify`, Istio `CreateCertificate`) and error → status mapping |
+//! | [`tls_listener`] | concurrent TLS handshakes feeding tonic, with the caller's address and SPIFFE ID |
+//! | [`serving_cert`] | the control plane's own SVID, renewed at half-life |
+//! | [`metrics`] | the Prometheus registry and the `/metrics` `/ready` `/live` endpoint (15014) |
+//! | [`server`] | start-up order, listeners, graceful shutdown |
+//!
+//! One request: `tls_listener` accepts → tonic routes to `grpc::IdentityService` → the bearer
+//! token and CSR go to `certify::Certifier`, which asks `attest` who the caller is and has the
+//! `trellis_ca::CertificateAuthority` issue for *that* identity → `grpc::to_status` maps any
+//! refusal.
+
+#![forbid(unsafe_code)]
+
+pub mod attest;
+pub mod ca_store;
+pub mod certify;
+pub mod config;
+pub mod grpc;
+pub mod metrics;
+pub mod rate_limit;
+pub mod server;
+pub mod serving_cert;
+pub mod tls_listener;

@@ -1,0 +1,191 @@
+//! The control plane's Prometheus metrics and the plain-HTTP endpoint that serves them
+//! (`/metrics`, plus `/ready` and `/live` for kubelet probes, which cannot speak gRPC over TLS).
+//!
+//! Owns: the one registry of the process and the metric names (`trellis_control_plane_*`).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info_span};
+
+/// Label set for refusals.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// Why the certificate was refused.
+    pub reason: &'static str,
+}
+
+/// Label set for attestation latency.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    /// Attestation kind (`kubernetes`, `join-token`).
+    pub kind: &'static str,
+}
+
+/// Every metric of the control plane.
+#[derive(Debug)]
+pub struct Metrics {
+    /// The registry they are registered in.
+    registry: Registry,
+    /// Certificates issued.
+    pub issued: Counter,
+    /// Certificates refused, by reason.
+    pub refused: Family<ReasonLabel, Counter>,
+    /// Time spent authenticating callers.
+    pub attestation: Family<KindLabel, Histogram>,
+    /// Seconds until the root expires (updated at scrape time).
+    root_expiry: Gauge<f64, AtomicU64>,
+    /// Seconds until the signing certificate expires (updated at scrape time).
+    issuer_expiry: Gauge<f64, AtomicU64>,
+    /// Expiry times to compute the gauges from.
+    expiries: (SystemTime, SystemTime),
+}
+
+impl Metrics {
+    /// Registers every metric; `root_not_after` and `issuer_not_after` feed the expiry gauges.
+    pub fn new(root_not_after: SystemTime, issuer_not_after: SystemTime) -> Self {
+        let mut registry = Registry::with_prefix("trellis_control_plane");
+        let issued = Counter::default();
+        registry.register(
+            "certificates_issued",
+            "Workload certificates issued",
+            issued.clone(),
+        );
+        let refused = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "certificates_refused",
+            "Certificate requests refused, by reason",
+            refused.clone(),
+        );
+        let attestation = Family::<KindLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new([
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0,
+            ])
+        });
+        registry.register(
+            "attestation_duration_seconds",
+            "Time to authenticate a caller's token",
+            attestation.clone(),
+        );
+        let root_expiry = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "root_expiry_seconds",
+            "Seconds until the earliest root of the trust bundle expires",
+            root_expiry.clone(),
+        );
+        let issuer_expiry = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "issuer_expiry_seconds",
+            "Seconds until the signing (root or intermediate) certificate expires",
+            issuer_expiry.clone(),
+        );
+        Self {
+            registry,
+            issued,
+            refused,
+            attestation,
+            root_expiry,
+            issuer_expiry,
+            expiries: (root_not_after, issuer_not_after),
+        }
+    }
+
+    /// Counts a refusal.
+    pub fn refuse(&self, reason: &'static str) {
+        self.refused.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    /// Records how long an attestation took.
+    pub fn observe_attestation(&self, kind: &'static str, took: Duration) {
+        self.attestation
+            .get_or_create(&KindLabel { kind })
+            .observe(took.as_secs_f64());
+    }
+
+    /// The text exposition, with the expiry gauges brought up to date.
+    pub fn render(&self) -> String {
+        let now = SystemTime::now();
+        let secs = |t: SystemTime| match t.duration_since(now) {
+            Ok(d) => d.as_secs_f64(),
+            Err(e) => -e.duration().as_secs_f64(),
+        };
+        self.root_expiry.set(secs(self.expiries.0));
+        self.issuer_expiry.set(secs(self.expiries.1));
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Serves `/metrics`, `/ready` and `/live` on `listener` until `shutdown`.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => { debug!(error = %e, "metrics accept failed"); continue; }
+            },
+        };
+        let metrics = metrics.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(
+            async move {
+                let svc = service_fn(move |req| {
+                    let metrics = metrics.clone();
+                    async move { Ok::<_, std::convert::Infallible>(respond(&req, &metrics)) }
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(5))
+                    .serve_connection(TokioIo::new(stream), svc);
+                tokio::select! {
+                    _ = conn => {}
+                    () = shutdown.cancelled() => {}
+                }
+            }
+            .instrument(info_span!("metrics", peer.addr = %peer)),
+        );
+    }
+}
+
+fn respond(req: &Request<Incoming>, metrics: &Metrics) -> Response<Full<Bytes>> {
+    let (status, content_type, body) = match (req.method(), req.uri().path()) {
+        (&Method::GET, "/metrics") => (
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            metrics.render(),
+        ),
+        (&Method::GET, "/ready" | "/live") => (StatusCode::OK, "text/plain", "ok\n".into()),
+        _ => (StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    if let Ok(v) = http::HeaderValue::from_str(content_type) {
+        response.headers_mut().insert(http::header::CONTENT_TYPE, v);
+    }
+    response
+}
+
+/// Binds the metrics listener (separate so start-up fails before anything is served).
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}

@@ -1,0 +1,286 @@
+//! Assembling and running the control plane: CA state → CA → attestor → gRPC over TLS + metrics.
+//!
+//! Owns: the start-up order (everything that can fail does so before a port serves), the
+//! listeners, and graceful shutdown. Tests call [`start`] with `127.0.0.1:0` addresses.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use rustls::ServerConfig;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info, info_span, warn};
+use trellis_ca::tls::SpiffeClientVerifier;
+use trellis_ca::{CertificateAuthority, TrustBundle, certs_from_pem};
+use trellis_proto::identity::identity_server::IdentityServer;
+use trellis_proto::istio::istio_certificate_service_server::IstioCertificateServiceServer;
+
+use crate::attest::{Attestor, JoinTokens, RELOAD_INTERVAL, TokenReviewer};
+use crate::ca_store::{CaStore, DirStore, Origin, SecretStore, load_or_init};
+use crate::certify::Certifier;
+use crate::config::{Config, Mode};
+use crate::grpc::{IdentityService, IstioCaService, MAX_MESSAGE_BYTES};
+use crate::metrics::{self, Metrics};
+use crate::rate_limit::RateLimiter;
+use crate::serving_cert::ServingCert;
+use crate::tls_listener;
+
+/// Why the control plane did not start. Each names what to fix.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// Kubernetes mode needs a client.
+    #[error("--mode kubernetes needs a Kubernetes client (in-cluster config or KUBECONFIG)")]
+    NoKubernetesClient,
+    /// CA state could not be loaded or stored.
+    #[error("CA state: {0}")]
+    Store(#[from] crate::ca_store::StoreError),
+    /// The CA material is unusable.
+    #[error("CA: {0}")]
+    Ca(#[from] trellis_ca::CaLoadError),
+    /// An extra root file is unusable.
+    #[error("--extra-root {path}: {reason}")]
+    ExtraRoot {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The join-token file is unusable.
+    #[error("--join-tokens: {0}")]
+    JoinTokens(#[from] crate::attest::JoinTokenError),
+    /// The serving certificate could not be made.
+    #[error(transparent)]
+    ServingCert(#[from] crate::serving_cert::ServingCertError),
+    /// TLS configuration failed.
+    #[error("TLS: {0}")]
+    Tls(#[from] rustls::Error),
+    /// A port could not be bound.
+    #[error("cannot listen on {addr} ({flag}): {reason}")]
+    Bind {
+        /// The flag that named the address.
+        flag: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        reason: String,
+    },
+}
+
+/// A running control plane.
+#[derive(Debug)]
+pub struct Running {
+    /// Where gRPC listens.
+    pub grpc_addr: SocketAddr,
+    /// Where metrics listen.
+    pub metrics_addr: SocketAddr,
+    /// The trust bundle workloads should use.
+    pub bundle: TrustBundle,
+    /// How the CA was obtained.
+    pub origin: Origin,
+    /// Cancels every task.
+    shutdown: CancellationToken,
+    /// The gRPC server task.
+    grpc: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl Running {
+    /// Stops accepting, lets in-flight calls finish for up to `grace`, then returns.
+    pub async fn shutdown(self, grace: Duration) {
+        self.shutdown.cancel();
+        match tokio::time::timeout(grace, self.grpc).await {
+            Ok(Ok(Ok(()))) => info!("gRPC server drained"),
+            Ok(Ok(Err(e))) => warn!(error = %e, "gRPC server ended with an error"),
+            Ok(Err(e)) => warn!(error = %e, "gRPC server task failed"),
+            Err(_) => warn!(
+                ?grace,
+                "in-flight calls did not finish within the grace period"
+            ),
+        }
+    }
+
+    /// A token that stops the control plane when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+}
+
+/// Starts the control plane. `kube` is required in Kubernetes mode and unused in local mode.
+pub async fn start(config: &Config, kube: Option<kube::Client>) -> Result<Running, StartError> {
+    let args = &config.args;
+    let td = &config.trust_domain;
+    let now = SystemTime::now();
+
+    // 1. CA state and the CA.
+    let store = match args.mode {
+        Mode::Local => CaStore::Dir(DirStore::new(
+            args.state_dir.as_deref().unwrap_or(Path::new(".")),
+        )),
+        Mode::Kubernetes => {
+            let client = kube.clone().ok_or(StartError::NoKubernetesClient)?;
+            CaStore::Secret(Box::new(SecretStore::new(
+                client,
+                &args.namespace,
+                &args.ca_secret,
+            )))
+        }
+    };
+    let (material, origin) = load_or_init(&store, args.cacerts_dir.as_deref(), td, now).await?;
+    let mut ca = CertificateAuthority::load(td.clone(), &material, now)?.with_max_ttl(args.max_ttl);
+    for path in &args.extra_roots {
+        let bad = |reason: String| StartError::ExtraRoot {
+            path: path.display().to_string(),
+            reason,
+        };
+        let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+        let roots = certs_from_pem(&pem).map_err(|e| bad(e.to_string()))?;
+        ca = ca
+            .with_extra_roots(&roots)
+            .map_err(|e| bad(e.to_string()))?;
+    }
+    let ca = Arc::new(ca);
+    info!(
+        location = %store.location(),
+        ?origin,
+        trust_domain = %td,
+        roots = ca.bundle().roots().len(),
+        issuer_not_after = %humantime::format_rfc3339_seconds(ca.issuer_not_after()),
+        "certificate authority ready"
+    );
+
+    // 2. Attestation.
+    let attestor = match args.mode {
+        Mode::Local => {
+            let path = args
+                .join_tokens
+                .as_deref()
+                .unwrap_or(Path::new("join-tokens"));
+            Attestor::Local(JoinTokens::load(path, td.clone())?)
+        }
+        Mode::Kubernetes => {
+            let client = kube.ok_or(StartError::NoKubernetesClient)?;
+            Attestor::Kubernetes(TokenReviewer::new(client, td.clone(), args.token_cache_ttl))
+        }
+    };
+
+    // 3. Listeners: bind before serving anything, so a taken port fails the start.
+    let grpc_listener = bind("--listen", args.listen).await?;
+    let metrics_listener = bind("--metrics-listen", args.metrics_listen).await?;
+    let grpc_addr = local_addr("--listen", &grpc_listener, args.listen)?;
+    let metrics_addr = local_addr("--metrics-listen", &metrics_listener, args.metrics_listen)?;
+
+    let shutdown = CancellationToken::new();
+    let root_not_after = ca
+        .bundle()
+        .earliest_expiry()
+        .unwrap_or(ca.issuer_not_after());
+    let metrics = Arc::new(Metrics::new(root_not_after, ca.issuer_not_after()));
+    let certifier = Arc::new(Certifier::new(
+        ca.clone(),
+        attestor,
+        RateLimiter::new(args.rate_limit_per_second, args.rate_limit_burst),
+        metrics.clone(),
+        args.default_ttl,
+    ));
+    spawn_join_token_reloader(certifier.clone(), shutdown.clone());
+
+    // 4. TLS: our own SVID; clients may come without a certificate (they are here to get one).
+    let serving = Arc::new(ServingCert::issue(&ca, &config.own_id)?);
+    serving.spawn_renewal(ca.clone(), config.own_id.clone(), shutdown.clone());
+    let mut tls = ServerConfig::builder_with_provider(trellis_ca::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(Arc::new(SpiffeClientVerifier::optional(
+            ca.bundle().clone(),
+        )))
+        .with_cert_resolver(serving);
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    let incoming = tls_listener::incoming(
+        grpc_listener,
+        TlsAcceptor::from(Arc::new(tls)),
+        shutdown.clone(),
+    );
+
+    // 5. gRPC services.
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<IdentityServer<IdentityService>>()
+        .await;
+    health_reporter
+        .set_serving::<IstioCertificateServiceServer<IstioCaService>>()
+        .await;
+    let identity = IdentityServer::new(IdentityService::new(certifier.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let istio = IstioCertificateServiceServer::new(IstioCaService::new(certifier))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let grpc_shutdown = shutdown.clone();
+    let grpc = tokio::spawn(
+        tonic::transport::Server::builder()
+            .timeout(Duration::from_secs(30))
+            .concurrency_limit_per_connection(256)
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .add_service(health_service)
+            .add_service(identity)
+            .add_service(istio)
+            .serve_with_incoming_shutdown(incoming, grpc_shutdown.cancelled_owned())
+            .instrument(info_span!("grpc", addr = %grpc_addr)),
+    );
+    tokio::spawn(metrics::serve(metrics_listener, metrics, shutdown.clone()));
+    info!(grpc = %grpc_addr, metrics = %metrics_addr, id = %config.own_id, "control plane serving");
+
+    Ok(Running {
+        grpc_addr,
+        metrics_addr,
+        bundle: ca.bundle().clone(),
+        origin,
+        shutdown,
+        grpc,
+    })
+}
+
+async fn bind(flag: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr).await.map_err(|e| StartError::Bind {
+        flag,
+        addr,
+        reason: e.to_string(),
+    })
+}
+
+fn local_addr(
+    flag: &'static str,
+    listener: &TcpListener,
+    addr: SocketAddr,
+) -> Result<SocketAddr, StartError> {
+    listener.local_addr().map_err(|e| StartError::Bind {
+        flag,
+        addr,
+        reason: e.to_string(),
+    })
+}
+
+fn spawn_join_token_reloader(certifier: Arc<Certifier>, shutdown: CancellationToken) {
+    if !matches!(certifier.attestor(), Attestor::Local(_)) {
+        return;
+    }
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(RELOAD_INTERVAL);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            if let Attestor::Local(tokens) = certifier.attestor() {
+                match tokens.reload_if_changed() {
+                    Ok(true) => info!(tokens = tokens.len(), "join-token file reloaded"),
+                    Ok(false) => {}
+                    Err(e) => {
+                        warn!(error = %e, "join-token file not reloaded; the previous tokens stay in force")
+                    }
+                }
+            }
+        }
+    });
+}

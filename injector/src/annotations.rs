@@ -1,0 +1,262 @@
+//! The pod annotations Trellis reads and writes (names from DESIGN.md "Ports and names"),
+//! parsed into types. Reading them is the only place the injector looks at free-form user
+//! text on the pod, so every value is validated here and a bad one is reported with the
+//! annotation's name and the value.
+//!
+//! Whether to inject is decided in [`crate::decide`]; what to add is built in
+//! [`crate::containers`] and [`crate::patch`].
+
+use std::{collections::BTreeMap, fmt};
+
+use k8s_openapi::api::core::v1::Pod;
+
+use crate::quantity::{Quantity, QuantityError};
+
+/// Opt a pod in (`"enabled"`) or out (`"disabled"`) of injection.
+pub const INJECT: &str = "trellis.dev/inject";
+/// Set by the injector on every pod it injected; its presence means "already injected".
+pub const INJECTED: &str = "trellis.dev/injected";
+/// Comma-separated inbound ports the init step leaves alone.
+pub const EXCLUDE_INBOUND_PORTS: &str = "trellis.dev/exclude-inbound-ports";
+/// Comma-separated outbound ports the init step leaves alone.
+pub const EXCLUDE_OUTBOUND_PORTS: &str = "trellis.dev/exclude-outbound-ports";
+/// The proxy's CPU request for this pod, overriding the injector's configured default.
+pub const PROXY_CPU: &str = "trellis.dev/proxy-cpu";
+/// The proxy's memory request for this pod, overriding the injector's configured default.
+pub const PROXY_MEMORY: &str = "trellis.dev/proxy-memory";
+/// Label put on injected pods so that selectors (NetworkPolicies, `kubectl get -l`) find them.
+pub const MESH_LABEL: &str = "trellis.dev/mesh";
+/// `kubectl logs`/`exec` default container; set when the proxy becomes the first container.
+pub const KUBECTL_DEFAULT_CONTAINER: &str = "kubectl.kubernetes.io/default-container";
+
+/// What the pod's `trellis.dev/inject` annotation asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InjectRequest<'a> {
+    /// No annotation: the namespace decides.
+    Unset,
+    /// `"enabled"`: inject, in any namespace except the control plane's.
+    Enabled,
+    /// `"disabled"`: never inject.
+    Disabled,
+    /// Any other value. Treated as [`InjectRequest::Unset`], and reported as a warning so
+    /// that `"false"` or `"off"` does not silently mean "inject".
+    Unrecognised(&'a str),
+}
+
+/// The annotations of `pod` (empty when it has none).
+pub fn of(pod: &Pod) -> Option<&BTreeMap<String, String>> {
+    pod.metadata.annotations.as_ref()
+}
+
+/// The value of one annotation, if present.
+pub fn get<'a>(pod: &'a Pod, key: &str) -> Option<&'a str> {
+    of(pod).and_then(|a| a.get(key)).map(String::as_str)
+}
+
+/// Reads `trellis.dev/inject`.
+pub fn inject_request(pod: &Pod) -> InjectRequest<'_> {
+    match get(pod, INJECT) {
+        None => InjectRequest::Unset,
+        Some("enabled") => InjectRequest::Enabled,
+        Some("disabled") => InjectRequest::Disabled,
+        Some(other) => InjectRequest::Unrecognised(other),
+    }
+}
+
+/// Why a pod annotation cannot be used; the pod is then admitted without injection and the
+/// message goes back to the user as an admission warning.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AnnotationError {
+    /// A port list has an entry that is not a port number 1–65535.
+    #[error(
+        "annotation {annotation}={value:?}: {entry:?} is not a port (1-65535); expected a comma-separated list like \"8080,9090\""
+    )]
+    BadPort {
+        /// Which annotation.
+        annotation: &'static str,
+        /// Its whole value.
+        value: String,
+        /// The entry that failed.
+        entry: String,
+    },
+    /// A resource annotation is not a quantity.
+    #[error("annotation {annotation}: {source}")]
+    BadQuantity {
+        /// Which annotation.
+        annotation: &'static str,
+        /// What is wrong with the value.
+        source: QuantityError,
+    },
+}
+
+/// A validated list of TCP ports, in the order given, without duplicates.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PortList(Vec<u16>);
+
+impl PortList {
+    /// Parses `"80, 443,8080"`; an empty or whitespace-only text is the empty list.
+    /// Returns the offending entry on failure.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut ports = Vec::new();
+        if text.trim().is_empty() {
+            return Ok(Self(ports));
+        }
+        for entry in text.split(',') {
+            let entry = entry.trim();
+            match entry.parse::<u16>() {
+                Ok(port) if port != 0 => {
+                    if !ports.contains(&port) {
+                        ports.push(port);
+                    }
+                }
+                _ => return Err(entry.to_owned()),
+            }
+        }
+        Ok(Self(ports))
+    }
+
+    /// Whether the list has no port.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The ports.
+    pub fn ports(&self) -> &[u16] {
+        &self.0
+    }
+}
+
+impl fmt::Display for PortList {
+    /// The canonical comma list `trellis-proxy init` takes (`80,443`).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, port) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{port}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The per-pod settings a pod's annotations give the injection, all validated.
+#[derive(Debug, Clone, Default)]
+pub struct PodOverrides {
+    /// From `trellis.dev/exclude-inbound-ports`.
+    pub exclude_inbound_ports: PortList,
+    /// From `trellis.dev/exclude-outbound-ports`.
+    pub exclude_outbound_ports: PortList,
+    /// From `trellis.dev/proxy-cpu`: the proxy's CPU request.
+    pub proxy_cpu: Option<Quantity>,
+    /// From `trellis.dev/proxy-memory`: the proxy's memory request.
+    pub proxy_memory: Option<Quantity>,
+}
+
+impl PodOverrides {
+    /// Reads and validates every override annotation of `pod`.
+    pub fn from_pod(pod: &Pod) -> Result<Self, AnnotationError> {
+        Ok(Self {
+            exclude_inbound_ports: ports(pod, EXCLUDE_INBOUND_PORTS)?,
+            exclude_outbound_ports: ports(pod, EXCLUDE_OUTBOUND_PORTS)?,
+            proxy_cpu: quantity(pod, PROXY_CPU)?,
+            proxy_memory: quantity(pod, PROXY_MEMORY)?,
+        })
+    }
+}
+
+fn ports(pod: &Pod, annotation: &'static str) -> Result<PortList, AnnotationError> {
+    let Some(value) = get(pod, annotation) else {
+        return Ok(PortList::default());
+    };
+    PortList::parse(value).map_err(|entry| AnnotationError::BadPort {
+        annotation,
+        value: value.to_owned(),
+        entry,
+    })
+}
+
+fn quantity(pod: &Pod, annotation: &'static str) -> Result<Option<Quantity>, AnnotationError> {
+    get(pod, annotation)
+        .map(|value| value.parse::<Quantity>())
+        .transpose()
+        .map_err(|source| AnnotationError::BadQuantity { annotation, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod_with(annotations: &[(&str, &str)]) -> Pod {
+        let mut pod = Pod::default();
+        pod.metadata.annotations = Some(
+            annotations
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        );
+        pod
+    }
+
+    #[test]
+    fn port_lists_parse_trim_and_deduplicate() {
+        let cases: &[(&str, Result<&str, &str>)] = &[
+            ("", Ok("")),
+            ("  ", Ok("")),
+            ("80", Ok("80")),
+            ("80, 443 ,8080", Ok("80,443,8080")),
+            ("80,80", Ok("80")),
+            ("0", Err("0")),
+            ("65536", Err("65536")),
+            ("80,,443", Err("")),
+            ("80,http", Err("http")),
+            ("-1", Err("-1")),
+            ("1-100", Err("1-100")),
+        ];
+        for (text, expected) in cases {
+            let got = PortList::parse(text).map(|l| l.to_string());
+            assert_eq!(
+                got.as_deref().map_err(String::as_str),
+                *expected,
+                "{text:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn inject_annotation_values_are_read_exactly() {
+        assert_eq!(inject_request(&Pod::default()), InjectRequest::Unset);
+        assert_eq!(
+            inject_request(&pod_with(&[(INJECT, "enabled")])),
+            InjectRequest::Enabled
+        );
+        assert_eq!(
+            inject_request(&pod_with(&[(INJECT, "disabled")])),
+            InjectRequest::Disabled
+        );
+        assert_eq!(
+            inject_request(&pod_with(&[(INJECT, "false")])),
+            InjectRequest::Unrecognised("false")
+        );
+    }
+
+    #[test]
+    fn overrides_name_the_bad_annotation() {
+        let err =
+            PodOverrides::from_pod(&pod_with(&[(EXCLUDE_OUTBOUND_PORTS, "53,dns")])).unwrap_err();
+        assert!(err.to_string().contains(EXCLUDE_OUTBOUND_PORTS), "{err}");
+        assert!(err.to_string().contains("\"dns\""), "{err}");
+
+        let err = PodOverrides::from_pod(&pod_with(&[(PROXY_MEMORY, "lots")])).unwrap_err();
+        assert!(err.to_string().contains(PROXY_MEMORY), "{err}");
+
+        let ok = PodOverrides::from_pod(&pod_with(&[
+            (EXCLUDE_INBOUND_PORTS, "9090"),
+            (PROXY_CPU, "250m"),
+        ]))
+        .unwrap();
+        assert_eq!(ok.exclude_inbound_ports.ports(), &[9090]);
+        assert_eq!(ok.proxy_cpu.map(|q| q.to_string()).as_deref(), Some("250m"));
+        assert!(ok.proxy_memory.is_none());
+    }
+}

@@ -1,0 +1,151 @@
+//! The admin endpoint (127.0.0.1:15000 only): `/ready` `/live` `/identity` `/handshakes`
+//! `/metrics` `/config_dump`; and the health endpoint on the pod IP (15020) for kubelet and
+//! Prometheus, which serves only `/ready` `/live` `/metrics`.
+//!
+//! Owns: routing and rendering of those pages. It reads shared state; it changes nothing.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tracing::debug;
+
+use crate::context::ProxyContext;
+
+/// Which set of pages a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Surface {
+    /// Everything (loopback only).
+    Admin,
+    /// Probes and metrics (pod IP).
+    Health,
+}
+
+/// Serves `surface` on `listener` until shutdown.
+pub async fn serve(listener: TcpListener, surface: Surface, ctx: Arc<ProxyContext>) {
+    loop {
+        let (tcp, _) = tokio::select! {
+            () = ctx.shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => { debug!(error = %e, "admin accept failed"); continue; }
+            },
+        };
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let ctx2 = ctx.clone();
+            let svc = service_fn(move |req| {
+                let ctx = ctx2.clone();
+                async move { Ok::<_, Infallible>(respond(&req, surface, &ctx)) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(5))
+                .serve_connection(TokioIo::new(tcp), svc);
+            tokio::select! {
+                _ = conn => {}
+                () = ctx.shutdown.cancelled() => {}
+            }
+        });
+    }
+}
+
+fn respond(req: &Request<Incoming>, surface: Surface, ctx: &ProxyContext) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
+    }
+    let ready = ctx.svid.borrow().is_some() && !ctx.shutdown.is_cancelled();
+    match (surface, req.uri().path()) {
+        (_, "/live") => text(StatusCode::OK, "live\n"),
+        (_, "/ready") if ready => text(StatusCode::OK, "ready\n"),
+        (_, "/ready") => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: no certificate yet\n",
+        ),
+        (_, "/metrics") => {
+            let mut r = text(StatusCode::OK, &ctx.metrics.render());
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                http::HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            r
+        }
+        (Surface::Admin, "/identity") => identity(ctx),
+        (Surface::Admin, "/handshakes") => {
+            let limit = query_param(req, "limit")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(100);
+            let records = ctx.log.recent(limit);
+            let body: Vec<_> = records.iter().map(|r| &**r).collect();
+            json_response(&json!(body))
+        }
+        (Surface::Admin, "/config_dump") => json_response(&json!({
+            "config": ctx.config,
+            "workloads_known": ctx.state.borrow().len(),
+        })),
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+fn identity(ctx: &ProxyContext) -> Response<Full<Bytes>> {
+    let Some(current) = ctx.svid.borrow().clone() else {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "no certificate yet\n");
+    };
+    let svid = &current.svid;
+    let left = svid
+        .not_after()
+        .duration_since(SystemTime::now())
+        .map_or(0, |d| d.as_secs());
+    let chain: Vec<String> = svid
+        .chain()
+        .iter()
+        .map(|c| trellis_ca::der_to_pem(c))
+        .collect();
+    json_response(&json!({
+        "spiffe_id": svid.id().to_string(),
+        "serial": svid.serial(),
+        "not_before": humantime::format_rfc3339_seconds(svid.not_before()).to_string(),
+        "not_after": humantime::format_rfc3339_seconds(svid.not_after()).to_string(),
+        "seconds_left": left,
+        "generation": current.generation,
+        "chain_pem": chain,
+        "trust_bundle_roots": svid.bundle().roots().len(),
+    }))
+}
+
+fn query_param<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
+    req.uri().query()?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == name).then_some(v)
+    })
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_owned())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn json_response(value: &serde_json::Value) -> Response<Full<Bytes>> {
+    let body = serde_json::to_vec_pretty(value).unwrap_or_default();
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
+}

@@ -1,0 +1,84 @@
+//! The handles every listener of one proxy shares: configuration, the current SVID, the mesh
+//! snapshot, the connection log, metrics, the concurrency cap and the drain machinery.
+//!
+//! Owns: [`ProxyContext`] and the small helpers that record a connection consistently.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::identity::SvidWatch;
+use crate::metrics::{ConnLabels, Metrics, RefusalLabels};
+use crate::records::{ConnRecord, Direction, HandshakeLog, TlsFacts};
+use crate::state::StateWatch;
+
+/// Shared by every listener and connection task.
+#[derive(Debug)]
+pub struct ProxyContext {
+    /// Validated configuration.
+    pub config: Config,
+    /// The current SVID.
+    pub svid: SvidWatch,
+    /// The current mesh snapshot.
+    pub state: StateWatch,
+    /// Recent connections.
+    pub log: HandshakeLog,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Caps proxied connections.
+    pub conn_limit: Arc<Semaphore>,
+    /// Tracks connection tasks so shutdown can wait for them to drain.
+    pub tracker: TaskTracker,
+    /// Cancelled when listeners must stop accepting.
+    pub shutdown: CancellationToken,
+    /// The proxy's own listener addresses (loop prevention).
+    pub own_addrs: Vec<SocketAddr>,
+}
+
+impl ProxyContext {
+    /// Whether `ip` is this pod: a CONNECT target must be.
+    pub fn is_local(&self, ip: IpAddr) -> bool {
+        ip.is_loopback() || Some(ip) == self.config.pod_ip || ip == self.config.app_host
+    }
+
+    /// Records a connection and counts it; returns the live record.
+    #[allow(clippy::too_many_arguments)]
+    pub fn record(
+        &self,
+        direction: Direction,
+        peer_addr: SocketAddr,
+        peer_id: Option<String>,
+        dst: Option<SocketAddr>,
+        tls: Option<TlsFacts>,
+        decision: &'static str,
+        reason: impl Into<String>,
+    ) -> Arc<ConnRecord> {
+        self.metrics
+            .connections
+            .get_or_create(&ConnLabels {
+                direction: direction.label(),
+                tls: if tls.is_some() { "true" } else { "false" },
+                peer_id: peer_id.clone().unwrap_or_default(),
+                decision,
+            })
+            .inc();
+        self.log.push(ConnRecord::new(
+            direction, peer_addr, peer_id, dst, tls, decision, reason,
+        ))
+    }
+
+    /// Counts a refusal by reason code (in addition to the record).
+    pub fn refuse(&self, direction: Direction, reason: &'static str) {
+        self.metrics
+            .refusals
+            .get_or_create(&RefusalLabels {
+                direction: direction.label(),
+                reason,
+            })
+            .inc();
+    }
+}

@@ -1,0 +1,140 @@
+//! The inbound plaintext listener (15006): whatever iptables sends here arrived at an
+//! application port directly, not through the tunnel. STRICT refuses it; PERMISSIVE passes it
+//! to the application and records it as plaintext.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{Instrument, debug, info_span};
+
+use crate::config::{Mode, MtlsMode};
+use crate::context::ProxyContext;
+use crate::copy;
+use crate::orig_dst::original_dst;
+use crate::ports::PROXY_PORTS;
+use crate::records::Direction;
+
+/// Accepts plaintext inbound connections until shutdown.
+pub async fn serve(listener: TcpListener, ctx: Arc<ProxyContext>) {
+    loop {
+        let (tcp, remote) = tokio::select! {
+            () = ctx.shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => { debug!(error = %e, "inbound accept failed"); continue; }
+            },
+        };
+        // Explicit mode has no redirect: the listener stands for one application address.
+        let dst = match (ctx.config.mode, ctx.config.inbound_target) {
+            (Mode::Transparent, _) => original_dst(&tcp),
+            (Mode::Explicit, Some(target)) => Ok(target),
+            (Mode::Explicit, None) => Err(std::io::Error::other(
+                "no --inbound-target in explicit mode",
+            )),
+        };
+        let dst = match dst {
+            Ok(d) => d,
+            Err(e) => {
+                ctx.refuse(Direction::InboundPlain, "no_original_dst");
+                ctx.record(
+                    Direction::InboundPlain,
+                    remote,
+                    None,
+                    None,
+                    None,
+                    "deny",
+                    format!("original destination unknown: {e}"),
+                );
+                continue;
+            }
+        };
+        let mode = ctx.state.borrow().mtls_mode.unwrap_or(ctx.config.mtls_mode);
+        if mode == MtlsMode::Strict {
+            ctx.refuse(Direction::InboundPlain, "plaintext");
+            ctx.record(
+                Direction::InboundPlain,
+                remote,
+                None,
+                Some(dst),
+                None,
+                "deny",
+                "plaintext refused: mTLS mode is STRICT",
+            );
+            continue; // dropping `tcp` closes it
+        }
+        if PROXY_PORTS.contains(&dst.port()) && ctx.config.mode == Mode::Transparent {
+            ctx.refuse(Direction::InboundPlain, "proxy_port");
+            ctx.record(
+                Direction::InboundPlain,
+                remote,
+                None,
+                Some(dst),
+                None,
+                "deny",
+                "destination is a proxy port",
+            );
+            continue;
+        }
+        let Ok(permit) = ctx.conn_limit.clone().try_acquire_owned() else {
+            ctx.refuse(Direction::InboundPlain, "overloaded");
+            ctx.record(
+                Direction::InboundPlain,
+                remote,
+                None,
+                Some(dst),
+                None,
+                "deny",
+                "too many connections",
+            );
+            continue;
+        };
+        let ctx2 = ctx.clone();
+        ctx.tracker.spawn(
+            async move {
+                let _permit = permit;
+                pass_through(tcp, remote, dst, &ctx2).await;
+            }
+            .instrument(info_span!("inbound-plain", peer.addr = %remote, dst = %dst)),
+        );
+    }
+}
+
+async fn pass_through(
+    client: TcpStream,
+    remote: SocketAddr,
+    dst: SocketAddr,
+    ctx: &Arc<ProxyContext>,
+) {
+    let app_addr = SocketAddr::new(ctx.config.app_host, dst.port());
+    let app = match TcpStream::connect(app_addr).await {
+        Ok(s) => s,
+        Err(e) => {
+            ctx.record(
+                Direction::InboundPlain,
+                remote,
+                None,
+                Some(dst),
+                None,
+                "deny",
+                format!("application not reachable on {app_addr}: {e}"),
+            );
+            return;
+        }
+    };
+    let record = ctx.record(
+        Direction::InboundPlain,
+        remote,
+        None,
+        Some(dst),
+        None,
+        "allow",
+        "plaintext passed: mTLS mode is PERMISSIVE",
+    );
+    ctx.metrics.open_connections.inc();
+    if let Err(e) = copy::bidirectional(client, app, ctx.config.idle_timeout, &record).await {
+        debug!(error = %e, "plaintext connection ended");
+    }
+    record.close();
+    ctx.metrics.open_connections.dec();
+}

@@ -1,0 +1,49 @@
+//! `trellis-proxy`: the Trellis sidecar.
+//!
+//! # Layout
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`config`] | `run` flags (each an env var), validated before any port is bound |
+//! | [`ports`] | the well-known ports of DESIGN.md |
+//! | [`identity`] | key in memory, SVID from the control plane, renewal at half-life with jitter and backoff |
+//! | [`state`] | the mesh snapshot: which address is which workload (identity, tunnel) |
+//! | [`route`] | the outbound decision (pure): tunnel, passthrough or refuse |
+//! | [`policy`] | the inbound decision (pure): may this identity reach this port |
+//! | [`outbound`] | 15001 / explicit listeners: original destination → route → tunnel or passthrough |
+//! | [`inbound`] | 15006: plaintext at an app port: STRICT refuses, PERMISSIVE passes and records |
+//! | [`tunnel`] | 15008 server (mTLS + HTTP/2 CONNECT) and the client pool (one connection per peer) |
+//! | [`copy`] | bytes both ways: half-close, backpressure, idle timeout, live counters |
+//! | [`records`] | the connection log behind `/handshakes` |
+//! | [`metrics`] | `trellis_proxy_*` Prometheus metrics |
+//! | [`admin`] | 127.0.0.1:15000 admin pages and the pod-IP :15020 health/metrics |
+//! | [`orig_dst`] | `SO_ORIGINAL_DST` |
+//! | [`redirect`] | `trellis-proxy init`: the iptables rules that send a pod's TCP to the proxy |
+//! | [`context`] | the handles every listener shares |
+//! | [`run`] | start-up order and graceful drain |
+//!
+//! One connection, outbound: the app's `connect()` is redirected to 15001 → [`outbound`] reads
+//! the original destination → [`route`] finds the peer in [`state`] → [`tunnel::pool`] opens a
+//! CONNECT stream on the pooled mTLS connection to the peer's 15008 (verifying its SPIFFE ID)
+//! → [`tunnel::server`] on the peer verifies ours, [`policy`] authorizes the port, and it dials
+//! the app on localhost → [`copy`] moves the bytes; [`records`] logs the connection on both sides.
+
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod config;
+pub mod context;
+pub mod copy;
+pub mod identity;
+pub mod inbound;
+pub mod metrics;
+pub mod orig_dst;
+pub mod outbound;
+pub mod policy;
+pub mod ports;
+pub mod records;
+pub mod redirect;
+pub mod route;
+pub mod run;
+pub mod state;
+pub mod tunnel;

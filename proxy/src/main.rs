@@ -1,0 +1,113 @@
+//! `trellis-proxy`: `run` (the sidecar), `init` (iptables, in the init container) and `wait`
+//! (block until the sidecar is ready; the app container's postStart hook on clusters without
+//! native sidecars).
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+use trellis_proxy::config::RunArgs;
+
+/// The Trellis sidecar proxy.
+#[derive(Debug, Parser)]
+#[command(name = "trellis-proxy", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the sidecar.
+    Run(RunArgs),
+    /// Wait until the sidecar on this pod is ready (GET http://127.0.0.1:15020/ready).
+    Wait {
+        /// The readiness URL's host:port.
+        #[arg(long, default_value = "127.0.0.1:15020")]
+        health: String,
+        /// Give up after this long.
+        #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(args) => run(args),
+        Command::Wait { health, timeout } => wait(&health, timeout),
+    }
+}
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_new(&args.log).with_context(|| format!("--log {:?}", args.log))?;
+    if args.log_json {
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+    let config = args.validate()?;
+    tracing::info!(config = %serde_json::to_string(&config).unwrap_or_default(), "starting");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let running = trellis_proxy::run::start(config).await?;
+        let token = running.shutdown_token();
+        tokio::select! {
+            () = terminated() => tracing::info!("SIGTERM: draining"),
+            () = token.cancelled() => {}
+        }
+        running.shutdown().await;
+        Ok(())
+    })
+}
+
+async fn terminated() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}
+
+fn wait(health: &str, timeout: Duration) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    let deadline = Instant::now() + timeout;
+    loop {
+        let ok = std::net::TcpStream::connect(health)
+            .and_then(|mut s| {
+                s.set_read_timeout(Some(Duration::from_secs(2)))?;
+                s.write_all(
+                    b"GET /ready HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+                )?;
+                let mut buf = [0u8; 16];
+                let n = s.read(&mut buf)?;
+                Ok(buf.get(..n).is_some_and(|b| b.starts_with(b"HTTP/1.1 200")))
+            })
+            .unwrap_or(false);
+        if ok {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            anyhow::bail!("sidecar not ready at {health} after {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

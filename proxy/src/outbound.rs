@@ -1,0 +1,190 @@
+//! The outbound listener (15001, or explicit listeners): learn where the application meant to
+//! connect, route it (pure decision in [`crate::route`]), then tunnel it to the peer, pass it
+//! through, or refuse it — recording each connection.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{Instrument, debug, info_span};
+
+use crate::config::Mode;
+use crate::context::ProxyContext;
+use crate::copy;
+use crate::orig_dst::original_dst;
+use crate::records::Direction;
+use crate::route::{Route, route};
+use crate::tunnel::pool::Pool;
+
+/// Time to connect to an unmeshed destination.
+const PASSTHROUGH_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accepts outbound connections until shutdown. `fixed_dst` is the destination of an explicit
+/// listener; `None` means read it from the socket (transparent mode).
+pub async fn serve(
+    listener: TcpListener,
+    fixed_dst: Option<SocketAddr>,
+    ctx: Arc<ProxyContext>,
+    pool: Arc<Pool>,
+) {
+    loop {
+        let (tcp, remote) = tokio::select! {
+            () = ctx.shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => { debug!(error = %e, "outbound accept failed"); continue; }
+            },
+        };
+        let dst = match fixed_dst {
+            Some(d) => Ok(d),
+            None if ctx.config.mode == Mode::Transparent => original_dst(&tcp),
+            None => Err(std::io::Error::other("no destination configured")),
+        };
+        let dst = match dst {
+            Ok(d) => d,
+            Err(e) => {
+                ctx.refuse(Direction::Outbound, "no_original_dst");
+                ctx.record(
+                    Direction::Outbound,
+                    remote,
+                    None,
+                    None,
+                    None,
+                    "deny",
+                    format!("original destination unknown: {e}"),
+                );
+                continue;
+            }
+        };
+        let Ok(permit) = ctx.conn_limit.clone().try_acquire_owned() else {
+            ctx.refuse(Direction::Outbound, "overloaded");
+            ctx.record(
+                Direction::Outbound,
+                remote,
+                None,
+                Some(dst),
+                None,
+                "deny",
+                "too many connections",
+            );
+            continue;
+        };
+        let (ctx2, pool) = (ctx.clone(), pool.clone());
+        ctx.tracker.spawn(
+            async move {
+                let _permit = permit;
+                handle(tcp, remote, dst, &ctx2, &pool).await;
+            }
+            .instrument(info_span!("outbound", peer.addr = %remote, dst = %dst)),
+        );
+    }
+}
+
+async fn handle(
+    app: TcpStream,
+    remote: SocketAddr,
+    dst: SocketAddr,
+    ctx: &Arc<ProxyContext>,
+    pool: &Pool,
+) {
+    let _ = app.set_nodelay(true);
+    let state = ctx.state.borrow().clone();
+    match route(dst, &state, &ctx.own_addrs, ctx.config.unmeshed) {
+        Route::Tunnel { peer, target } => match pool.open(ctx, &peer, target).await {
+            Ok(stream) => {
+                let record = ctx.record(
+                    Direction::Outbound,
+                    peer.tunnel,
+                    Some(peer.id.to_string()),
+                    Some(target),
+                    Some(stream.tls.clone()),
+                    "allow",
+                    "",
+                );
+                ctx.metrics.open_connections.inc();
+                if let Err(e) =
+                    copy::bidirectional(app, stream.io, ctx.config.idle_timeout, &record).await
+                {
+                    debug!(error = %e, "outbound connection ended");
+                }
+                drop(stream.guard);
+                record.close();
+                ctx.metrics.open_connections.dec();
+            }
+            Err(e) => {
+                ctx.refuse(Direction::Outbound, "tunnel");
+                ctx.record(
+                    Direction::Outbound,
+                    peer.tunnel,
+                    Some(peer.id.to_string()),
+                    Some(target),
+                    None,
+                    "deny",
+                    e.to_string(),
+                );
+            }
+        },
+        Route::Passthrough(dst) => {
+            let server =
+                match tokio::time::timeout(PASSTHROUGH_CONNECT_TIMEOUT, TcpStream::connect(dst))
+                    .await
+                {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        ctx.record(
+                            Direction::Outbound,
+                            remote,
+                            None,
+                            Some(dst),
+                            None,
+                            "deny",
+                            format!("cannot connect to {dst}: {e}"),
+                        );
+                        return;
+                    }
+                    Err(_) => {
+                        ctx.record(
+                            Direction::Outbound,
+                            remote,
+                            None,
+                            Some(dst),
+                            None,
+                            "deny",
+                            format!("connect to {dst} timed out"),
+                        );
+                        return;
+                    }
+                };
+            let _ = server.set_nodelay(true);
+            let record = ctx.record(
+                Direction::Outbound,
+                remote,
+                None,
+                Some(dst),
+                None,
+                "allow",
+                "passthrough: destination is not in the mesh",
+            );
+            ctx.metrics.open_connections.inc();
+            if let Err(e) = copy::bidirectional(app, server, ctx.config.idle_timeout, &record).await
+            {
+                debug!(error = %e, "passthrough connection ended");
+            }
+            record.close();
+            ctx.metrics.open_connections.dec();
+        }
+        Route::Refuse(reason) => {
+            ctx.refuse(Direction::Outbound, "route");
+            ctx.record(
+                Direction::Outbound,
+                remote,
+                None,
+                Some(dst),
+                None,
+                "deny",
+                reason,
+            );
+        }
+    }
+}

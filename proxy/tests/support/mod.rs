@@ -1,0 +1,139 @@
+//! Shared pieces for in-process proxy tests: a local-mode control plane, echo apps, and proxies
+//! in explicit mode on loopback (port 0 everywhere).
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use tempfile::TempDir;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use trellis_proxy::config::RunArgs;
+
+/// A control plane in local mode with join tokens for the given identities.
+pub struct ControlPlane {
+    pub dir: TempDir,
+    pub running: trellis_control_plane::server::Running,
+    pub root_pem: String,
+}
+
+pub const TOKENS: &[(&str, &str)] = &[
+    ("frontend-token-0123456789", "ns/shop/sa/frontend"),
+    ("backend-token-01234567890", "ns/shop/sa/backend"),
+    ("intruder-token-0123456789", "ns/evil/sa/intruder"),
+];
+
+impl ControlPlane {
+    pub async fn start(extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let tokens: String = TOKENS.iter().map(|(t, id)| format!("{t} {id}\n")).collect();
+        std::fs::write(dir.path().join("tokens"), tokens).unwrap();
+        for (t, _) in TOKENS {
+            std::fs::write(dir.path().join(t), t).unwrap();
+        }
+        let state = dir.path().join("state");
+        let tokens = dir.path().join("tokens");
+        let mut argv = vec![
+            "trellis-control-plane".to_string(),
+            "--mode=local".into(),
+            format!("--state-dir={}", state.display()),
+            format!("--join-tokens={}", tokens.display()),
+            "--listen=127.0.0.1:0".into(),
+            "--metrics-listen=127.0.0.1:0".into(),
+        ];
+        argv.extend(extra.iter().map(|s| s.to_string()));
+        let config = trellis_control_plane::config::Args::try_parse_from(argv)
+            .unwrap()
+            .validate()
+            .unwrap();
+        let running = trellis_control_plane::server::start(&config, None)
+            .await
+            .unwrap();
+        let root_pem = running.bundle.to_pem();
+        Self {
+            dir,
+            running,
+            root_pem,
+        }
+    }
+
+    pub fn token_file(&self, token: &str) -> PathBuf {
+        self.dir.path().join(token)
+    }
+}
+
+#[derive(Parser)]
+struct Cli {
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+/// Starts a proxy in explicit mode with `extra` flags.
+pub async fn proxy(
+    cp: &ControlPlane,
+    token: &str,
+    extra: &[String],
+) -> trellis_proxy::run::Running {
+    let mut argv = vec![
+        "trellis-proxy".to_string(),
+        "--mode=explicit".into(),
+        format!("--control-plane={}", cp.running.grpc_addr),
+        format!("--token-file={}", cp.token_file(token).display()),
+        format!("--trust-bundle={}", cp.root_pem),
+        "--tunnel-listen=127.0.0.1:0".into(),
+        "--admin-listen=127.0.0.1:0".into(),
+        "--drain=1s".into(),
+    ];
+    argv.extend(extra.iter().cloned());
+    let config = Cli::try_parse_from(argv).unwrap().run.validate().unwrap();
+    let running = trellis_proxy::run::start(config).await.unwrap();
+    assert!(
+        running.ready(Duration::from_secs(10)).await,
+        "proxy got no certificate"
+    );
+    running
+}
+
+/// An echo server; returns its address.
+pub async fn echo_app() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// Sends `msg`, half-closes, reads everything back.
+pub async fn roundtrip(addr: SocketAddr, msg: &[u8]) -> std::io::Result<Vec<u8>> {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let mut s = TcpStream::connect(addr).await?;
+        s.write_all(msg).await?;
+        s.shutdown().await?;
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await?;
+        Ok(out)
+    })
+    .await
+    .map_err(|_| std::io::Error::other("timed out"))?
+}
+
+/// Polls `f` until it returns true or `timeout` passes.
+pub async fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    f()
+}
