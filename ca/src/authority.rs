@@ -329,6 +329,59 @@ impl CertificateAuthority {
             });
         }
         csr.check_identity(identity)?;
+        let uri = identity
+            .to_string()
+            .try_into()
+            .map_err(IssueError::Signing)?;
+        self.sign_leaf(
+            vec![SanType::URI(uri)],
+            vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+            csr.public_key(),
+            ttl,
+            now,
+        )
+    }
+
+    /// Issues a TLS *server* certificate with DNS names (not a SPIFFE identity) for `key`: the
+    /// admission webhook's serving certificate, which the Kubernetes API server checks by name.
+    pub fn issue_dns_server(
+        &self,
+        key: &WorkloadKey,
+        dns_names: &[String],
+        ttl: Duration,
+        now: SystemTime,
+    ) -> Result<IssuedSvid, IssueError> {
+        let sans = dns_names
+            .iter()
+            .map(|n| {
+                n.clone()
+                    .try_into()
+                    .map(SanType::DnsName)
+                    .map_err(IssueError::Signing)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        self.sign_leaf(
+            sans,
+            vec![ExtendedKeyUsagePurpose::ServerAuth],
+            key.key_pair(),
+            ttl,
+            now,
+        )
+    }
+
+    /// Signs a leaf (`cA=false`, KeyUsage digitalSignature) with the given SANs and EKUs over
+    /// `public_key`, valid for `ttl` from `now` (back-dated for skew) but never past the issuer.
+    fn sign_leaf(
+        &self,
+        sans: Vec<SanType>,
+        ekus: Vec<ExtendedKeyUsagePurpose>,
+        public_key: &impl PublicKeyData,
+        ttl: Duration,
+        now: SystemTime,
+    ) -> Result<IssuedSvid, IssueError> {
         if ttl < Duration::from_secs(1) || ttl > self.max_ttl {
             return Err(IssueError::Lifetime {
                 requested: ttl,
@@ -346,20 +399,12 @@ impl CertificateAuthority {
                 now: unix_secs(now),
             });
         }
-
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
-        let uri = identity
-            .to_string()
-            .try_into()
-            .map_err(IssueError::Signing)?;
-        params.subject_alt_names = vec![SanType::URI(uri)];
+        params.subject_alt_names = sans;
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
+        params.extended_key_usages = ekus;
         params.use_authority_key_identifier_extension = true;
         params.not_before = to_offset(not_before);
         params.not_after = to_offset(not_after);
@@ -367,7 +412,7 @@ impl CertificateAuthority {
         let serial_hex = hex(serial.as_ref());
         params.serial_number = Some(serial);
         let cert = params
-            .signed_by(csr.public_key(), &self.issuer)
+            .signed_by(public_key, &self.issuer)
             .map_err(IssueError::Signing)?;
         Ok(IssuedSvid {
             leaf: cert.der().clone(),

@@ -94,6 +94,11 @@ impl WorkloadKey {
         self.key.serialize_pem()
     }
 
+    /// The key pair, for signing certificates over it inside this crate.
+    pub(crate) fn key_pair(&self) -> &KeyPair {
+        &self.key
+    }
+
     /// The DER SubjectPublicKeyInfo, to check that an issued certificate carries this key.
     pub fn public_key_spki(&self) -> Vec<u8> {
         self.key.subject_public_key_info()

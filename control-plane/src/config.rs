@@ -80,6 +80,12 @@ pub struct Args {
     /// Local mode: the join-token file (`<token> <identity>` per line), reloaded on change.
     #[arg(long, env = "TRELLIS_JOIN_TOKENS")]
     pub join_tokens: Option<PathBuf>,
+    /// Local mode: the YAML mesh file (workloads, policies), reloaded on change.
+    #[arg(long, env = "TRELLIS_MESH_FILE")]
+    pub mesh_file: Option<PathBuf>,
+    /// Mesh-wide mTLS mode (namespaces may override; a mesh file's `mtls` takes precedence).
+    #[arg(long, env = "TRELLIS_MTLS_MODE", value_enum, default_value = "strict")]
+    pub mtls_mode: crate::mesh::MtlsMode,
     /// Kubernetes mode: how long a positive TokenReview is cached.
     #[arg(long, env = "TRELLIS_TOKEN_CACHE_TTL", default_value = "10s", value_parser = humantime::parse_duration)]
     pub token_cache_ttl: Duration,
@@ -95,6 +101,27 @@ pub struct Args {
     /// Certify calls a caller may make in a burst.
     #[arg(long, env = "TRELLIS_RATE_BURST", default_value_t = 20)]
     pub rate_limit_burst: u32,
+    /// Kubernetes mode: Secret to write the injector's serving certificate into (empty: don't).
+    #[arg(
+        long,
+        env = "TRELLIS_INJECTOR_SECRET",
+        default_value = "trellis-injector-tls"
+    )]
+    pub injector_secret: String,
+    /// Kubernetes mode: the injector's Service (its DNS names go in the certificate).
+    #[arg(
+        long,
+        env = "TRELLIS_INJECTOR_SERVICE",
+        default_value = "trellis-injector"
+    )]
+    pub injector_service: String,
+    /// Kubernetes mode: the MutatingWebhookConfiguration whose caBundle is kept current.
+    #[arg(
+        long,
+        env = "TRELLIS_INJECTOR_WEBHOOK",
+        default_value = "trellis-injector"
+    )]
+    pub injector_webhook: String,
     /// Log format.
     #[arg(long, env = "TRELLIS_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,

@@ -9,8 +9,10 @@
 //! | [`ca_store`] | durable CA state: a 0600 directory or a Secret; plug-in `cacerts`; never a silent new root |
 //! | [`attest`] | who is calling: TokenReview for ServiceAccount tokens, or a join-token file |
 //! | [`certify`] | the pipeline: authenticate → rate-limit → check CSR → issue → count → audit |
+//! | [`injector_cert`] | Kubernetes mode: the webhook's DNS serving certificate (Secret) and the webhook caBundle |
+//! | [`mesh`] | the mesh model (workloads, AuthorizationPolicies, mTLS modes) from the cluster or a file, cut per proxy |
 //! | [`rate_limit`] | per-caller token buckets |
-//! | [`grpc`] | the gRPC fronts (Trellis `Certify`, Istio `CreateCertificate`) and error → status mapping |
+//! | [`grpc`] | the gRPC fronts (Trellis `Certify`, Istio `CreateCertificate`, discovery `Watch`) and error → status mapping |
 //! | [`tls_listener`] | concurrent TLS handshakes feeding tonic, with the caller's address and SPIFFE ID |
 //! | [`serving_cert`] | the control plane's own SVID, renewed at half-life |
 //! | [`metrics`] | the Prometheus registry and the `/metrics` `/ready` `/live` endpoint (15014) |
@@ -28,6 +30,8 @@ pub mod ca_store;
 pub mod certify;
 pub mod config;
 pub mod grpc;
+pub mod injector_cert;
+pub mod mesh;
 pub mod metrics;
 pub mod rate_limit;
 pub mod server;

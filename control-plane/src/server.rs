@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 use trellis_ca::tls::SpiffeClientVerifier;
 use trellis_ca::{CertificateAuthority, TrustBundle, certs_from_pem};
+use trellis_proto::discovery::discovery_server::DiscoveryServer;
 use trellis_proto::identity::identity_server::IdentityServer;
 use trellis_proto::istio::istio_certificate_service_server::IstioCertificateServiceServer;
 
@@ -23,7 +24,7 @@ use crate::attest::{Attestor, JoinTokens, RELOAD_INTERVAL, TokenReviewer};
 use crate::ca_store::{CaStore, DirStore, Origin, SecretStore, load_or_init};
 use crate::certify::Certifier;
 use crate::config::{Config, Mode};
-use crate::grpc::{IdentityService, IstioCaService, MAX_MESSAGE_BYTES};
+use crate::grpc::{DiscoveryService, IdentityService, IstioCaService, MAX_MESSAGE_BYTES};
 use crate::metrics::{self, Metrics};
 use crate::rate_limit::RateLimiter;
 use crate::serving_cert::ServingCert;
@@ -50,6 +51,9 @@ pub enum StartError {
         /// What is wrong.
         reason: String,
     },
+    /// The mesh file is unusable.
+    #[error("--mesh-file: {0}")]
+    MeshFile(#[from] crate::mesh::file::MeshFileError),
     /// The join-token file is unusable.
     #[error("--join-tokens: {0}")]
     JoinTokens(#[from] crate::attest::JoinTokenError),
@@ -162,7 +166,7 @@ pub async fn start(config: &Config, kube: Option<kube::Client>) -> Result<Runnin
             Attestor::Local(JoinTokens::load(path, td.clone())?)
         }
         Mode::Kubernetes => {
-            let client = kube.ok_or(StartError::NoKubernetesClient)?;
+            let client = kube.clone().ok_or(StartError::NoKubernetesClient)?;
             Attestor::Kubernetes(TokenReviewer::new(client, td.clone(), args.token_cache_ttl))
         }
     };
@@ -187,6 +191,23 @@ pub async fn start(config: &Config, kube: Option<kube::Client>) -> Result<Runnin
         args.default_ttl,
     ));
     spawn_join_token_reloader(certifier.clone(), shutdown.clone());
+    // Kubernetes mode: keep the webhook's serving certificate and caBundle current.
+    if let (Mode::Kubernetes, Some(client), false) =
+        (args.mode, kube.clone(), args.injector_secret.is_empty())
+    {
+        let targets = crate::injector_cert::InjectorCertTargets {
+            namespace: args.namespace.clone(),
+            service: args.injector_service.clone(),
+            secret: args.injector_secret.clone(),
+            webhook: args.injector_webhook.clone(),
+        };
+        tokio::spawn(crate::injector_cert::run(
+            client,
+            ca.clone(),
+            targets,
+            shutdown.clone(),
+        ));
+    }
 
     // 4. TLS: our own SVID; clients may come without a certificate (they are here to get one).
     let serving = Arc::new(ServingCert::issue(&ca, &config.own_id)?);
@@ -204,7 +225,37 @@ pub async fn start(config: &Config, kube: Option<kube::Client>) -> Result<Runnin
         shutdown.clone(),
     );
 
-    // 5. gRPC services.
+    // 5. The mesh model: the cluster or the mesh file (an empty mesh if neither).
+    let (model_tx, model_rx) = tokio::sync::watch::channel(Arc::new(crate::mesh::MeshModel {
+        trust_domain: td.clone(),
+        default_mtls: args.mtls_mode,
+        ..crate::mesh::MeshModel::default()
+    }));
+    match (args.mode, &args.mesh_file, kube.clone()) {
+        (Mode::Local, Some(path), _) => {
+            // Refuse to start on a broken file; later breakage keeps the last good model.
+            crate::mesh::file::load(path, td)?;
+            tokio::spawn(crate::mesh::file::watch_file(
+                path.clone(),
+                td.clone(),
+                model_tx,
+                shutdown.clone(),
+            ));
+        }
+        (Mode::Kubernetes, _, Some(client)) => {
+            tokio::spawn(crate::mesh::kubernetes::watch_cluster(
+                client,
+                td.clone(),
+                args.mtls_mode,
+                model_tx,
+                shutdown.clone(),
+            ));
+        }
+        _ => drop(model_tx),
+    }
+    let discovery = DiscoveryServer::new(DiscoveryService::new(model_rx, shutdown.clone()));
+
+    // 6. gRPC services.
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<IdentityServer<IdentityService>>()
@@ -225,6 +276,7 @@ pub async fn start(config: &Config, kube: Option<kube::Client>) -> Result<Runnin
             .add_service(health_service)
             .add_service(identity)
             .add_service(istio)
+            .add_service(discovery)
             .serve_with_incoming_shutdown(incoming, grpc_shutdown.cancelled_owned())
             .instrument(info_span!("grpc", addr = %grpc_addr)),
     );

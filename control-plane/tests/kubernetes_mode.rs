@@ -239,7 +239,7 @@ async fn the_ca_secret_is_created_on_first_start_and_reused_on_the_next() {
 
     let first = KubePlane::start(&api, &[]).await;
     assert_eq!(first.running.origin, Origin::Generated);
-    assert_eq!(api.secret_writes(), 1);
+    assert_eq!(api.secret_writes("trellis-ca"), 1);
     let secret = api.secret("trellis-ca").unwrap();
     assert_eq!(secret["metadata"]["namespace"], "trellis-system");
     assert_eq!(secret["type"], "Opaque");
@@ -256,7 +256,11 @@ async fn the_ca_secret_is_created_on_first_start_and_reused_on_the_next() {
     let second = KubePlane::start(&api, &[]).await;
     assert_eq!(second.running.origin, Origin::Loaded);
     assert_eq!(second.running.bundle.roots(), &root[..], "same root");
-    assert_eq!(api.secret_writes(), 1, "the Secret was not written again");
+    assert_eq!(
+        api.secret_writes("trellis-ca"),
+        1,
+        "the Secret was not written again"
+    );
     assert_eq!(second.certify(&token("valid")).await.unwrap(), FRONTEND);
     stop(second.running).await;
 }
@@ -268,7 +272,11 @@ async fn an_empty_secret_declared_by_the_chart_is_filled_then_reused() {
 
     let first = KubePlane::start(&api, &[]).await;
     assert_eq!(first.running.origin, Origin::Generated);
-    assert_eq!(api.secret_writes(), 1, "filled with one replace");
+    assert_eq!(
+        api.secret_writes("trellis-ca"),
+        1,
+        "filled with one replace"
+    );
     let root = first.running.bundle.roots().to_vec();
     assert_eq!(
         certs_from_pem(secret_value(&api, "root-cert.pem").as_bytes()).unwrap(),
@@ -279,7 +287,7 @@ async fn an_empty_secret_declared_by_the_chart_is_filled_then_reused() {
     let second = KubePlane::start(&api, &[]).await;
     assert_eq!(second.running.origin, Origin::Loaded);
     assert_eq!(second.running.bundle.roots(), &root[..]);
-    assert_eq!(api.secret_writes(), 1);
+    assert_eq!(api.secret_writes("trellis-ca"), 1);
     stop(second.running).await;
 }
 
@@ -306,7 +314,7 @@ async fn an_incomplete_ca_secret_stops_the_start_and_is_left_alone() {
         "{message}"
     );
     assert_eq!(api.secret("trellis-ca"), before);
-    assert_eq!(api.secret_writes(), 0);
+    assert_eq!(api.secret_writes("trellis-ca"), 0);
     assert_eq!(
         api.tokenreview_requests(),
         0,

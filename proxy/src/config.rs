@@ -178,11 +178,15 @@ pub struct RunArgs {
     #[arg(long, env = "TRELLIS_POD_IP")]
     pub pod_ip: Option<IpAddr>,
     /// STRICT refuses plaintext to application ports; PERMISSIVE passes it through.
-    #[arg(long, env = "TRELLIS_MTLS_MODE", value_enum, default_value = "strict")]
-    pub mtls_mode: MtlsMode,
+    /// Pins the mode locally; without it the control plane decides (STRICT until it has).
+    #[arg(long, env = "TRELLIS_MTLS_MODE", value_enum)]
+    pub mtls_mode: Option<MtlsMode>,
     /// Outbound connections to destinations outside the mesh.
     #[arg(long, env = "TRELLIS_UNMESHED", value_enum, default_value = "allow")]
     pub unmeshed: Unmeshed,
+    /// Subscribe to the control plane's discovery stream (endpoints, policy, mTLS mode).
+    #[arg(long, env = "TRELLIS_DISCOVERY", default_value_t = true, action = clap::ArgAction::Set)]
+    pub discovery: bool,
     /// Outbound listener (transparent mode).
     #[arg(long, env = "TRELLIS_OUTBOUND_LISTEN", default_value = "0.0.0.0:15001")]
     pub outbound_listen: SocketAddr,
@@ -293,10 +297,12 @@ pub struct Config {
     pub pod_name: Option<String>,
     /// The pod's IP.
     pub pod_ip: Option<IpAddr>,
-    /// STRICT or PERMISSIVE.
-    pub mtls_mode: MtlsMode,
+    /// STRICT or PERMISSIVE pinned locally (`None`: the control plane's choice).
+    pub mtls_mode: Option<MtlsMode>,
     /// Unmeshed destinations.
     pub unmeshed: Unmeshed,
+    /// Whether to subscribe to discovery.
+    pub discovery: bool,
     /// Listeners.
     pub outbound_listen: SocketAddr,
     /// See `outbound_listen`.
@@ -454,6 +460,7 @@ impl RunArgs {
             pod_ip: self.pod_ip,
             mtls_mode: self.mtls_mode,
             unmeshed: self.unmeshed,
+            discovery: self.discovery,
             outbound_listen: self.outbound_listen,
             inbound_listen: self.inbound_listen,
             tunnel_listen: self.tunnel_listen,
@@ -544,8 +551,12 @@ mod tests {
 
     #[test]
     fn the_admin_endpoint_must_stay_on_loopback() {
-        let err =
-            parse(&["--trust-bundle", &root(), "--admin-listen", "0.0.0.0:15000"]).unwrap_err();
+        let err = parse(&[
+            &format!("--trust-bundle={}", root()),
+            "--admin-listen",
+            "0.0.0.0:15000",
+        ])
+        .unwrap_err();
         assert!(err.to_string().starts_with("--admin-listen"), "{err}");
     }
 
@@ -559,7 +570,12 @@ mod tests {
 
     #[test]
     fn namespace_and_service_account_go_together() {
-        let err = parse(&["--trust-bundle", &root(), "--pod-namespace", "shop"]).unwrap_err();
+        let err = parse(&[
+            &format!("--trust-bundle={}", root()),
+            "--pod-namespace",
+            "shop",
+        ])
+        .unwrap_err();
         assert!(err.to_string().starts_with("--service-account"), "{err}");
     }
 }

@@ -49,7 +49,11 @@ pub async fn serve(listener: TcpListener, ctx: Arc<ProxyContext>) {
                 continue;
             }
         };
-        let mode = ctx.state.borrow().mtls_mode.unwrap_or(ctx.config.mtls_mode);
+        let mode = ctx
+            .config
+            .mtls_mode
+            .or(ctx.state.borrow().mtls_mode)
+            .unwrap_or(MtlsMode::Strict);
         if mode == MtlsMode::Strict {
             ctx.refuse(Direction::InboundPlain, "plaintext");
             ctx.record(

@@ -8,6 +8,7 @@
 //! | [`ports`] | the well-known ports of DESIGN.md |
 //! | [`identity`] | key in memory, SVID from the control plane, renewal at half-life with jitter and backoff |
 //! | [`state`] | the mesh snapshot: which address is which workload (identity, tunnel) |
+//! | [`discovery`] | the control plane's `Watch` stream → new [`state`] snapshots (last one kept if it drops) |
 //! | [`route`] | the outbound decision (pure): tunnel, passthrough or refuse |
 //! | [`policy`] | the inbound decision (pure): may this identity reach this port |
 //! | [`outbound`] | 15001 / explicit listeners: original destination → route → tunnel or passthrough |
@@ -34,6 +35,7 @@ pub mod admin;
 pub mod config;
 pub mod context;
 pub mod copy;
+pub mod discovery;
 pub mod identity;
 pub mod inbound;
 pub mod metrics;

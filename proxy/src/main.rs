@@ -20,7 +20,9 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the sidecar.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
+    /// Install the iptables rules that send the pod's TCP through the proxy (init container).
+    Init(Box<trellis_proxy::redirect::InitArgs>),
     /// Wait until the sidecar on this pod is ready (GET http://127.0.0.1:15020/ready).
     Wait {
         /// The readiness URL's host:port.
@@ -35,7 +37,15 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
+        Command::Init(args) => {
+            // Logs go to stderr: `--dry-run` prints the rules on stdout.
+            tracing_subscriber::fmt()
+                .with_writer(std::io::stderr)
+                .with_env_filter(EnvFilter::new("info"))
+                .init();
+            Ok(trellis_proxy::redirect::run(&args)?)
+        }
         Command::Wait { health, timeout } => wait(&health, timeout),
     }
 }

@@ -75,6 +75,10 @@ pub struct Metrics {
     pub renewals: Family<ResultLabels, Counter>,
     /// 1 while the control plane cannot be reached for renewal.
     pub control_plane_unreachable: Gauge,
+    /// Discovery snapshots applied.
+    pub discovery_updates: Counter,
+    /// 1 while the discovery stream is up.
+    pub discovery_connected: Gauge,
 }
 
 impl Default for Metrics {
@@ -139,7 +143,21 @@ impl Metrics {
             "1 while the control plane cannot be reached for renewal",
             control_plane_unreachable.clone(),
         );
+        let discovery_updates = Counter::default();
+        registry.register(
+            "discovery_updates",
+            "Discovery snapshots applied",
+            discovery_updates.clone(),
+        );
+        let discovery_connected = Gauge::default();
+        registry.register(
+            "discovery_connected",
+            "1 while the discovery stream is up",
+            discovery_connected.clone(),
+        );
         Self {
+            discovery_updates,
+            discovery_connected,
             registry,
             connections,
             refusals,

@@ -18,6 +18,7 @@ use trellis_ca::TrustBundle;
 use crate::admin::{self, Surface};
 use crate::config::{Config, Mode};
 use crate::context::ProxyContext;
+use crate::discovery::DiscoverySource;
 use crate::identity::{IdentityManager, IdentitySource, SvidWatch};
 use crate::metrics::Metrics;
 use crate::records::HandshakeLog;
@@ -176,7 +177,14 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         ttl: config.cert_ttl.map(Duration::from_secs),
     };
     let (manager, svid_rx) = IdentityManager::new(source, metrics.clone());
-    let (_state_tx, state_rx) = watch::channel(Arc::new(MeshState::from_static(&config.workloads)));
+    let (state_tx, state_rx) = watch::channel(Arc::new(MeshState::from_static(&config.workloads)));
+    let discovery_source = config.discovery.then(|| DiscoverySource {
+        control_plane: config.control_plane.clone(),
+        control_plane_id: config.control_plane_id.clone(),
+        trust_domain: config.trust_domain.clone(),
+        static_workloads: config.workloads.clone(),
+        node: config.pod_name.clone().unwrap_or_default(),
+    });
     let mut own_addrs: Vec<SocketAddr> = [
         addrs.tunnel,
         addrs.outbound,
@@ -203,6 +211,27 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let pool = Arc::new(Pool::new());
 
     tokio::spawn(manager.run(background.clone()));
+    match discovery_source {
+        Some(source) => {
+            tokio::spawn(crate::discovery::run(
+                source,
+                ctx.svid.clone(),
+                state_tx,
+                ctx.metrics.clone(),
+                background.clone(),
+            ));
+        }
+        None => {
+            // Keep the sender alive: receivers treat a closed channel as "no more updates".
+            tokio::spawn({
+                let bg = background.clone();
+                async move {
+                    bg.cancelled().await;
+                    drop(state_tx);
+                }
+            });
+        }
+    }
     tokio::spawn(tunnel::server::serve(tunnel_l, ctx.clone()));
     for (l, fixed) in outbound_ls {
         tokio::spawn(outbound::serve(l, fixed, ctx.clone(), pool.clone()));
@@ -216,14 +245,6 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     }
     spawn_reaper(ctx.clone(), pool.clone(), background.clone());
     info!(?addrs, mode = ?ctx.config.mode, "proxy listening");
-    // Keep the state sender alive for the proxy's lifetime (discovery will own it).
-    tokio::spawn({
-        let bg = background.clone();
-        async move {
-            bg.cancelled().await;
-            drop(_state_tx);
-        }
-    });
     Ok(Running {
         addrs,
         ctx,

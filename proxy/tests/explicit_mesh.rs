@@ -1,5 +1,7 @@
 //! Two proxies in explicit mode on loopback, a real control plane, real mTLS tunnels.
 
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::time::Duration;

@@ -1,12 +1,14 @@
-//! The gRPC fronts of the control plane and the single mapping from pipeline errors to gRPC
+//! The gRPC fronts of the control plane (CA, Istio CA, discovery) and the single mapping from pipeline errors to gRPC
 //! statuses.
 //!
 //! Owns: protobuf ↔ domain conversion (protobuf types stop here), reading the bearer token and
 //! the caller's address from a request, and [`to_status`].
 
+mod discovery;
 mod identity;
 mod istio;
 
+pub use discovery::DiscoveryService;
 pub use identity::IdentityService;
 pub use istio::IstioCaService;
 use tonic::{Code, Status};

@@ -120,8 +120,8 @@ struct State {
     reviews: AtomicUsize,
     /// Secrets by name.
     secrets: Mutex<HashMap<String, Value>>,
-    /// Successful creates and replaces of Secrets.
-    secret_writes: AtomicUsize,
+    /// Names of the Secrets created or replaced, one entry per successful write.
+    secret_writes: Mutex<Vec<String>>,
     /// The last resourceVersion handed out.
     resource_version: AtomicU64,
 }
@@ -238,9 +238,15 @@ impl FakeApiServer {
             .insert(name.to_owned(), secret);
     }
 
-    /// Creates and replaces of Secrets the control plane made.
-    pub fn secret_writes(&self) -> usize {
-        self.state.secret_writes.load(Ordering::SeqCst)
+    /// Creates and replaces of the Secret `name` the control plane made.
+    pub fn secret_writes(&self, name: &str) -> usize {
+        self.state
+            .secret_writes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter(|n| *n == name)
+            .count()
     }
 }
 
@@ -358,6 +364,13 @@ impl State {
         }
     }
 
+    fn wrote(&self, name: String) {
+        self.secret_writes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(name);
+    }
+
     fn get_secret(&self, name: &str) -> (u16, Value) {
         match self
             .secrets
@@ -392,8 +405,8 @@ impl State {
             );
         }
         self.stamp(&mut secret);
-        secrets.insert(name, secret.clone());
-        self.secret_writes.fetch_add(1, Ordering::SeqCst);
+        secrets.insert(name.clone(), secret.clone());
+        self.wrote(name);
         (201, secret)
     }
 
@@ -422,7 +435,7 @@ impl State {
         }
         self.stamp(&mut secret);
         secrets.insert(name.to_owned(), secret.clone());
-        self.secret_writes.fetch_add(1, Ordering::SeqCst);
+        self.wrote(name.to_owned());
         (200, secret)
     }
 }

@@ -47,44 +47,45 @@ pub(crate) fn run(args: &InitArgs, out: &mut dyn Write) -> Result<(), RedirectEr
         return Ok(());
     }
     for &family in families {
-        let tables = Iptables::new(args, family);
-        let saved = match tables.save() {
-            Ok(saved) => saved,
+        match apply_family(args, family, out) {
             Err(error) if family == Family::V6 && args.ipv6 == Ipv6Mode::Auto => {
                 tracing::warn!(%error, "IPv6 nat table unusable; IPv6 traffic is not intercepted");
-                continue;
             }
-            Err(error) => return Err(error),
-        };
-        let backend = saved.backend.as_deref().unwrap_or("unknown");
-        if args.cleanup {
-            let Some(text) = plan::cleanup(&saved) else {
-                tracing::info!(
-                    family = family.name(),
-                    backend,
-                    "no Trellis rules to remove"
-                );
-                if args.dry_run {
-                    print_transaction(out, family, args, "# nothing to remove\n")?;
-                }
-                continue;
-            };
-            if args.dry_run {
-                print_transaction(out, family, args, &text)?;
-            } else {
-                tables.restore(&text)?;
-                tracing::info!(family = family.name(), backend, "removed Trellis rules");
+            result => result?,
+        }
+    }
+    Ok(())
+}
+
+/// Installs or removes (or, with `--dry-run --cleanup`, prints the removal of) one family's
+/// rules, after reading what is installed.
+fn apply_family(args: &InitArgs, family: Family, out: &mut dyn Write) -> Result<(), RedirectError> {
+    let tables = Iptables::new(args, family);
+    let saved = tables.save()?;
+    let backend = saved.backend.as_deref().unwrap_or("unknown");
+    let family_name = family.name();
+    if !args.cleanup {
+        let replacing = saved.has_ours();
+        tables.restore(&plan::install(&saved, &rules::build(args, family)))?;
+        tracing::info!(
+            family = family_name,
+            backend,
+            replacing,
+            "installed Trellis rules"
+        );
+        return Ok(());
+    }
+    match (plan::cleanup(&saved), args.dry_run) {
+        (None, dry_run) => {
+            tracing::info!(family = family_name, backend, "no Trellis rules to remove");
+            if dry_run {
+                print_transaction(out, family, args, "# nothing to remove\n")?;
             }
-        } else {
-            let replacing = saved.has_ours();
-            let text = plan::install(&saved, &rules::build(args, family));
+        }
+        (Some(text), true) => print_transaction(out, family, args, &text)?,
+        (Some(text), false) => {
             tables.restore(&text)?;
-            tracing::info!(
-                family = family.name(),
-                backend,
-                replacing,
-                "installed Trellis rules"
-            );
+            tracing::info!(family = family_name, backend, "removed Trellis rules");
         }
     }
     Ok(())

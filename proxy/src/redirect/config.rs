@@ -16,19 +16,24 @@ use std::{
 
 use clap::{Args, ValueEnum};
 
+use crate::ports;
+
 /// UID the proxy runs as (DESIGN.md "Ports and names"); its traffic is never redirected.
 pub const DEFAULT_PROXY_UID: u32 = 1337;
 /// GID the proxy runs as; traffic of this group is never redirected either.
 pub const DEFAULT_PROXY_GID: u32 = 1337;
 /// The inbound plain listener, where inbound TCP is redirected.
-pub const DEFAULT_INBOUND_PORT: &str = "15006";
+pub const DEFAULT_INBOUND_PORT: Port = Port::known(ports::INBOUND);
 /// The outbound listener, where outbound TCP is redirected.
-pub const DEFAULT_OUTBOUND_PORT: &str = "15001";
+pub const DEFAULT_OUTBOUND_PORT: Port = Port::known(ports::OUTBOUND);
 /// The mTLS tunnel listener: mesh traffic arrives here and must reach it unredirected.
-pub const DEFAULT_TUNNEL_PORT: &str = "15008";
+pub const DEFAULT_TUNNEL_PORT: Port = Port::known(ports::TUNNEL);
+
 /// Every port the proxy listens on (admin, outbound, inbound, tunnel, health): never
 /// redirected inbound.
-pub const DEFAULT_PROXY_PORTS: &str = "15000,15001,15006,15008,15020";
+fn default_proxy_ports() -> PortList {
+    PortList(ports::PROXY_PORTS.into_iter().map(Port::known).collect())
+}
 
 /// `trellis-proxy init`: install the iptables rules that send the pod's TCP through the proxy.
 ///
@@ -81,20 +86,20 @@ pub struct InitArgs {
     pub exclude_outbound_cidrs: CidrList,
 
     /// Port of the proxy's inbound plain listener: where inbound TCP is redirected.
-    #[arg(long, env = "TRELLIS_INBOUND_PORT", value_name = "PORT", default_value = DEFAULT_INBOUND_PORT)]
+    #[arg(long, env = "TRELLIS_INBOUND_PORT", value_name = "PORT", default_value_t = DEFAULT_INBOUND_PORT)]
     pub inbound_port: Port,
 
     /// Port of the proxy's outbound listener: where outbound TCP is redirected.
-    #[arg(long, env = "TRELLIS_OUTBOUND_PORT", value_name = "PORT", default_value = DEFAULT_OUTBOUND_PORT)]
+    #[arg(long, env = "TRELLIS_OUTBOUND_PORT", value_name = "PORT", default_value_t = DEFAULT_OUTBOUND_PORT)]
     pub outbound_port: Port,
 
     /// Port of the proxy's mTLS tunnel listener: never redirected inbound.
-    #[arg(long, env = "TRELLIS_TUNNEL_PORT", value_name = "PORT", default_value = DEFAULT_TUNNEL_PORT)]
+    #[arg(long, env = "TRELLIS_TUNNEL_PORT", value_name = "PORT", default_value_t = DEFAULT_TUNNEL_PORT)]
     pub tunnel_port: Port,
 
     /// Ports the proxy itself listens on: never redirected inbound (comma list). The inbound,
     /// outbound and tunnel ports are added to this list whatever it says.
-    #[arg(long, env = "TRELLIS_PROXY_PORTS", value_name = "PORTS", default_value = DEFAULT_PROXY_PORTS)]
+    #[arg(long, env = "TRELLIS_PROXY_PORTS", value_name = "PORTS", default_value_t = default_proxy_ports())]
     pub proxy_ports: PortList,
 
     /// Print the `iptables-restore` input and change nothing. Without `--cleanup` no command
@@ -180,6 +185,15 @@ pub enum ValueError {
 pub struct Port(NonZeroU16);
 
 impl Port {
+    /// A port known at compile time (a constant of [`crate::ports`]); 0 fails the build when
+    /// used in a constant, and panics otherwise.
+    pub const fn known(port: u16) -> Port {
+        match NonZeroU16::new(port) {
+            Some(port) => Port(port),
+            None => panic!("port 0 is not a port"),
+        }
+    }
+
     /// The port number, never 0.
     pub fn get(self) -> u16 {
         self.0.get()

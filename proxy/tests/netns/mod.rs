@@ -11,7 +11,7 @@
 
 use std::{
     cell::RefCell,
-    io::{BufRead, BufReader},
+    io::{BufRead, BufReader, Write},
     process::{Child, Command, Output, Stdio},
     sync::{
         atomic::{AtomicU32, Ordering},
@@ -45,7 +45,12 @@ pub fn skip_unless_root(test: &str) -> bool {
     if is_root() {
         return true;
     }
-    eprintln!("SKIPPED {test}: needs root for network namespaces and iptables (CI runs as root)");
+    // Straight to stderr, not `eprintln!`: the test harness would swallow that unless run
+    // with --nocapture, and a skipped test must be seen.
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {test}: needs root for network namespaces and iptables (CI runs as root)"
+    );
     false
 }
 

@@ -1,6 +1,6 @@
 //! Shared pieces for in-process proxy tests: a local-mode control plane, echo apps, and proxies
 //! in explicit mode on loopback (port 0 everywhere).
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
