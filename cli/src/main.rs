@@ -6,48 +6,138 @@
 //! |---|---|
 //! | [`svid`] | `trellis svid fetch`: get an SVID from the control plane and write it as PEM files |
 //! | [`files`] | writing output files atomically, keys with mode 0600 |
+//! | [`inspect`] | `trellis inspect`: a proxy's identity and recent handshakes, once or `--watch`ed |
+//! | [`check`] | `trellis check`: pre-flight and health checks, ✔ / ‼ / ✘ with hints |
+//! | [`completions`] | `trellis completions SHELL` |
+//! | [`admin_api`], [`admin_client`] | the proxy admin endpoint's JSON, and reading it |
+//! | [`http1`] | a small HTTP/1.1 GET client over any [`dial::Target`] |
+//! | [`dial`] | where bytes go: TCP here, or a pod's port through the API server |
+//! | [`kube_access`] | the Kubernetes client, reads sorted into found/missing/denied/failed |
+//! | [`health_probe`] | the control plane's gRPC health over TLS, with its presented chain |
+//! | [`x509`] | certificate dates and trust bundle summaries |
+//! | [`table`], [`style`], [`humanize`] | terminal output: tables, colour, durations |
+//!
+//! Exit status: 0 success; 1 a failed check or an error; 2 bad usage (clap).
 
 #![forbid(unsafe_code)]
 
+mod admin_api;
+mod admin_client;
+mod check;
+mod completions;
+mod dial;
 mod files;
+mod health_probe;
+mod http1;
+mod humanize;
+mod inspect;
+mod kube_access;
+mod style;
 mod svid;
+mod table;
+mod x509;
 
-use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser, Subcommand};
+
+use crate::style::{ColorChoice, Palette};
 
 /// Trellis: zero-trust service mesh for Kubernetes.
 #[derive(Debug, Parser)]
-#[command(name = "trellis", version, about, long_about = None)]
+#[command(
+    name = "trellis",
+    version,
+    about,
+    long_about = None,
+    after_help = "\
+Examples:
+  trellis check                                  # is the mesh in this cluster healthy?
+  trellis inspect -n shop frontend-7d9f8b7c5-x2x4q  # a pod's identity and handshakes
+  trellis inspect --admin 127.0.0.1:15000 --watch   # a local proxy, following new connections
+  trellis completions bash > ~/.local/share/bash-completion/completions/trellis
+
+Exit status: 0 success, 1 a failed check or an error, 2 bad usage.
+Colour only on a terminal, never with NO_COLOR set (or choose with --color)."
+)]
 struct Cli {
+    /// When to colour the output.
+    #[arg(long, global = true, value_enum, value_name = "WHEN", default_value_t)]
+    color: ColorChoice,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Show a proxy's identity and its recent connections (handshakes).
+    ///
+    /// Reads the proxy's admin endpoint: on this machine with --admin ADDR (default
+    /// 127.0.0.1:15000), or in a cluster with -n NAMESPACE POD, through the API server
+    /// (port-forward to the pod's port 15000). Each connection shows when it came, its
+    /// direction, the peer's address and SPIFFE ID, TLS version, cipher suite, ALPN, the
+    /// handshake time (or "reused" when it rode an existing tunnel) and the decision, with the
+    /// reason for anything but allow.
+    Inspect(inspect::InspectArgs),
+    /// Check that the mesh is installed and healthy: ✔ ok, ‼ warning, ✘ failed (exit 1).
+    ///
+    /// Against the cluster of the current kubeconfig context: API server, CRD, control plane
+    /// and injector Deployments, the webhook's caBundle against the injector Secret's ca.crt,
+    /// the mesh root's expiry, the control plane's gRPC health over TLS (through a
+    /// port-forward), intermediates' expiry, labelled namespaces and pods not injected yet.
+    /// With --local: a control plane on this machine.
+    Check(check::CheckArgs),
     /// Work with X509-SVIDs (workload certificates).
     Svid {
         #[command(subcommand)]
         command: svid::SvidCommand,
+    },
+    /// Print a shell completion script.
+    #[command(after_help = "\
+Examples:
+  trellis completions bash > ~/.local/share/bash-completion/completions/trellis
+  trellis completions zsh > \"${fpath[1]}/_trellis\"
+  trellis completions fish > ~/.config/fish/completions/trellis.fish")]
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
     },
     /// Print the version of this tool.
     Version,
 }
 
 #[tokio::main(flavor = "current_thread")]
-async fn main() -> std::process::ExitCode {
+async fn main() -> ExitCode {
     let cli = Cli::parse();
+    let palette = Palette::for_stdout(cli.color);
     let result = match cli.command {
-        Command::Svid { command } => svid::run(command).await,
+        Command::Inspect(args) => inspect::run(args, palette).await.map(|()| true),
+        Command::Check(args) => check::run(args, palette).await,
+        Command::Svid { command } => svid::run(command).await.map(|()| true),
+        Command::Completions { shell } => completions::run(shell, &mut Cli::command())
+            .map(|()| true)
+            .map_err(Into::into),
         Command::Version => {
             println!("trellis {}", env!("CARGO_PKG_VERSION"));
-            Ok(())
+            Ok(true)
         }
     };
     match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        // The reader went away (`trellis inspect | head`): nothing more to say.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
+            ExitCode::FAILURE
         }
     }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }

@@ -23,6 +23,7 @@ use trellis::sandbox::{Cmd, Sandbox, netns};
 
 const OPENED: &str = "trellis_proxy_tunnel_connections_opened_total";
 const RENEWALS: &str = "trellis_proxy_certificate_renewals_total";
+const UNREACHABLE: &str = "trellis_proxy_control_plane_unreachable";
 
 fn backend_url(path: &str) -> String {
     format!("http://{BACKEND_IP}:8080/{path}")
@@ -30,8 +31,7 @@ fn backend_url(path: &str) -> String {
 
 #[test]
 fn an_app_request_crosses_both_sidecars_and_the_wire_carries_only_tls_1_3() {
-    if !skip_unless_root("an_app_request_crosses_both_sidecars_and_the_wire_carries_only_tls_1_3")
-    {
+    if !skip_unless_root("an_app_request_crosses_both_sidecars_and_the_wire_carries_only_tls_1_3") {
         return;
     }
     let mesh = Mesh::start(MeshSpec::default());
@@ -53,25 +53,6 @@ fn an_app_request_crosses_both_sidecars_and_the_wire_carries_only_tls_1_3() {
         reply.body.starts_with("backend got /") && reply.body.contains(&marker),
         "{reply:?}"
     );
-    // ...through the backend's sidecar: the app saw a connection from its own pod's loopback.
-    let app_log = mesh.backend_app.process().stdout();
-    assert!(
-        app_log
-            .lines()
-            .any(|l| l.contains(&marker) && l.starts_with("127.0.0.1 ")),
-        "backend app log: {app_log}"
-    );
-    // ...and through the frontend's sidecar, over the tunnel.
-    let out = mesh.frontend_proxy.handshakes().expect("frontend /handshakes");
-    let out = records(&out, "outbound");
-    assert!(
-        out.iter().any(|r| r["peer_id"] == BACKEND_ID
-            && r["decision"] == "allow"
-            && r["dst"] == format!("{BACKEND_IP}:8080")
-            && r["tls"]["version"] == "TLSv1_3"),
-        "frontend outbound records: {out:#?}"
-    );
-
     // On the wire: no application byte in clear text...
     assert!(
         !pcap.contains(marker.as_bytes()).expect("read capture"),
@@ -79,7 +60,9 @@ fn an_app_request_crosses_both_sidecars_and_the_wire_carries_only_tls_1_3() {
         pcap.path().display()
     );
     // ...no packet to the application port at all...
-    let to_app = pcap.fields(&[], "tcp.port==8080", &["frame.number"]).unwrap();
+    let to_app = pcap
+        .fields(&[], "tcp.port==8080", &["frame.number"])
+        .unwrap();
     assert!(to_app.is_empty(), "packets to port 8080: {to_app:?}");
     // ...but TCP to the tunnel port (so the capture did see the traffic)...
     let to_tunnel = pcap
@@ -99,8 +82,35 @@ fn an_app_request_crosses_both_sidecars_and_the_wire_carries_only_tls_1_3() {
         "no TLS ServerHello from port 15008 in the capture"
     );
     for hello in &server_hellos {
-        assert_eq!(hello, &["0x0304"], "ServerHello versions: {server_hellos:?}");
+        assert_eq!(
+            hello,
+            &["0x0304"],
+            "ServerHello versions: {server_hellos:?}"
+        );
     }
+
+    // The request went through the backend's sidecar: the app saw a connection from its own
+    // pod's loopback...
+    let app_log = mesh.backend_app.process().stdout();
+    assert!(
+        app_log
+            .lines()
+            .any(|l| l.contains(&marker) && l.starts_with("127.0.0.1 ")),
+        "backend app log: {app_log}"
+    );
+    // ...and through the frontend's sidecar, over the tunnel.
+    let out = mesh
+        .frontend_proxy
+        .handshakes()
+        .expect("frontend /handshakes");
+    let out = records(&out, "outbound");
+    assert!(
+        out.iter().any(|r| r["peer_id"] == BACKEND_ID
+            && r["decision"] == "allow"
+            && r["dst"] == format!("{BACKEND_IP}:8080")
+            && r["tls"]["version"] == "TLSv1_3"),
+        "frontend outbound records: {out:#?}"
+    );
 }
 
 #[test]
@@ -114,7 +124,10 @@ fn many_app_connections_to_one_peer_share_one_tunnel_connection() {
     assert_eq!(answer["ok"], 20, "{answer:#}");
 
     let opened = mesh.frontend_proxy.metric(OPENED, &[]).unwrap();
-    assert_eq!(opened, 1.0, "tunnel connections the frontend opened for 20 requests");
+    assert_eq!(
+        opened, 1.0,
+        "tunnel connections the frontend opened for 20 requests"
+    );
     let inbound = mesh.backend_proxy.handshakes().unwrap();
     let from_frontend: Vec<&Value> = records(&inbound, "inbound")
         .into_iter()
@@ -125,7 +138,11 @@ fn many_app_connections_to_one_peer_share_one_tunnel_connection() {
         .iter()
         .filter_map(|r| r["peer_addr"].as_str())
         .collect();
-    assert_eq!(tunnels.len(), 1, "TCP connections the 20 streams came on: {tunnels:?}");
+    assert_eq!(
+        tunnels.len(),
+        1,
+        "TCP connections the 20 streams came on: {tunnels:?}"
+    );
     let reused = records(&mesh.frontend_proxy.handshakes().unwrap(), "outbound")
         .iter()
         .filter(|r| r["tls"]["reused"] == true)
@@ -141,7 +158,13 @@ fn the_server_records_the_client_identity_and_the_client_refuses_a_server_with_a
         return;
     }
     let mut mesh = Mesh::start(MeshSpec::default());
-    let reply = http_get(&mesh.frontend, &backend_url("who"), Some(APP_UID), GET_TIMEOUT).unwrap();
+    let reply = http_get(
+        &mesh.frontend,
+        &backend_url("who"),
+        Some(APP_UID),
+        GET_TIMEOUT,
+    )
+    .unwrap();
     assert_eq!(reply.status, 200);
     let inbound = mesh.backend_proxy.handshakes().unwrap();
     let inbound = records(&inbound, "inbound");
@@ -159,7 +182,12 @@ fn the_server_records_the_client_identity_and_the_client_refuses_a_server_with_a
         ..MeshSpec::default()
     };
     mesh.restart_frontend_proxy(&impostor);
-    let answer = http_get(&mesh.frontend, &backend_url("secret"), Some(APP_UID), GET_TIMEOUT);
+    let answer = http_get(
+        &mesh.frontend,
+        &backend_url("secret"),
+        Some(APP_UID),
+        GET_TIMEOUT,
+    );
     assert!(
         answer.is_err(),
         "a request reached a server with the wrong identity: {answer:?}"
@@ -252,7 +280,10 @@ fn certificates_rotate_under_continuous_traffic_without_dropping_a_connection() 
     eprintln!("serials: frontend {front_serials:?}, backend {back_serials:?}");
 
     let long = &result["long"];
-    assert_eq!(long["failures"], 0, "the long-lived connection broke: {result:#}");
+    assert_eq!(
+        long["failures"], 0,
+        "the long-lived connection broke: {result:#}"
+    );
     assert!(
         long["exchanges"].as_u64().unwrap_or(0) >= 40,
         "too few exchanges on the long-lived connection: {result:#}"
@@ -277,14 +308,12 @@ fn traffic_flows_while_the_control_plane_is_down_and_renewals_resume_after_its_r
     ) {
         return;
     }
-    // Renewal is due 16–20 s after issue; the outage (22 s) covers it and ends well before
-    // the certificates expire (40 s), even with the renewal backoff's jitter.
-    let ttl = Duration::from_secs(40);
-    let outage = Duration::from_secs(22);
-    let mesh = Mesh::start(MeshSpec::default().both(&[&format!(
-        "--cert-ttl={}s",
-        ttl.as_secs()
-    )]));
+    // Renewal is due 8–10 s after issue; the control plane goes down right after the
+    // sidecars got their certificates and stays down 12 s: past the renewal, within the
+    // lifetime.
+    let ttl = Duration::from_secs(20);
+    let outage = Duration::from_secs(12);
+    let mesh = Mesh::start(MeshSpec::default().both(&[&format!("--cert-ttl={}s", ttl.as_secs())]));
     let serial = |s: &Sidecar| s.identity().unwrap()["serial"].as_str().unwrap().to_owned();
     let ok_renewals = |s: &Sidecar| s.metric(RENEWALS, &[("result", "ok")]).unwrap();
     let failed_renewals = |s: &Sidecar| s.metric(RENEWALS, &[("result", "error")]).unwrap();
@@ -300,15 +329,22 @@ fn traffic_flows_while_the_control_plane_is_down_and_renewals_resume_after_its_r
             "{}: no renewal attempt failed during the outage",
             proxy.pod().name()
         );
+        let unreachable = proxy.metric(UNREACHABLE, &[]).unwrap();
+        assert_eq!(unreachable, 1.0, "{}: {UNREACHABLE}", proxy.pod().name());
     }
     let result = client_result(&load, outage + Duration::from_secs(20));
     eprintln!("load during the outage: {result}");
     assert_eq!(result["long"]["failures"], 0, "{result:#}");
     assert_eq!(result["new"]["failures"], 0, "{result:#}");
-    assert!(result["new"]["ok"].as_u64().unwrap_or(0) >= 20, "{result:#}");
+    assert!(
+        result["new"]["ok"].as_u64().unwrap_or(0) >= 20,
+        "{result:#}"
+    );
     assert!(down_at.elapsed() >= outage);
 
-    mesh.cp.run().expect("control plane restarts with the same state");
+    mesh.cp
+        .run()
+        .expect("control plane restarts with the same state");
     let deadline = Duration::from_secs(20);
     for (proxy, (old_serial, old_ok)) in [&mesh.frontend_proxy, &mesh.backend_proxy]
         .into_iter()
@@ -323,7 +359,12 @@ fn traffic_flows_while_the_control_plane_is_down_and_renewals_resume_after_its_r
             proxy.pod().name()
         );
     }
-    let reply = http_get(&mesh.frontend, &backend_url("after"), Some(APP_UID), GET_TIMEOUT);
+    let reply = http_get(
+        &mesh.frontend,
+        &backend_url("after"),
+        Some(APP_UID),
+        GET_TIMEOUT,
+    );
     assert_eq!(reply.unwrap().status, 200);
 }
 
@@ -333,18 +374,33 @@ fn a_dropped_sandbox_leaves_no_namespace_and_no_process_even_after_a_panic() {
     {
         return;
     }
-    let alive = |pid: &u32| std::path::Path::new(&format!("/proc/{pid}")).exists();
+    // Running, or exiting: anything but gone or a zombie (which init reaps when it can).
+    let alive = |pid: &u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| {
+                let state = stat
+                    .rsplit_once(')')?
+                    .1
+                    .split_whitespace()
+                    .next()?
+                    .to_owned();
+                Some(state != "Z" && state != "X")
+            })
+            .unwrap_or(false)
+    };
     let build = || {
         let sandbox = Sandbox::new().unwrap();
         let cp_pod = sandbox.add_pod("control-plane", CONTROL_PLANE_IP).unwrap();
         let pod = sandbox.add_pod("backend", BACKEND_IP).unwrap();
-        let cp = ControlPlane::start(&sandbox, &cp_pod, &[backend()], &[]).unwrap();
+        let cp = ControlPlane::start(&sandbox, &cp_pod, &[backend_identity()], &[]).unwrap();
         App::start(&sandbox, &pod, "backend").unwrap();
-        Sidecar::start(&cp, &pod, SidecarSpec::new(backend())).unwrap();
+        Sidecar::start(&cp, &pod, SidecarSpec::new(backend_identity())).unwrap();
         // A grandchild, which the sandbox did not start directly: it must go too.
         let sh = Cmd::new("sh").args(["-c", "sleep 300 & echo started; wait"]);
         let sh = pod.spawn(&sh).unwrap();
-        sh.wait_for_output("started", Duration::from_secs(5)).unwrap();
+        sh.wait_for_output("started", Duration::from_secs(5))
+            .unwrap();
         // Every process inside any namespace of the sandbox.
         let pids: Vec<u32> = sandbox
             .namespaces()
@@ -358,10 +414,16 @@ fn a_dropped_sandbox_leaves_no_namespace_and_no_process_even_after_a_panic() {
     let (sandbox, pids) = build();
     let id = sandbox.id().to_owned();
     let dir = sandbox.dir().to_owned();
-    assert!(pids.len() >= 5, "control plane, app, proxy, sh, sleep: {pids:?}");
+    assert!(
+        pids.len() >= 5,
+        "control plane, app, proxy, sh, sleep: {pids:?}"
+    );
     assert!(pids.iter().all(alive), "{pids:?}");
     drop(sandbox);
-    let left: Vec<String> = netns::list().into_iter().filter(|n| n.starts_with(&id)).collect();
+    let left: Vec<String> = netns::list()
+        .into_iter()
+        .filter(|n| n.starts_with(&id))
+        .collect();
     assert!(left.is_empty(), "namespaces left: {left:?}");
     let running: Vec<&u32> = pids.iter().filter(|p| alive(p)).collect();
     assert!(running.is_empty(), "processes left running: {running:?}");
@@ -378,8 +440,14 @@ fn a_dropped_sandbox_leaves_no_namespace_and_no_process_even_after_a_panic() {
     .join();
     assert!(panicked.is_err());
     let (id, pids) = rx.recv().unwrap();
-    let left: Vec<String> = netns::list().into_iter().filter(|n| n.starts_with(&id)).collect();
+    let left: Vec<String> = netns::list()
+        .into_iter()
+        .filter(|n| n.starts_with(&id))
+        .collect();
     assert!(left.is_empty(), "namespaces left after a panic: {left:?}");
     let running: Vec<&u32> = pids.iter().filter(|p| alive(p)).collect();
-    assert!(running.is_empty(), "processes left after a panic: {running:?}");
+    assert!(
+        running.is_empty(),
+        "processes left after a panic: {running:?}"
+    );
 }

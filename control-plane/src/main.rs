@@ -17,7 +17,10 @@ async fn main() -> anyhow::Result<()> {
             .json()
             .with_env_filter(filter)
             .init(),
-        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
+        LogFormat::Text => tracing_subscriber::fmt()
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+            .with_env_filter(filter)
+            .init(),
     }
     tracing::info!(config = ?config.args, "starting");
 

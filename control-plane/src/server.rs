@@ -251,7 +251,15 @@ pub async fn start(config: &Config, kube: Option<kube::Client>) -> Result<Runnin
                 shutdown.clone(),
             ));
         }
-        _ => drop(model_tx),
+        _ => {
+            // No source: an empty mesh. Keep the sender alive, or every Watch stream would end
+            // after its first snapshot (a closed channel means "no more changes").
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                stop.cancelled().await;
+                drop(model_tx);
+            });
+        }
     }
     let discovery = DiscoveryServer::new(DiscoveryService::new(model_rx, shutdown.clone()));
 

@@ -16,7 +16,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use crate::records::ConnRecord;
 
 /// Buffer size for each direction.
-const BUF_SIZE: usize = 32 * 1024;
+const BUF_SIZE: usize = 16 * 1024;
 
 /// Counts bytes read from the wrapped stream and stamps activity.
 struct Metered<'a, T> {

@@ -123,17 +123,25 @@ impl IdentityManager {
     pub async fn run(self, shutdown: CancellationToken) {
         let mut generation = 0u64;
         let mut failures = 0u32;
+        // When the current SVID arrived: its lifetime is counted from here, not from its
+        // NotBefore, which the CA back-dates (5 min) for clock skew — counted from there, a
+        // certificate of a few minutes would be due at once, and renewed in a loop.
+        let mut installed_at = SystemTime::now();
+        // The delay before the next attempt after a failure (drawn once, so the log is true).
+        let mut retry_in = Duration::ZERO;
         loop {
             let current = self.tx.borrow().clone();
             let wait = match &current {
                 None if failures == 0 => Duration::ZERO,
                 Some(c) if failures == 0 => {
-                    let renew_at = c.svid.renew_at(0.5 - 0.1 * jitter_fraction());
+                    let start = installed_at.max(c.svid.not_before());
+                    let life = c.svid.not_after().duration_since(start).unwrap_or_default();
+                    let renew_at = start + life.mul_f64(0.5 - 0.1 * jitter_fraction());
                     renew_at
                         .duration_since(SystemTime::now())
                         .unwrap_or(Duration::ZERO)
                 }
-                _ => backoff(failures),
+                _ => retry_in,
             };
             tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -143,6 +151,7 @@ impl IdentityManager {
                 Ok(svid) => {
                     generation += 1;
                     failures = 0;
+                    installed_at = SystemTime::now();
                     self.metrics
                         .renewals
                         .get_or_create(&ResultLabels { result: "ok" })
@@ -167,6 +176,7 @@ impl IdentityManager {
                 }
                 Err(e) => {
                     failures = failures.saturating_add(1);
+                    retry_in = backoff(failures);
                     self.metrics
                         .renewals
                         .get_or_create(&ResultLabels { result: "error" })
@@ -178,7 +188,7 @@ impl IdentityManager {
                     warn!(
                         error = %e,
                         attempt = failures,
-                        retry_in = ?backoff(failures),
+                        ?retry_in,
                         current_valid_for = ?left,
                         "certificate request failed; serving with the current certificate while it lasts"
                     );
@@ -192,11 +202,15 @@ impl IdentityManager {
         let token = std::fs::read_to_string(&src.token_file)
             .map_err(|e| format!("cannot read token file {}: {e}", src.token_file.display()))?;
         let bundle = current.map_or_else(|| src.bootstrap_bundle.clone(), |s| s.bundle().clone());
+        // An expired certificate would make the control plane refuse the TLS handshake (a
+        // client certificate that is presented must be valid), and no renewal could ever
+        // succeed again after an outage longer than its lifetime: the token alone suffices.
+        let client_cert = current.filter(|s| s.not_after() > SystemTime::now());
         let channel = connect(
             &src.control_plane,
             bundle,
             Some(src.control_plane_id.clone()),
-            current,
+            client_cert,
         )
         .await
         .map_err(|e| e.to_string())?;

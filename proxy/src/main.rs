@@ -58,9 +58,13 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             .with_env_filter(filter)
             .init();
     } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
+        tracing_subscriber::fmt()
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+            .with_env_filter(filter)
+            .init();
     }
     let config = args.validate()?;
+    raise_fd_limit();
     tracing::info!(config = %serde_json::to_string(&config).unwrap_or_default(), "starting");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -77,6 +81,22 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         running.shutdown().await;
         Ok(())
     })
+}
+
+/// Raises the soft limit on open files to the hard limit: every proxied connection costs two
+/// descriptors, and the default soft limit (often 1024) would cap the proxy at ~500.
+fn raise_fd_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if let Some(max) = limit.maximum {
+        let raised = rustix::process::Rlimit {
+            current: Some(max),
+            maximum: Some(max),
+        };
+        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+            tracing::warn!(error = %e, "cannot raise the open-file limit");
+        }
+    }
 }
 
 async fn terminated() {

@@ -91,7 +91,9 @@ async fn handle(
     let _ = app.set_nodelay(true);
     let state = ctx.state.borrow().clone();
     match route(dst, &state, &ctx.own_addrs, ctx.config.unmeshed) {
-        Route::Tunnel { peer, target } => match pool.open(ctx, &peer, target).await {
+        // Boxed: opening may dial (TLS + HTTP/2 handshakes, a large future); the task that then
+        // lives as long as the connection should not carry that state's size.
+        Route::Tunnel { peer, target } => match Box::pin(pool.open(ctx, &peer, target)).await {
             Ok(stream) => {
                 let record = ctx.record(
                     Direction::Outbound,

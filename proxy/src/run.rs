@@ -124,6 +124,33 @@ async fn bind(
     Ok((listener, local))
 }
 
+/// For a listener on `0.0.0.0:port`, the IPv6 twin on `[::]:port` (IPV6_V6ONLY), so that
+/// connections iptables redirects on a dual-stack pod are accepted too. `None` (with a log
+/// line) where the host has no IPv6.
+fn ipv6_twin(what: &'static str, v4: SocketAddr) -> Option<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    if !(v4.is_ipv4() && v4.ip().is_unspecified()) {
+        return None;
+    }
+    let addr = SocketAddr::new(std::net::Ipv6Addr::UNSPECIFIED.into(), v4.port());
+    let listen = || -> std::io::Result<TcpListener> {
+        let socket = Socket::new(Domain::IPV6, Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_only_v6(true)?;
+        socket.set_reuse_address(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(1024)?;
+        TcpListener::from_std(socket.into())
+    };
+    match listen() {
+        Ok(l) => Some(l),
+        Err(e) => {
+            info!(%addr, error = %e, "no IPv6 {what} listener (IPv6 unavailable)");
+            None
+        }
+    }
+}
+
 /// Starts a proxy with `config`.
 pub async fn start(config: Config) -> Result<Running, StartError> {
     let bundle = TrustBundle::from_pem(config.trust_domain.clone(), &config.trust_bundle_pem)?;
@@ -140,6 +167,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             let (l, a) = bind("outbound", config.outbound_listen).await?;
             addrs.outbound = Some(a);
             outbound_ls.push((l, None));
+            if let Some(l6) = ipv6_twin("outbound", config.outbound_listen) {
+                outbound_ls.push((l6, None));
+            }
         }
         Mode::Explicit => {
             for e in &config.explicit_outbound {
@@ -149,13 +179,15 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             }
         }
     }
-    let inbound_l = if config.mode == Mode::Transparent || config.inbound_target.is_some() {
+    let mut inbound_ls = Vec::new();
+    if config.mode == Mode::Transparent || config.inbound_target.is_some() {
         let (l, a) = bind("inbound", config.inbound_listen).await?;
         addrs.inbound = Some(a);
-        Some(l)
-    } else {
-        None
-    };
+        inbound_ls.push(l);
+        if config.mode == Mode::Transparent {
+            inbound_ls.extend(ipv6_twin("inbound", config.inbound_listen));
+        }
+    }
     let (admin_l, admin_a) = bind("admin", config.admin_listen).await?;
     addrs.admin = Some(admin_a);
     let health_l = match config.health_listen {
@@ -236,7 +268,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     for (l, fixed) in outbound_ls {
         tokio::spawn(outbound::serve(l, fixed, ctx.clone(), pool.clone()));
     }
-    if let Some(l) = inbound_l {
+    for l in inbound_ls {
         tokio::spawn(inbound::serve(l, ctx.clone()));
     }
     tokio::spawn(admin::serve(admin_l, Surface::Admin, ctx.clone()));

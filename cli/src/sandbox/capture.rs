@@ -2,60 +2,119 @@
 //! `dumpcap` (Wireshark's capture tool) writes a pcap file; [`Pcap`] searches its raw bytes
 //! (is this text anywhere on the wire?) and asks `tshark` for dissected fields (which TLS
 //! version did the handshakes negotiate?).
+//!
+//! `dumpcap` says "Capturing on" before the capture is live, and holds captured packets back
+//! for a while before writing them. So the capture is synchronised with probe frames instead:
+//! sent out of the bridge (a local-experimental EtherType, which no pod answers) with a unique
+//! payload, until that payload is in the file. At start this proves the capture live; at stop,
+//! that everything sent before the probe is in the file.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::error::{Result, SandboxError, io_error};
+use super::http::python;
 use super::netns::Cmd;
-use super::process::{Process, Signal, tail};
+use super::process::{POLL, Process, Signal, tail};
 use super::{BRIDGE, Sandbox};
 
 /// How long `dumpcap` may take to start capturing, and to finish its file.
 const CAPTURE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// EtherType of the probe frames (IEEE 802 local experimental 1).
+const PROBE_ETHERTYPE: &str = "0x88b5";
+/// Sends one broadcast frame carrying `argv[2]` out of interface `argv[1]`.
+const PROBE_PY: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind((sys.argv[1], 0))
+mac = s.getsockname()[4]
+s.send(b"\xff" * 6 + mac + b"\x88\xb5" + sys.argv[2].encode().ljust(46, b"\0"))
+"#;
+/// How long to wait for a probe to reach the file before sending it again.
+const PROBE_RESEND: Duration = Duration::from_millis(700);
 
 /// Numbers capture files.
 static CAPTURES: AtomicU32 = AtomicU32::new(0);
 
 /// A capture running on the bridge.
 #[derive(Debug)]
-pub struct Capture {
+pub struct Capture<'a> {
+    /// The sandbox whose bridge is captured (probes are sent from its switch).
+    sandbox: &'a Sandbox,
     /// `dumpcap`.
     process: Process,
     /// Where it writes.
     file: PathBuf,
+    /// Its number in this process (probe payloads carry it).
+    n: u32,
 }
 
-impl Capture {
-    /// Starts capturing what crosses the bridge and matches the BPF `filter` (e.g. `tcp`), and
-    /// waits until `dumpcap` says it captures.
-    pub fn start(sandbox: &Sandbox, filter: &str) -> Result<Capture> {
+impl<'a> Capture<'a> {
+    /// Starts capturing what crosses the bridge and matches the BPF `filter` (e.g. `tcp`; the
+    /// probe frames are captured too), and waits until the capture is live.
+    pub fn start(sandbox: &'a Sandbox, filter: &str) -> Result<Capture<'a>> {
         let n = CAPTURES.fetch_add(1, Ordering::Relaxed);
         let file = sandbox.dir().join(format!("capture-{n}.pcap"));
+        let filter = format!("({filter}) or ether proto {PROBE_ETHERTYPE}");
         let process = sandbox.switch().spawn(
             &Cmd::new("dumpcap")
-                .args(["-i", BRIDGE, "-f", filter, "-P", "-w"])
+                .args(["-i", BRIDGE, "-f", &filter, "-P", "-w"])
                 .arg(&file),
         )?;
-        process.wait_for_output("Capturing on", CAPTURE_TIMEOUT)?;
-        Ok(Capture { process, file })
+        let capture = Capture {
+            sandbox,
+            process,
+            file,
+            n,
+        };
+        capture.sync("start")?;
+        Ok(capture)
     }
 
-    /// Stops capturing (SIGINT: `dumpcap` finishes the file) and returns the file.
+    /// Stops capturing once everything that crossed the bridge so far is in the file, and
+    /// returns the file.
     pub fn stop(self) -> Result<Pcap> {
+        self.sync("stop")?;
         self.process.signal(Signal::Int)?;
         if self.process.wait(CAPTURE_TIMEOUT).is_err() {
             self.process.stop(Duration::ZERO)?;
         }
-        if !self.file.is_file() {
-            return Err(SandboxError::State {
-                what: format!("read capture {}", self.file.display()),
-                reason: "dumpcap wrote no file",
-            });
-        }
         Ok(Pcap { path: self.file })
+    }
+
+    /// Sends a probe frame out of the bridge until its payload is in the file.
+    fn sync(&self, when: &str) -> Result<()> {
+        let payload = format!(
+            "trellis-capture-probe-{}-{}-{when}",
+            std::process::id(),
+            self.n
+        );
+        let probe = Cmd::new(python()).args(["-c", PROBE_PY, BRIDGE, &payload]);
+        let deadline = Instant::now() + CAPTURE_TIMEOUT;
+        loop {
+            self.sandbox.switch().exec_ok(&probe)?;
+            let resend = Instant::now() + PROBE_RESEND;
+            while Instant::now() < resend {
+                let bytes = std::fs::read(&self.file).unwrap_or_default();
+                if bytes
+                    .windows(payload.len())
+                    .any(|w| w == payload.as_bytes())
+                {
+                    return Ok(());
+                }
+                if !self.process.is_running() || Instant::now() >= deadline {
+                    return Err(SandboxError::Deadline {
+                        what: format!("capture probe ({when}) in {}", self.file.display()),
+                        after: CAPTURE_TIMEOUT,
+                        last: tail(&self.process.stderr(), 1000).to_owned(),
+                    });
+                }
+                std::thread::sleep(POLL);
+            }
+        }
     }
 }
 

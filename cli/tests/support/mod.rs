@@ -33,11 +33,11 @@ pub const PAYMENTS_ID: &str = "spiffe://cluster.local/ns/shop/sa/payments";
 
 const CLIENT_PY: &str = include_str!("client.py");
 
-pub fn frontend() -> Identity {
+pub fn frontend_identity() -> Identity {
     Identity::new("shop", "frontend")
 }
 
-pub fn backend() -> Identity {
+pub fn backend_identity() -> Identity {
     Identity::new("shop", "backend")
 }
 
@@ -82,7 +82,8 @@ impl Default for MeshSpec {
 impl MeshSpec {
     /// Both sidecars get `args`.
     pub fn both(mut self, args: &[&str]) -> Self {
-        self.frontend_args.extend(args.iter().map(|s| s.to_string()));
+        self.frontend_args
+            .extend(args.iter().map(|s| s.to_string()));
         self.backend_args.extend(args.iter().map(|s| s.to_string()));
         self
     }
@@ -117,17 +118,22 @@ impl Mesh {
         sandbox
             .write_file("client.py", CLIENT_PY.as_bytes(), 0o644)
             .expect("client.py");
-        let cp = ControlPlane::start(&sandbox, &cp_pod, &[frontend(), backend()], &[])
-            .expect("control plane");
+        let cp = ControlPlane::start(
+            &sandbox,
+            &cp_pod,
+            &[frontend_identity(), backend_identity()],
+            &[],
+        )
+        .expect("control plane");
         let backend_app = App::start(&sandbox, &backend, "backend").expect("backend app");
         let mut backend_spec =
-            SidecarSpec::new(self::backend()).workload(FRONTEND_IP, FRONTEND_ID);
+            SidecarSpec::new(backend_identity()).workload(FRONTEND_IP, FRONTEND_ID);
         for a in &spec.backend_args {
             backend_spec = backend_spec.arg(a.clone());
         }
         let backend_proxy = Sidecar::start(&cp, &backend, backend_spec).expect("backend sidecar");
-        let frontend_proxy = Sidecar::start(&cp, &frontend, frontend_spec(&spec))
-            .expect("frontend sidecar");
+        let frontend_proxy =
+            Sidecar::start(&cp, &frontend, frontend_spec(&spec)).expect("frontend sidecar");
         eprintln!(
             "mesh {} up in {:?} ({})",
             sandbox.id(),
@@ -149,18 +155,19 @@ impl Mesh {
     /// Replaces the frontend's sidecar with one started from `spec`.
     pub fn restart_frontend_proxy(&mut self, spec: &MeshSpec) {
         self.frontend_proxy.stop().expect("frontend sidecar stops");
-        self.frontend_proxy =
-            Sidecar::start(&self.cp, &self.frontend, frontend_spec(spec)).expect("frontend sidecar");
+        self.frontend_proxy = Sidecar::start(&self.cp, &self.frontend, frontend_spec(spec))
+            .expect("frontend sidecar");
     }
 
     /// Replaces the backend's sidecar with one with `args`.
     pub fn restart_backend_proxy(&mut self, args: &[&str]) {
         self.backend_proxy.stop().expect("backend sidecar stops");
-        let mut spec = SidecarSpec::new(backend()).workload(FRONTEND_IP, FRONTEND_ID);
+        let mut spec = SidecarSpec::new(backend_identity()).workload(FRONTEND_IP, FRONTEND_ID);
         for a in args {
             spec = spec.arg(*a);
         }
-        self.backend_proxy = Sidecar::start(&self.cp, &self.backend, spec).expect("backend sidecar");
+        self.backend_proxy =
+            Sidecar::start(&self.cp, &self.backend, spec).expect("backend sidecar");
     }
 
     /// Runs `client.py ARGS` in `pod` as the app user, to completion; its JSON answer.
@@ -196,7 +203,7 @@ impl Mesh {
 }
 
 fn frontend_spec(spec: &MeshSpec) -> SidecarSpec {
-    let mut s = SidecarSpec::new(frontend());
+    let mut s = SidecarSpec::new(frontend_identity());
     if let Some(id) = spec.backend_id_seen_by_frontend {
         s = s.workload(BACKEND_IP, id);
     }

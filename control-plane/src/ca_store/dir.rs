@@ -96,7 +96,10 @@ impl DirStore {
             .permissions()
             .mode()
             & 0o777;
-        if mode & 0o077 != 0 {
+        // Our own state must be 0600. A plug-in `cacerts` Secret mounted with an fsGroup is
+        // group-readable by design (0440); it must still not be readable by others.
+        let forbidden = if self.chain_optional { 0o007 } else { 0o077 };
+        if mode & forbidden != 0 {
             return Err(StoreError::KeyPermissions { path, mode });
         }
         Ok(())

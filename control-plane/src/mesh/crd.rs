@@ -69,7 +69,8 @@ fn ports_schema(_: &mut SchemaGenerator) -> Schema {
     json_schema!({
         "type": "array",
         "items": { "type": "integer", "minimum": 1, "maximum": 65535 },
-        "maxItems": 64
+        "maxItems": 64,
+        "x-kubernetes-list-type": "set"
     })
 }
 
@@ -77,7 +78,8 @@ fn allow_schema(_: &mut SchemaGenerator) -> Schema {
     json_schema!({
         "type": "array",
         "items": { "type": "string", "pattern": ALLOW_PATTERN, "maxLength": 2048 },
-        "maxItems": 256
+        "maxItems": 256,
+        "x-kubernetes-list-type": "set"
     })
 }
 
@@ -145,6 +147,22 @@ impl Policy {
             allow,
             mode: p.spec.mode,
         })
+    }
+
+    /// A policy with `p`'s selector that allows nobody: what an invalid policy becomes, so
+    /// that a mistake never opens a workload up.
+    pub fn deny_all_like(p: &AuthorizationPolicy, reason: &str) -> Self {
+        Self {
+            namespace: p.metadata.namespace.clone().unwrap_or_default(),
+            name: format!(
+                "{} (invalid: {reason})",
+                p.metadata.name.clone().unwrap_or_default()
+            ),
+            match_labels: p.spec.selector.match_labels.clone(),
+            ports: Vec::new(),
+            allow: Vec::new(),
+            mode: PolicyMode::Enforce,
+        }
     }
 
     /// Whether the policy selects a pod of `namespace` with `labels`.

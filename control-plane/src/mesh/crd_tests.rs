@@ -134,3 +134,17 @@ fn malformed_policies_are_refused_naming_the_field() {
     );
     assert!(bad_mode.is_err());
 }
+
+#[test]
+fn an_invalid_policy_becomes_deny_all_for_the_pods_it_selects() {
+    let p = policy(
+        "apiVersion: trellis.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: x, namespace: shop}\nspec: {selector: {matchLabels: {app: backend}}, allow: [\"ns/../sa/x\"]}\n",
+    );
+    let err = Policy::from_resource(&p, &td()).unwrap_err();
+    let closed = Policy::deny_all_like(&p, &err.reason);
+    assert!(closed.allow.is_empty());
+    assert_eq!(closed.mode, PolicyMode::Enforce);
+    let labels = BTreeMap::from([("app".to_string(), "backend".to_string())]);
+    assert!(closed.selects("shop", &labels));
+    assert!(closed.name.starts_with("x (invalid: "), "{}", closed.name);
+}

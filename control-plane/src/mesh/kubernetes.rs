@@ -134,7 +134,12 @@ fn build(
     for p in policies.state() {
         match Policy::from_resource(&p, td) {
             Ok(p) => checked.push(p),
-            Err(e) => warn!(error = %e, "policy ignored"),
+            Err(e) => {
+                // Fail closed: the pods the broken policy meant to protect admit nobody until it
+                // is fixed, rather than falling back to "no policy" (everyone in the mesh).
+                warn!(error = %e, "invalid policy: the pods it selects admit nobody until it is fixed");
+                checked.push(Policy::deny_all_like(&p, &e.reason));
+            }
         }
     }
     checked.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));

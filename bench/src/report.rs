@@ -1,0 +1,476 @@
+//! Reducing the repetitions: medians per route, latency *added* over direct (paired by
+//! repetition), CPU per 1,000 requests, peak RSS; the targets as Trellis ÷ HAProxy
+//! ratios with PASS/MISS; and the completeness check the CI smoke relies on.
+//!
+//! Owns: [`Report`] (also the JSON document) and [`build`]. Rendering is in `markdown`.
+
+use serde::Serialize;
+
+use crate::plan::Plan;
+use crate::run::Samples;
+
+/// Facts about the machine and the software compared.
+#[derive(Debug, Clone, Serialize)]
+pub struct Environment {
+    /// UTC time of the run.
+    pub date: String,
+    /// CPU model.
+    pub cpu: String,
+    /// Online CPUs.
+    pub cores: usize,
+    /// Kernel release.
+    pub kernel: String,
+    /// `haproxy -v`, first line.
+    pub haproxy: String,
+    /// `nginx -v`.
+    pub nginx: String,
+    /// `git describe` of the workspace.
+    pub trellis: String,
+    /// `/proc/loadavg` (1, 5, 15 min) when the run started and when it ended: other work on
+    /// the machine shows here.
+    pub load_before: String,
+    /// See `load_before`.
+    pub load_after: String,
+}
+
+/// Medians at one rate.
+#[derive(Debug, Clone, Serialize)]
+pub struct RateSummary {
+    /// Requests per second.
+    pub rate: u32,
+    /// Latency percentiles, µs (medians over repetitions): p50, p90, p99, p99.9, max.
+    pub us: [Option<f64>; 5],
+    /// The same minus direct's in the same repetition, µs (medians of the differences).
+    pub added_us: [Option<f64>; 5],
+    /// CPU time of the route's proxies together per 1,000 requests, ms.
+    pub cpu_ms_per_1k: Option<f64>,
+    /// Requests due / completed / failed, summed over repetitions.
+    pub expected: u64,
+    /// See `expected`.
+    pub completed: u64,
+    /// See `expected`.
+    pub errors: u64,
+}
+
+/// One proxy process's medians.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProxySummary {
+    /// `client` or `server`.
+    pub side: &'static str,
+    /// Per rate: (rate, highest peak RSS over repetitions in MiB, median CPU ms per 1k requests).
+    pub per_rate: Vec<(u32, Option<f64>, Option<f64>)>,
+}
+
+/// One route's medians.
+#[derive(Debug, Clone, Serialize)]
+pub struct RouteSummary {
+    /// Route name.
+    pub route: &'static str,
+    /// Open-loop results per rate.
+    pub latency: Vec<RateSummary>,
+    /// New connections per second (median).
+    pub conns_per_s: Option<f64>,
+    /// Connect + request + response time, p50 and p99, µs (medians).
+    pub conn_p50_us: Option<f64>,
+    /// See `conn_p50_us`.
+    pub conn_p99_us: Option<f64>,
+    /// Failed new connections, summed.
+    pub conn_errors: u64,
+    /// Single-stream MB/s, medians.
+    pub upload_mbps: Option<f64>,
+    /// See `upload_mbps`.
+    pub download_mbps: Option<f64>,
+    /// Failed transfers.
+    pub stream_errors: usize,
+    /// Per proxy process.
+    pub proxies: Vec<ProxySummary>,
+}
+
+/// One of the targets.
+#[derive(Debug, Clone, Serialize)]
+pub struct Target {
+    /// What is compared.
+    pub name: String,
+    /// Trellis's figure.
+    pub trellis: Option<f64>,
+    /// HAProxy's figure (the reference), if the target is relative.
+    pub haproxy: Option<f64>,
+    /// Trellis ÷ HAProxy.
+    pub ratio: Option<f64>,
+    /// The requirement, in words.
+    pub requirement: String,
+    /// Met or not (`None`: not measurable in this run).
+    pub pass: Option<bool>,
+    /// Extra words (e.g. whether a stretch goal was met).
+    pub note: String,
+}
+
+/// The whole result; serialized as the `--json` document.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    /// The machine.
+    pub environment: Environment,
+    /// The schedule.
+    pub plan: Plan,
+    /// Medians per route.
+    pub routes: Vec<RouteSummary>,
+    /// Targets.
+    pub targets: Vec<Target>,
+    /// Every route carried traffic in every measurement and every cell has a figure.
+    pub complete: bool,
+    /// What makes the report incomplete.
+    pub problems: Vec<String>,
+    /// Worth a look, but not a failure (e.g. some requests failed).
+    pub warnings: Vec<String>,
+    /// Raw per-repetition results.
+    pub samples: Vec<Samples>,
+}
+
+/// Median of the values (mean of the middle two for an even count); `None` if empty.
+pub fn median(mut v: Vec<f64>) -> Option<f64> {
+    v.retain(|x| x.is_finite());
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let m = v.len() / 2;
+    Some(if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    })
+}
+
+fn percentiles_us(s: &crate::run::LatencySample) -> [f64; 5] {
+    [s.p50_ns, s.p90_ns, s.p99_ns, s.p999_ns, s.max_ns].map(|v| v as f64 / 1e3)
+}
+
+fn summarize(route: &Samples, direct: &Samples, rates: &[u32]) -> RouteSummary {
+    let mut latency = Vec::new();
+    let mut sides: Vec<&'static str> = Vec::new();
+    for s in &route.latency {
+        for p in &s.proxies {
+            if !sides.contains(&p.side) {
+                sides.push(p.side);
+            }
+        }
+    }
+    let mut proxies: Vec<ProxySummary> = sides
+        .iter()
+        .map(|&side| ProxySummary {
+            side,
+            per_rate: vec![],
+        })
+        .collect();
+    for &rate in rates {
+        let ok: Vec<_> = route
+            .latency
+            .iter()
+            .filter(|s| s.rate == rate && s.completed > 0)
+            .collect();
+        let mut us = [None; 5];
+        let mut added_us = [None; 5];
+        for k in 0..5 {
+            us[k] = median(ok.iter().map(|s| percentiles_us(s)[k]).collect());
+            added_us[k] = median(
+                ok.iter()
+                    .filter_map(|s| {
+                        let d = direct
+                            .latency
+                            .iter()
+                            .find(|d| d.rate == rate && d.rep == s.rep && d.completed > 0)?;
+                        Some(percentiles_us(s)[k] - percentiles_us(d)[k])
+                    })
+                    .collect(),
+            );
+        }
+        let per_1k = |s: &crate::run::LatencySample, side: Option<&str>| {
+            let cpu: f64 = s
+                .proxies
+                .iter()
+                .filter(|p| side.is_none_or(|x| x == p.side))
+                .map(|p| p.cpu_s)
+                .sum();
+            cpu * 1e3 / s.completed as f64 * 1e3
+        };
+        let cpu_ms_per_1k = if sides.is_empty() {
+            None
+        } else {
+            median(ok.iter().map(|s| per_1k(s, None)).collect())
+        };
+        for p in &mut proxies {
+            let rss = ok
+                .iter()
+                .flat_map(|s| s.proxies.iter().filter(|r| r.side == p.side))
+                .map(|r| r.peak_rss_kib as f64 / 1024.0)
+                .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))));
+            let cpu = median(ok.iter().map(|s| per_1k(s, Some(p.side))).collect());
+            p.per_rate.push((rate, rss, cpu));
+        }
+        let all: Vec<_> = route.latency.iter().filter(|s| s.rate == rate).collect();
+        latency.push(RateSummary {
+            rate,
+            us,
+            added_us,
+            cpu_ms_per_1k,
+            expected: all.iter().map(|s| s.expected).sum(),
+            completed: all.iter().map(|s| s.completed).sum(),
+            errors: all.iter().map(|s| s.errors).sum(),
+        });
+    }
+    let ok_conns: Vec<_> = route.conns.iter().filter(|c| c.completed > 0).collect();
+    RouteSummary {
+        route: route.route,
+        latency,
+        conns_per_s: median(ok_conns.iter().map(|c| c.per_second).collect()),
+        conn_p50_us: median(ok_conns.iter().map(|c| c.p50_ns as f64 / 1e3).collect()),
+        conn_p99_us: median(ok_conns.iter().map(|c| c.p99_ns as f64 / 1e3).collect()),
+        conn_errors: route.conns.iter().map(|c| c.errors).sum(),
+        upload_mbps: median(route.streams.iter().filter_map(|s| s.upload_mbps).collect()),
+        download_mbps: median(
+            route
+                .streams
+                .iter()
+                .filter_map(|s| s.download_mbps)
+                .collect(),
+        ),
+        stream_errors: route.streams.iter().filter(|s| s.error.is_some()).count(),
+        proxies,
+    }
+}
+
+/// Builds the report from the raw samples.
+pub fn build(environment: Environment, plan: Plan, samples: Vec<Samples>) -> Report {
+    let Some(direct) = samples.iter().find(|s| s.route == "direct") else {
+        return Report {
+            environment,
+            plan,
+            routes: vec![],
+            targets: vec![],
+            complete: false,
+            problems: vec!["no direct route measured".into()],
+            warnings: vec![],
+            samples,
+        };
+    };
+    let routes: Vec<RouteSummary> = samples
+        .iter()
+        .map(|s| summarize(s, direct, &plan.rates))
+        .collect();
+    let (problems, warnings) = check(&routes, &plan);
+    let targets = targets(&routes, &plan);
+    Report {
+        environment,
+        complete: problems.is_empty(),
+        problems,
+        warnings,
+        targets,
+        routes,
+        plan,
+        samples,
+    }
+}
+
+/// Missing figures (problems) and failed requests (warnings).
+fn check(routes: &[RouteSummary], plan: &Plan) -> (Vec<String>, Vec<String>) {
+    let (mut problems, mut warnings) = (vec![], vec![]);
+    for want in ["direct", "trellis", "haproxy", "nginx"] {
+        if !routes.iter().any(|r| r.route == want) {
+            problems.push(format!("route {want} was not measured"));
+        }
+    }
+    for r in routes {
+        let name = r.route;
+        for l in &r.latency {
+            if l.completed == 0
+                || l.us.iter().any(Option::is_none)
+                || l.added_us.iter().any(Option::is_none)
+            {
+                problems.push(format!("{name}: no latency figures at {} req/s", l.rate));
+            }
+            if name != "direct" && l.cpu_ms_per_1k.is_none() {
+                problems.push(format!("{name}: no CPU figure at {} req/s", l.rate));
+            }
+            if l.errors > 0 {
+                warnings.push(format!(
+                    "{name}: {} of {} requests failed at {} req/s",
+                    l.errors, l.expected, l.rate
+                ));
+            }
+        }
+        if r.latency.len() != plan.rates.len() {
+            problems.push(format!(
+                "{name}: latency measured at {} of {} rates",
+                r.latency.len(),
+                plan.rates.len()
+            ));
+        }
+        if r.conns_per_s.is_none() {
+            problems.push(format!("{name}: no new connection completed"));
+        }
+        if r.conn_errors > 0 {
+            warnings.push(format!("{name}: {} new connections failed", r.conn_errors));
+        }
+        if r.upload_mbps.is_none() || r.download_mbps.is_none() {
+            problems.push(format!("{name}: no single-stream transfer completed"));
+        }
+        if r.stream_errors > 0 {
+            warnings.push(format!(
+                "{name}: {} single-stream transfers failed",
+                r.stream_errors
+            ));
+        }
+        for p in &r.proxies {
+            if p.per_rate
+                .iter()
+                .any(|(_, rss, cpu)| rss.is_none_or(|v| v <= 0.0) || cpu.is_none())
+            {
+                problems.push(format!(
+                    "{name}: no RSS/CPU reading for the {} proxy",
+                    p.side
+                ));
+            }
+        }
+        if name != "direct" && r.proxies.len() != 2 {
+            problems.push(format!("{name}: expected a client and a server proxy"));
+        }
+    }
+    (problems, warnings)
+}
+
+fn ratio(t: Option<f64>, h: Option<f64>) -> Option<f64> {
+    match (t, h) {
+        (Some(t), Some(h)) if h > 0.0 => Some(t / h),
+        _ => None,
+    }
+}
+
+fn targets(routes: &[RouteSummary], plan: &Plan) -> Vec<Target> {
+    let find = |n: &str| routes.iter().find(|r| r.route == n);
+    let (Some(t), Some(h)) = (find("trellis"), find("haproxy")) else {
+        return vec![];
+    };
+    let mut out = Vec::new();
+    let at = |r: &RouteSummary, rate: u32| r.latency.iter().find(|l| l.rate == rate).cloned();
+    for &rate in &plan.rates {
+        let (tl, hl) = (at(t, rate), at(h, rate));
+        let tv = tl.as_ref().and_then(|l| l.added_us[2]);
+        let hv = hl.as_ref().and_then(|l| l.added_us[2]);
+        let r = ratio(tv, hv);
+        out.push(Target {
+            name: format!("added p99 latency at {} req/s (µs)", thousands(rate)),
+            trellis: tv,
+            haproxy: hv,
+            ratio: r,
+            requirement: "≤ 1.0 × HAProxy (goal 0.8)".into(),
+            pass: tv.zip(hv).map(|(a, b)| a <= b),
+            note: match r {
+                Some(r) if r <= 0.8 => "goal 0.8 met".into(),
+                Some(_) => "goal 0.8 not met".into(),
+                None => String::new(),
+            },
+        });
+    }
+    let rel = |name: &str, tv: Option<f64>, hv: Option<f64>, factor: f64| {
+        let r = ratio(tv, hv);
+        Target {
+            name: name.into(),
+            trellis: tv,
+            haproxy: hv,
+            ratio: r,
+            requirement: format!("≥ {factor} × HAProxy"),
+            pass: r.map(|r| r >= factor),
+            note: String::new(),
+        }
+    };
+    out.push(rel(
+        "new connections per second",
+        t.conns_per_s,
+        h.conns_per_s,
+        5.0,
+    ));
+    out.push(rel(
+        "single-stream throughput, upload (MB/s)",
+        t.upload_mbps,
+        h.upload_mbps,
+        1.2,
+    ));
+    out.push(rel(
+        "single-stream throughput, download (MB/s)",
+        t.download_mbps,
+        h.download_mbps,
+        1.2,
+    ));
+    let top = plan.rates.iter().copied().max().unwrap_or(0);
+    for (tp, hp) in t.proxies.iter().zip(&h.proxies) {
+        let pick = |p: &ProxySummary| {
+            p.per_rate
+                .iter()
+                .find(|(r, _, _)| *r == top)
+                .and_then(|x| x.1)
+        };
+        let (tv, hv) = (pick(tp), pick(hp));
+        out.push(Target {
+            name: format!(
+                "{} proxy peak RSS at {} req/s (MiB)",
+                tp.side,
+                thousands(top)
+            ),
+            trellis: tv,
+            haproxy: hv,
+            ratio: ratio(tv, hv),
+            requirement: "≤ 15 MiB".into(),
+            pass: tv.map(|v| v <= 15.0),
+            note: String::new(),
+        });
+    }
+    for &rate in &plan.rates {
+        let tv = at(t, rate).and_then(|l| l.cpu_ms_per_1k);
+        let hv = at(h, rate).and_then(|l| l.cpu_ms_per_1k);
+        out.push(Target {
+            name: format!(
+                "CPU per 1,000 requests at {} req/s, both proxies (ms)",
+                thousands(rate)
+            ),
+            trellis: tv,
+            haproxy: hv,
+            ratio: ratio(tv, hv),
+            requirement: "≤ 1.0 × HAProxy".into(),
+            pass: tv.zip(hv).map(|(a, b)| a <= b),
+            note: String::new(),
+        });
+    }
+    out
+}
+
+/// `5000` → `5,000`.
+pub fn thousands(n: u32) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), Some(2.5));
+        assert_eq!(median(vec![]), None);
+    }
+
+    #[test]
+    fn thousands_are_separated() {
+        assert_eq!(thousands(5000), "5,000");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1_000_000), "1,000,000");
+    }
+}

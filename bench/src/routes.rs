@@ -1,0 +1,435 @@
+//! The routes under test and the processes behind them, all on 127.0.0.1:
+//!
+//! | route | path of one application connection |
+//! |---|---|
+//! | `direct` | generator → backend |
+//! | `trellis` | generator → client `trellis-proxy` (explicit mode) → pooled mTLS HTTP/2 CONNECT tunnel → server `trellis-proxy` → backend |
+//! | `haproxy` | generator → client HAProxy (`mode tcp`) → its own TLS 1.3 connection with a client certificate → server HAProxy (`verify required`) → backend |
+//! | `nginx` | generator → client nginx (`stream`, `proxy_ssl`) → its own TLS 1.3 connection → server nginx (`ssl_verify_client on`) → backend |
+//!
+//! Every proxy holds a certificate from the same Trellis control plane (local mode, join
+//! tokens): the Trellis proxies fetch theirs, HAProxy and nginx get theirs from
+//! `trellis svid fetch` — one identity for the client side, one for the server side.
+//!
+//! Owns: starting the control plane, the backend and the proxies; their configuration files.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::load;
+use crate::procs::Supervisor;
+
+/// A proxy process of a route.
+#[derive(Debug, Clone)]
+pub struct ProxyProc {
+    /// `client` (the generator's side) or `server` (the backend's side).
+    pub side: &'static str,
+    /// Its PID (for nginx, the master; the workers are found under it).
+    pub pid: u32,
+}
+
+/// One way from the generator to the backend.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// `direct`, `trellis`, `haproxy` or `nginx`.
+    pub name: &'static str,
+    /// Where the generator sends HTTP.
+    pub http: SocketAddr,
+    /// Where the generator sends throughput streams.
+    pub stream: SocketAddr,
+    /// The proxies on the way (none for direct).
+    pub proxies: Vec<ProxyProc>,
+}
+
+/// Where the Trellis binaries are.
+#[derive(Debug, Clone)]
+pub struct Bins {
+    /// `trellis-proxy`.
+    pub proxy: PathBuf,
+    /// `trellis-control-plane`.
+    pub control_plane: PathBuf,
+    /// `trellis` (for `svid fetch`).
+    pub cli: PathBuf,
+}
+
+impl Bins {
+    /// The binaries in `dir`; fails naming the first that is missing.
+    pub fn in_dir(dir: &Path) -> anyhow::Result<Self> {
+        let bins = Self {
+            proxy: dir.join("trellis-proxy"),
+            control_plane: dir.join("trellis-control-plane"),
+            cli: dir.join("trellis"),
+        };
+        for b in [&bins.proxy, &bins.control_plane, &bins.cli] {
+            if !b.is_file() {
+                bail!(
+                    "{} not found; build it: cargo build --release -p trellis-proxy -p trellis-control-plane -p trellis",
+                    b.display()
+                );
+            }
+        }
+        Ok(bins)
+    }
+}
+
+const CLIENT_TOKEN: &str = "bench-client-token-0123456789";
+const SERVER_TOKEN: &str = "bench-server-token-0123456789";
+const SERVER_ID: &str = "spiffe://cluster.local/ns/bench/sa/server";
+const STARTUP: Duration = Duration::from_secs(30);
+
+/// A free port on 127.0.0.1 (bound and released: the processes bind it right after).
+fn free_addr() -> anyhow::Result<SocketAddr> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?)
+}
+
+/// Starts everything and returns the routes, each checked with one request.
+pub async fn start(sup: &mut Supervisor, dir: &Path, bins: &Bins) -> anyhow::Result<Vec<Route>> {
+    // Backend.
+    let (app_http, app_stream) = (free_addr()?, free_addr()?);
+    let exe = std::env::current_exe()?;
+    sup.spawn(
+        "backend",
+        Command::new(exe)
+            .arg("backend")
+            .arg(format!("--http={app_http}"))
+            .arg(format!("--stream={app_stream}")),
+    )?;
+    wait_tcp(sup, "backend", app_http).await?;
+    wait_tcp(sup, "backend", app_stream).await?;
+    let direct = Route {
+        name: "direct",
+        http: app_http,
+        stream: app_stream,
+        proxies: vec![],
+    };
+
+    // Control plane and certificates.
+    fs::write(
+        dir.join("join-tokens"),
+        format!("{CLIENT_TOKEN} ns/bench/sa/client\n{SERVER_TOKEN} ns/bench/sa/server\n"),
+    )?;
+    fs::write(dir.join("client-token"), CLIENT_TOKEN)?;
+    fs::write(dir.join("server-token"), SERVER_TOKEN)?;
+    let (cp, cp_metrics) = (free_addr()?, free_addr()?);
+    let state = dir.join("state");
+    sup.spawn(
+        "control-plane",
+        Command::new(&bins.control_plane)
+            .arg("--mode=local")
+            .arg(format!("--state-dir={}", state.display()))
+            .arg(format!(
+                "--join-tokens={}",
+                dir.join("join-tokens").display()
+            ))
+            .arg(format!("--listen={cp}"))
+            .arg(format!("--metrics-listen={cp_metrics}"))
+            .arg("--shutdown-grace=1s")
+            .arg("--log=warn"),
+    )?;
+    wait_http_ok(sup, "control-plane", cp_metrics, "/ready").await?;
+    let root = state.join("root-cert.pem");
+    for side in ["client", "server"] {
+        sup.run(
+            &format!("svid-fetch-{side}"),
+            Command::new(&bins.cli)
+                .args(["svid", "fetch"])
+                .arg(format!("--control-plane={cp}"))
+                .arg(format!(
+                    "--token-file={}",
+                    dir.join(format!("{side}-token")).display()
+                ))
+                .arg(format!("--trust-bundle={}", root.display()))
+                .arg(format!("--out={}", dir.join(side).display())),
+            STARTUP,
+        )
+        .await?;
+        // HAProxy wants the chain and the key in one file.
+        let chain = fs::read_to_string(dir.join(side).join("svid.pem"))?;
+        let key = fs::read_to_string(dir.join(side).join("svid.key"))?;
+        fs::write(dir.join(side).join("haproxy.pem"), format!("{chain}{key}"))?;
+    }
+
+    let trellis = start_trellis(sup, dir, bins, cp, &root, app_http, app_stream).await?;
+    let haproxy = start_haproxy(sup, dir, app_http, app_stream).await?;
+    let nginx = start_nginx(sup, dir, app_http, app_stream).await?;
+    let routes = vec![direct, trellis, haproxy, nginx];
+    for r in &routes {
+        let mut c = load::open_connections(r.http, 1, Duration::from_secs(10))
+            .await
+            .with_context(|| format!("route {} does not carry a request", r.name))?;
+        c.clear();
+    }
+    Ok(routes)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn start_trellis(
+    sup: &mut Supervisor,
+    dir: &Path,
+    bins: &Bins,
+    cp: SocketAddr,
+    root: &Path,
+    app_http: SocketAddr,
+    app_stream: SocketAddr,
+) -> anyhow::Result<Route> {
+    let (tunnel, server_admin, client_admin) = (free_addr()?, free_addr()?, free_addr()?);
+    let (http, stream) = (free_addr()?, free_addr()?);
+    let common = |cmd: &mut Command, side: &str, admin: SocketAddr| {
+        cmd.args([
+            "run",
+            "--mode=explicit",
+            "--discovery=false",
+            "--log=warn",
+            "--drain=1s",
+        ])
+        .arg(format!("--control-plane={cp}"))
+        .arg(format!("--trust-bundle-file={}", root.display()))
+        .arg(format!(
+            "--token-file={}",
+            dir.join(format!("{side}-token")).display()
+        ))
+        .arg(format!("--admin-listen={admin}"));
+    };
+    let mut server = Command::new(&bins.proxy);
+    common(&mut server, "server", server_admin);
+    server.arg(format!("--tunnel-listen={tunnel}"));
+    let server_pid = sup.spawn("trellis-server", &mut server)?;
+    let mut client = Command::new(&bins.proxy);
+    common(&mut client, "client", client_admin);
+    client
+        .arg("--tunnel-listen=127.0.0.1:0")
+        .arg(format!(
+            "--outbound={http}={app_http},{stream}={app_stream}"
+        ))
+        .arg(format!(
+            "--workload={app_http}={SERVER_ID}@{tunnel},{app_stream}={SERVER_ID}@{tunnel}"
+        ));
+    let client_pid = sup.spawn("trellis-client", &mut client)?;
+    wait_http_ok(sup, "trellis-server", server_admin, "/ready").await?;
+    wait_http_ok(sup, "trellis-client", client_admin, "/ready").await?;
+    Ok(Route {
+        name: "trellis",
+        http,
+        stream,
+        proxies: vec![
+            ProxyProc {
+                side: "client",
+                pid: client_pid,
+            },
+            ProxyProc {
+                side: "server",
+                pid: server_pid,
+            },
+        ],
+    })
+}
+
+/// HAProxy in `mode tcp`: each application connection is its own TLS connection between the
+/// two HAProxies (no multiplexing in TCP mode); TLS sessions are resumed by default.
+async fn start_haproxy(
+    sup: &mut Supervisor,
+    dir: &Path,
+    app_http: SocketAddr,
+    app_stream: SocketAddr,
+) -> anyhow::Result<Route> {
+    let (tls_http, tls_stream, http, stream) =
+        (free_addr()?, free_addr()?, free_addr()?, free_addr()?);
+    let d = dir.display();
+    let head = "global\n  maxconn 8000\n  nbthread 2\n\
+                defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n";
+    let mut server = head.to_owned();
+    let mut client = head.to_owned();
+    for (name, tls, listen, app) in [
+        ("http", tls_http, http, app_http),
+        ("stream", tls_stream, stream, app_stream),
+    ] {
+        writeln!(
+            server,
+            "frontend {name}\n  bind {tls} ssl crt {d}/server/haproxy.pem ca-file {d}/server/bundle.pem verify required ssl-min-ver TLSv1.3 alpn h2\n  default_backend {name}\n\
+             backend {name}\n  server app {app}"
+        )?;
+        writeln!(
+            client,
+            "frontend {name}\n  bind {listen}\n  default_backend {name}\n\
+             backend {name}\n  server peer {tls} ssl crt {d}/client/haproxy.pem ca-file {d}/client/bundle.pem verify required ssl-min-ver TLSv1.3 alpn h2"
+        )?;
+    }
+    let mut pids = Vec::new();
+    for (side, cfg) in [("server", server), ("client", client)] {
+        let path = dir.join(format!("haproxy-{side}.cfg"));
+        fs::write(&path, cfg)?;
+        let pid = sup.spawn(
+            &format!("haproxy-{side}"),
+            Command::new("haproxy").arg("-db").arg("-f").arg(&path),
+        )?;
+        pids.push(ProxyProc { side, pid });
+    }
+    for (side, addr) in [
+        ("server", tls_http),
+        ("server", tls_stream),
+        ("client", http),
+        ("client", stream),
+    ] {
+        wait_tcp(sup, &format!("haproxy-{side}"), addr).await?;
+    }
+    pids.reverse();
+    Ok(Route {
+        name: "haproxy",
+        http,
+        stream,
+        proxies: pids,
+    })
+}
+
+/// The nginx stream module: like HAProxy, one TLS connection per application connection.
+async fn start_nginx(
+    sup: &mut Supervisor,
+    dir: &Path,
+    app_http: SocketAddr,
+    app_stream: SocketAddr,
+) -> anyhow::Result<Route> {
+    let module = Path::new("/usr/lib/nginx/modules/ngx_stream_module.so");
+    if !module.is_file() {
+        bail!(
+            "{} missing: run bench/setup (installs libnginx-mod-stream)",
+            module.display()
+        );
+    }
+    let (tls_http, tls_stream, http, stream) =
+        (free_addr()?, free_addr()?, free_addr()?, free_addr()?);
+    let d = dir.display();
+    let mut pids = Vec::new();
+    for side in ["server", "client"] {
+        let mut cfg = format!(
+            "load_module {};\nworker_processes 2;\npid {d}/nginx-{side}.pid;\n\
+             events {{ worker_connections 8000; }}\nstream {{\n",
+            module.display()
+        );
+        for (tls, listen, app) in [(tls_http, http, app_http), (tls_stream, stream, app_stream)] {
+            if side == "server" {
+                let lines = [
+                    format!("listen {tls} ssl;"),
+                    "ssl_protocols TLSv1.3;".into(),
+                    format!("ssl_certificate {d}/server/svid.pem;"),
+                    format!("ssl_certificate_key {d}/server/svid.key;"),
+                    format!("ssl_client_certificate {d}/server/bundle.pem;"),
+                    "ssl_verify_client on;".into(),
+                    format!("proxy_pass {app};"),
+                ];
+                writeln!(cfg, "  server {{\n    {}\n  }}", lines.join("\n    "))?;
+            } else {
+                // proxy_ssl_verify would also check the host name, and an SVID has no DNS name
+                // or CN — only the URI SAN ("upstream SSL certificate does not match"). nginx
+                // has no chain-only mode, so the client side does not verify the server here (it
+                // still presents its certificate, and the server verifies it). This favours
+                // nginx a little; the report says so.
+                let lines = [
+                    format!("listen {listen};"),
+                    format!("proxy_pass {tls};"),
+                    "proxy_ssl on;".into(),
+                    "proxy_ssl_protocols TLSv1.3;".into(),
+                    format!("proxy_ssl_certificate {d}/client/svid.pem;"),
+                    format!("proxy_ssl_certificate_key {d}/client/svid.key;"),
+                    format!("proxy_ssl_trusted_certificate {d}/client/bundle.pem;"),
+                    "proxy_ssl_verify off;".into(),
+                    "proxy_ssl_session_reuse on;".into(),
+                    "proxy_half_close on;".into(),
+                ];
+                writeln!(cfg, "  server {{\n    {}\n  }}", lines.join("\n    "))?;
+            }
+        }
+        cfg.push_str("}\n");
+        let path = dir.join(format!("nginx-{side}.conf"));
+        fs::write(&path, cfg)?;
+        let pid = sup.spawn(
+            &format!("nginx-{side}"),
+            Command::new("nginx")
+                .arg("-p")
+                .arg(dir)
+                .arg("-c")
+                .arg(&path)
+                .arg("-e")
+                .arg(dir.join(format!("nginx-{side}.err")))
+                .args(["-g", "daemon off;"]),
+        )?;
+        pids.push(ProxyProc { side, pid });
+    }
+    for (side, addr) in [
+        ("server", tls_http),
+        ("server", tls_stream),
+        ("client", http),
+        ("client", stream),
+    ] {
+        wait_tcp(sup, &format!("nginx-{side}"), addr).await?;
+    }
+    pids.reverse();
+    Ok(Route {
+        name: "nginx",
+        http,
+        stream,
+        proxies: pids,
+    })
+}
+
+/// Waits until `addr` accepts TCP, failing early if `name` exits.
+async fn wait_tcp(sup: &mut Supervisor, name: &str, addr: SocketAddr) -> anyhow::Result<()> {
+    let deadline = Instant::now() + STARTUP;
+    loop {
+        if TcpStream::connect(addr).await.is_ok() {
+            return Ok(());
+        }
+        sup.check_alive(name)?;
+        if Instant::now() >= deadline {
+            bail!("{name} does not listen on {addr}:\n{}", sup.log_of(name));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until `GET http://addr/path` answers 200.
+async fn wait_http_ok(
+    sup: &mut Supervisor,
+    name: &str,
+    addr: SocketAddr,
+    path: &str,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + STARTUP;
+    loop {
+        if http_status(addr, path).await.ok() == Some(200) {
+            return Ok(());
+        }
+        sup.check_alive(name)?;
+        if Instant::now() >= deadline {
+            bail!(
+                "{name}: http://{addr}{path} not ready:\n{}",
+                sup.log_of(name)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn http_status(addr: SocketAddr, path: &str) -> anyhow::Result<u16> {
+    let fut = async {
+        let mut s = TcpStream::connect(addr).await?;
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await?;
+        let mut buf = [0u8; 12];
+        s.read_exact(&mut buf).await?;
+        let code = std::str::from_utf8(&buf[9..12])?.parse()?;
+        anyhow::Ok(code)
+    };
+    tokio::time::timeout(Duration::from_secs(2), fut).await?
+}
