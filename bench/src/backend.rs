@@ -152,8 +152,9 @@ mod tests {
         assert_eq!(count_requests(&mut st, REQUEST), 1);
         let two = [REQUEST, REQUEST].concat();
         let (a, b) = two.split_at(REQUEST.len() - 2);
-        assert_eq!(count_requests(&mut st, a), 1);
-        assert_eq!(count_requests(&mut st, b), 1);
+        // The first head's final "\r\n" arrives with the second read.
+        assert_eq!(count_requests(&mut st, a), 0);
+        assert_eq!(count_requests(&mut st, b), 2);
         assert_eq!(count_requests(&mut st, b"\r\r\n\r\n"), 1);
         assert_eq!(count_requests(&mut st, b"\r\n\n\r\n"), 0);
     }

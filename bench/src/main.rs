@@ -65,6 +65,14 @@ struct Cli {
     /// Do not run `cargo build --release` for the binaries under test.
     #[arg(long)]
     no_build: bool,
+    /// Only these routes (comma-separated: direct, trellis, haproxy, nginx), for profiling;
+    /// the report is then incomplete.
+    #[arg(long, value_delimiter = ',')]
+    routes: Vec<String>,
+    /// Leave out these measurements (latency, connections, throughput), for profiling; the
+    /// report is then incomplete.
+    #[arg(long, value_delimiter = ',', value_parser = ["latency", "connections", "throughput"])]
+    skip: Vec<String>,
     /// Keep the run's directory (configs, certificates, logs) and print its path.
     #[arg(long)]
     keep_dir: bool,
@@ -112,6 +120,7 @@ fn bench(cli: &Cli) -> anyhow::Result<bool> {
     } else {
         Plan::full()
     };
+    plan.skip.clone_from(&cli.skip);
     if let Some(n) = cli.repetitions {
         plan.repetitions = n.max(1);
     }
@@ -132,7 +141,7 @@ fn bench(cli: &Cli) -> anyhow::Result<bool> {
     };
     let bins = routes::Bins::in_dir(&bin_dir)?;
     for tool in ["haproxy", "nginx"] {
-        if Command::new(tool).arg("-v").output().is_err() {
+        if Command::new(routes::tool(tool)).arg("-v").output().is_err() {
             bail!(
                 "{tool} not found: run bench/setup (installs haproxy, nginx-light, libnginx-mod-stream)"
             );
@@ -149,7 +158,10 @@ fn bench(cli: &Cli) -> anyhow::Result<bool> {
         let mut sup = Supervisor::new(dir.path());
         let work = async {
             let started = std::time::Instant::now();
-            let routes = routes::start(&mut sup, dir.path(), &bins).await?;
+            let mut routes = routes::start(&mut sup, dir.path(), &bins).await?;
+            if !cli.routes.is_empty() {
+                routes.retain(|r| r.name == "direct" || cli.routes.iter().any(|n| n == r.name));
+            }
             eprintln!(
                 "bench: {} routes up in {:.1?}; {} run",
                 routes.len(),
@@ -292,12 +304,12 @@ fn environment() -> Environment {
             .unwrap_or_default()
             .trim()
             .to_owned(),
-        haproxy: first_line("haproxy", &["-v"])
+        haproxy: first_line(&routes::tool("haproxy").to_string_lossy(), &["-v"])
             .split(" - ")
             .next()
             .unwrap_or_default()
             .to_owned(),
-        nginx: first_line("nginx", &["-v"]).replace("nginx version: ", ""),
+        nginx: first_line(&routes::tool("nginx").to_string_lossy(), &["-v"]).replace("nginx version: ", ""),
         trellis: first_line("git", &["-C", root, "describe", "--always", "--dirty"]),
         load_before: loadavg(),
         load_after: String::new(),

@@ -40,6 +40,9 @@ pub struct Plan {
     /// Pause between measurements, so TIME_WAIT sockets and proxy buffers settle.
     #[serde(serialize_with = "secs")]
     pub settle: Duration,
+    /// Measurements left out (`latency`, `connections`, `throughput`), for profiling one of
+    /// them; a report with any left out is incomplete.
+    pub skip: Vec<String>,
 }
 
 fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -47,6 +50,11 @@ fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
 }
 
 impl Plan {
+    /// Whether `measurement` is to be taken.
+    pub fn runs(&self, measurement: &str) -> bool {
+        !self.skip.iter().any(|s| s == measurement)
+    }
+
     /// The CI smoke: about a minute of load.
     pub fn quick() -> Self {
         Self {
@@ -62,6 +70,7 @@ impl Plan {
             stream_bytes: 128 << 20,
             stream_limit: Duration::from_secs(15),
             settle: Duration::from_millis(100),
+            skip: vec![],
         }
     }
 
@@ -80,6 +89,7 @@ impl Plan {
             stream_bytes: 1 << 30,
             stream_limit: Duration::from_secs(60),
             settle: Duration::from_millis(500),
+            skip: vec![],
         }
     }
 }

@@ -274,6 +274,9 @@ pub fn build(environment: Environment, plan: Plan, samples: Vec<Samples>) -> Rep
 /// Missing figures (problems) and failed requests (warnings).
 fn check(routes: &[RouteSummary], plan: &Plan) -> (Vec<String>, Vec<String>) {
     let (mut problems, mut warnings) = (vec![], vec![]);
+    for skipped in &plan.skip {
+        problems.push(format!("{skipped} was skipped (--skip)"));
+    }
     for want in ["direct", "trellis", "haproxy", "nginx"] {
         if !routes.iter().any(|r| r.route == want) {
             problems.push(format!("route {want} was not measured"));
@@ -448,7 +451,7 @@ pub fn thousands(n: u32) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);

@@ -85,6 +85,15 @@ const SERVER_TOKEN: &str = "bench-server-token-0123456789";
 const SERVER_ID: &str = "spiffe://cluster.local/ns/bench/sa/server";
 const STARTUP: Duration = Duration::from_secs(30);
 
+/// The path of a system tool: from `PATH`, else `/usr/sbin` (where Debian puts HAProxy and
+/// nginx, often not in a non-root user's `PATH`).
+pub fn tool(name: &str) -> PathBuf {
+    let in_path = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).map(|d| d.join(name)).find(|p| p.is_file()))
+        .unwrap_or_default();
+    in_path.unwrap_or_else(|| Path::new("/usr/sbin").join(name))
+}
+
 /// A free port on 127.0.0.1 (bound and released: the processes bind it right after).
 fn free_addr() -> anyhow::Result<SocketAddr> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;
@@ -269,7 +278,7 @@ async fn start_haproxy(
         fs::write(&path, cfg)?;
         let pid = sup.spawn(
             &format!("haproxy-{side}"),
-            Command::new("haproxy").arg("-db").arg("-f").arg(&path),
+            Command::new(tool("haproxy")).arg("-db").arg("-f").arg(&path),
         )?;
         pids.push(ProxyProc { side, pid });
     }
@@ -352,7 +361,7 @@ async fn start_nginx(
         fs::write(&path, cfg)?;
         let pid = sup.spawn(
             &format!("nginx-{side}"),
-            Command::new("nginx")
+            Command::new(tool("nginx"))
                 .arg("-p")
                 .arg(dir)
                 .arg("-c")

@@ -118,7 +118,8 @@ pub async fn measure(plan: &Plan, routes: &[Route]) -> Vec<Samples> {
     let n = routes.len();
     for rep in 0..plan.repetitions {
         let order: Vec<usize> = (0..n).map(|i| (i + rep) % n).collect();
-        for &rate in &plan.rates {
+        let rates: &[u32] = if plan.runs("latency") { &plan.rates } else { &[] };
+        for &rate in rates {
             for &i in &order {
                 let s = latency_once(plan, &routes[i], rate, rep).await;
                 eprintln!(
@@ -137,7 +138,7 @@ pub async fn measure(plan: &Plan, routes: &[Route]) -> Vec<Samples> {
                 sleep(plan.settle).await;
             }
         }
-        for &i in &order {
+        for &i in order.iter().filter(|_| plan.runs("connections")) {
             let r = load::connection_rate(
                 routes[i].http,
                 plan.conn_concurrency,
@@ -164,7 +165,7 @@ pub async fn measure(plan: &Plan, routes: &[Route]) -> Vec<Samples> {
             });
             sleep(plan.settle).await;
         }
-        for &i in &order {
+        for &i in order.iter().filter(|_| plan.runs("throughput")) {
             let up = load::upload(routes[i].stream, plan.stream_bytes, plan.stream_limit).await;
             sleep(plan.settle).await;
             let down = load::download(routes[i].stream, plan.stream_bytes, plan.stream_limit).await;

@@ -40,7 +40,7 @@ fn trim(v: f64) -> String {
 
 /// One SVG document: `series` are (route, latencies in ns).
 pub fn percentile_plot(title: &str, series: &[(&str, &Histogram<u64>)]) -> String {
-    let series: Vec<_> = series.iter().filter(|(_, h)| h.len() > 0).collect();
+    let series: Vec<_> = series.iter().filter(|(_, h)| !h.is_empty()).collect();
     let most = series.iter().map(|(_, h)| h.len()).max().unwrap_or(1);
     // Show percentiles down to about one sample: 10^-decades of the most samples.
     let decades = ((most as f64).log10().floor()).clamp(2.0, 6.0);

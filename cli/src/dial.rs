@@ -33,8 +33,8 @@ pub enum Target {
     },
     /// A port of a pod, through the API server.
     PodPort {
-        /// The pods of the pod's namespace.
-        pods: Api<Pod>,
+        /// The pods of the pod's namespace (boxed: a client is large, a TCP address small).
+        pods: Box<Api<Pod>>,
         /// The pod's namespace (for messages).
         namespace: String,
         /// The pod's name.

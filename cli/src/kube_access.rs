@@ -168,7 +168,7 @@ pub async fn admin_target(
         });
     }
     Ok(Target::PodPort {
-        pods,
+        pods: Box::new(pods),
         namespace,
         name: name.to_owned(),
         port,

@@ -255,14 +255,16 @@ async fn port_forward(mut s: TcpStream, head: &str, port: u16, to: SocketAddr) {
     let (mut from_pod, mut to_pod) = TcpStream::connect(to).await.unwrap().into_split();
     let up = async move {
         while let Some(Ok(msg)) = stream.next().await {
-            match msg {
-                Message::Binary(b) if b.len() > 1 && b[0] == 0 => {
-                    if to_pod.write_all(&b[1..]).await.is_err() {
-                        break;
-                    }
-                }
-                m if m.is_close() => break,
-                _ => {}
+            if msg.is_close() {
+                break;
+            }
+            // Channel 0 is the port's data; the first byte of each frame names the channel.
+            let Message::Binary(b) = msg else { continue };
+            if let Some((0, data)) = b.split_first()
+                && !data.is_empty()
+                && to_pod.write_all(data).await.is_err()
+            {
+                break;
             }
         }
         let _ = to_pod.shutdown().await;

@@ -277,14 +277,16 @@ async fn watch_prints_only_new_connections_and_stops_on_ctrl_c() {
     let via = mesh.frontend.addrs.explicit_outbound[0];
     assert_eq!(roundtrip(via, b"first").await, b"first");
     let admin = mesh.frontend.addrs.admin.unwrap().to_string();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_trellis"))
-        .args(["inspect", "--admin", &admin, "--watch", "-o", "json"])
-        .env("NO_COLOR", "1")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = ChildGuard(
+        Command::new(env!("CARGO_BIN_EXE_trellis"))
+            .args(["inspect", "--admin", &admin, "--watch", "-o", "json"])
+            .env("NO_COLOR", "1")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let (tx, rx) = std::sync::mpsc::channel::<String>();
-    let out = child.stdout.take().unwrap();
+    let out = child.0.stdout.take().unwrap();
     std::thread::spawn(move || {
         for line in std::io::BufReader::new(out).lines() {
             let Ok(line) = line else { return };
@@ -310,11 +312,23 @@ async fn watch_prints_only_new_connections_and_stops_on_ctrl_c() {
 
     // Ctrl-C (SIGINT to the process we started) ends it cleanly.
     let killed = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
+        .args(["-INT", &child.0.id().to_string()])
         .status()
         .unwrap();
     assert!(killed.success());
-    let status = tokio::task::block_in_place(|| child.wait()).unwrap();
+    let status = tokio::task::block_in_place(|| child.0.wait()).unwrap();
     assert_eq!(status.code(), Some(0));
     mesh.stop().await;
+}
+
+/// Kills the child (by its id) if the test ends before it exited, also when the test fails.
+struct ChildGuard(std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }

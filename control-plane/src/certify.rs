@@ -26,8 +26,8 @@ pub enum CertifyError {
     /// The caller asked too often.
     #[error("{caller} is rate limited; retry in {retry_after:?}")]
     RateLimited {
-        /// The authenticated caller.
-        caller: SpiffeId,
+        /// The authenticated caller, or its address when it is not authenticated yet.
+        caller: String,
         /// When a token will be free.
         retry_after: Duration,
     },
@@ -60,6 +60,11 @@ impl CertifyError {
         }
     }
 }
+
+/// Failed attestations per second one source address may cause (sustained).
+const SOURCE_RATE: f64 = 20.0;
+/// Failed attestations one source address may cause in a burst.
+const SOURCE_BURST: u32 = 100;
 
 /// A certificate that was issued, with the bundle to send along.
 #[derive(Debug, Clone)]
@@ -94,8 +99,10 @@ pub struct Certifier {
     ca: Arc<CertificateAuthority>,
     /// How callers are authenticated.
     attestor: Attestor,
-    /// Per-caller limits.
-    limiter: RateLimiter,
+    /// Per-identity limits.
+    limiter: RateLimiter<SpiffeId>,
+    /// Per-source-address limits on attestation attempts.
+    source_limiter: RateLimiter<std::net::IpAddr>,
     /// Counters and histograms.
     metrics: Arc<Metrics>,
     /// Lifetime when none is requested.
@@ -107,7 +114,7 @@ impl Certifier {
     pub fn new(
         ca: Arc<CertificateAuthority>,
         attestor: Attestor,
-        limiter: RateLimiter,
+        limiter: RateLimiter<SpiffeId>,
         metrics: Arc<Metrics>,
         default_ttl: Duration,
     ) -> Self {
@@ -115,6 +122,7 @@ impl Certifier {
             ca,
             attestor,
             limiter,
+            source_limiter: RateLimiter::new(SOURCE_RATE, SOURCE_BURST),
             metrics,
             default_ttl,
         }
@@ -129,13 +137,14 @@ impl Certifier {
     pub async fn certify(&self, req: CertifyRequest<'_>) -> Result<Certified, CertifyError> {
         let result = self.run(&req).await;
         match &result {
-            Ok(c) => {
+            Ok((c, pod)) => {
                 self.metrics.issued.inc();
                 tracing::info!(
                     target: "trellis::audit",
                     api = req.api,
                     peer.addr = ?req.peer,
                     peer.id = %c.id,
+                    pod = pod.as_deref().unwrap_or(""),
                     serial = %c.svid.serial,
                     not_after = %humantime::format_rfc3339_seconds(c.svid.not_after),
                     "certificate issued"
@@ -153,29 +162,46 @@ impl Certifier {
                 );
             }
         }
-        result
+        result.map(|(certified, _)| certified)
     }
 
-    async fn run(&self, req: &CertifyRequest<'_>) -> Result<Certified, CertifyError> {
+    async fn run(&self, req: &CertifyRequest<'_>) -> Result<(Certified, Option<String>), CertifyError> {
+        // Failed attestations are limited per source address: a flood of bad tokens must not
+        // become a flood of TokenReviews. Successful ones are limited per identity below.
+        let source = req.peer.map(|p| p.ip());
+        if let Some(ip) = source {
+            self.source_limiter
+                .peek(&ip, Instant::now())
+                .map_err(|retry_after| CertifyError::RateLimited {
+                    caller: ip.to_string(),
+                    retry_after,
+                })?;
+        }
         let token = req.token.unwrap_or_default();
         let started = Instant::now();
         let attested = self.attestor.attest(token).await;
         self.metrics
             .observe_attestation(self.attestor.kind(), started.elapsed());
+        if let (Err(_), Some(ip)) = (&attested, source) {
+            let _ = self.source_limiter.check(&ip, Instant::now());
+        }
         let attested = attested?;
         self.limiter
             .check(&attested.id, Instant::now())
             .map_err(|retry_after| CertifyError::RateLimited {
-                caller: attested.id.clone(),
+                caller: attested.id.to_string(),
                 retry_after,
             })?;
         let csr = ValidatedCsr::parse(req.csr)?;
         let ttl = req.ttl.unwrap_or(self.default_ttl);
         let svid = self.ca.issue(&csr, &attested.id, ttl, SystemTime::now())?;
-        Ok(Certified {
-            id: attested.id,
-            svid,
-            bundle: self.ca.bundle().roots().to_vec(),
-        })
+        Ok((
+            Certified {
+                id: attested.id,
+                svid,
+                bundle: self.ca.bundle().roots().to_vec(),
+            },
+            attested.pod,
+        ))
     }
 }

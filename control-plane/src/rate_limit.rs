@@ -1,13 +1,14 @@
-//! Per-caller rate limiting of Certify: a token bucket per authenticated identity.
+//! Rate limiting of Certify: a token bucket per key — per authenticated identity (how often a
+//! workload may get certificates) and per source address (how hard anyone may push tokens at
+//! attestation, which in Kubernetes costs a TokenReview each).
 //!
 //! Owns: the pure bucket arithmetic (time is an argument, so tests need no clock) and the
 //! bound on how many callers are tracked.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
-
-use trellis_ca::SpiffeId;
 
 /// At most this many callers are tracked; full buckets are forgotten first.
 const MAX_TRACKED: usize = 100_000;
@@ -21,18 +22,18 @@ struct Bucket {
     updated: Instant,
 }
 
-/// Token buckets by identity.
+/// Token buckets by key.
 #[derive(Debug)]
-pub struct RateLimiter {
+pub struct RateLimiter<K> {
     /// Sustained calls per second.
     rate: f64,
     /// Bucket size.
     burst: f64,
     /// The buckets.
-    buckets: Mutex<HashMap<SpiffeId, Bucket>>,
+    buckets: Mutex<HashMap<K, Bucket>>,
 }
 
-impl RateLimiter {
+impl<K: Hash + Eq + Clone> RateLimiter<K> {
     /// `rate` calls per second sustained, `burst` at once.
     pub fn new(rate: f64, burst: u32) -> Self {
         Self {
@@ -43,7 +44,7 @@ impl RateLimiter {
     }
 
     /// Takes one token for `caller` at `now`; on refusal returns how long until one is free.
-    pub fn check(&self, caller: &SpiffeId, now: Instant) -> Result<(), Duration> {
+    pub fn check(&self, caller: &K, now: Instant) -> Result<(), Duration> {
         let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
         if buckets.len() >= MAX_TRACKED && !buckets.contains_key(caller) {
             let (rate, burst) = (self.rate, self.burst);
@@ -63,6 +64,24 @@ impl RateLimiter {
     }
 }
 
+impl<K: Hash + Eq + Clone> RateLimiter<K> {
+    /// Whether `caller` has a token at `now`, without taking it (see [`RateLimiter::check`]).
+    pub fn peek(&self, caller: &K, now: Instant) -> Result<(), Duration> {
+        let buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
+        match buckets.get(caller) {
+            Some(b) => {
+                let b = refill(*b, self.rate, self.burst, now);
+                if b.tokens >= 1.0 {
+                    Ok(())
+                } else {
+                    Err(Duration::from_secs_f64((1.0 - b.tokens) / self.rate))
+                }
+            }
+            None => Ok(()),
+        }
+    }
+}
+
 fn refill(b: Bucket, rate: f64, burst: f64, now: Instant) -> Bucket {
     let elapsed = now.saturating_duration_since(b.updated).as_secs_f64();
     Bucket {
@@ -74,6 +93,7 @@ fn refill(b: Bucket, rate: f64, burst: f64, now: Instant) -> Bucket {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use trellis_ca::SpiffeId;
 
     fn id(sa: &str) -> SpiffeId {
         SpiffeId::parse(&format!("spiffe://cluster.local/ns/a/sa/{sa}")).unwrap()
@@ -98,6 +118,16 @@ mod tests {
                 .check(&id("a"), t0 + Duration::from_millis(1000))
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn peeking_takes_no_token() {
+        let limiter = RateLimiter::new(1.0, 1);
+        let t0 = Instant::now();
+        assert!(limiter.peek(&id("a"), t0).is_ok());
+        assert!(limiter.peek(&id("a"), t0).is_ok());
+        assert!(limiter.check(&id("a"), t0).is_ok());
+        assert!(limiter.peek(&id("a"), t0).is_err());
     }
 
     #[test]

@@ -209,7 +209,7 @@ async fn probe_control_plane(
         }
     };
     let target = Target::PodPort {
-        pods,
+        pods: Box::new(pods),
         namespace: namespace.to_owned(),
         name,
         port: GRPC_PORT,

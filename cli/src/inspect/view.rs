@@ -87,6 +87,9 @@ pub fn row(h: &Handshake) -> Vec<Cell> {
                 Cell::plain(format!("{:.1} ms", tls.handshake_ms))
             },
         ),
+        // A refused connection without TLS facts never got a session (the tunnel could not be
+        // opened); anything else without them carried plaintext.
+        None if h.decision == "deny" => (dash(), dash(), dash(), dash()),
         None => (
             Cell::styled("plaintext", Style::Warn),
             dash(),

@@ -135,6 +135,16 @@ fn plaintext_connections_have_no_tls_facts_and_no_peer_id() {
 }
 
 #[test]
+fn a_connection_refused_before_any_session_shows_no_tls_at_all() {
+    let mut h = handshake("2025-01-01T10:00:04.000Z", None, None);
+    h.decision = "deny".into();
+    h.reason = "cannot reach peer tunnel 10.0.0.7:15008: Connection refused".into();
+    let cells = row(&h);
+    assert_eq!(texts(&cells)[3..8], ["-", "-", "-", "-", "-"]);
+    assert!(cells[8].text.starts_with("deny: cannot reach peer tunnel"));
+}
+
+#[test]
 fn the_first_screen_has_the_identity_then_the_table_with_every_column() {
     let hs = vec![
         handshake(
@@ -263,7 +273,7 @@ fn a_full_poll_with_nothing_in_common_reports_a_gap() {
     let fresh: Vec<_> = (0..2)
         .map(|i| handshake(&format!("2025-01-01T10:00:0{}.000Z", i + 5), None, None))
         .collect();
-    assert!(new_since(&[old.clone()], &fresh, 2).gap);
+    assert!(new_since(std::slice::from_ref(&old), &fresh, 2).gap);
     assert!(
         !new_since(&[old], &fresh, 3).gap,
         "not full: nothing missed"

@@ -12,7 +12,6 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-use std::time::SystemTime;
 
 use trellis_ca::{SpiffeId, TrustDomain};
 
@@ -61,8 +60,10 @@ pub struct JoinTokens {
     trust_domain: TrustDomain,
     /// The last good table.
     table: RwLock<Arc<Table>>,
-    /// Modification stamp of the file as last read (good or not).
-    stamp: RwLock<Option<(SystemTime, u64)>>,
+    /// What the last read saw: a digest of the contents, or the read error. Changes are
+    /// detected by content (a same-size edit within one timestamp tick is not missed), and a
+    /// broken or missing file is reported once, not on every poll.
+    seen: RwLock<Option<Result<[u8; 32], String>>>,
 }
 
 impl JoinTokens {
@@ -72,27 +73,39 @@ impl JoinTokens {
             path: path.to_owned(),
             trust_domain,
             table: RwLock::new(Arc::new(Table::default())),
-            stamp: RwLock::new(None),
+            seen: RwLock::new(None),
         };
         tokens.reload()?;
         Ok(tokens)
     }
 
-    /// Re-reads the file if its modification time or size changed. Returns `Ok(true)` when a
-    /// new table was installed; on error the previous table stays in force.
+    /// Re-reads the file if its contents changed. Returns `Ok(true)` when a new table was
+    /// installed; on error the previous table stays in force. Replace the file atomically
+    /// (write elsewhere, then rename): a half-written file is read as it is.
     pub fn reload_if_changed(&self) -> Result<bool, JoinTokenError> {
-        let stamp = file_stamp(&self.path);
-        if stamp.is_some() && stamp == *self.stamp.read().unwrap_or_else(|e| e.into_inner()) {
+        let read = std::fs::read_to_string(&self.path);
+        let seen = match &read {
+            Ok(text) => Ok(token_digest(text)),
+            Err(e) => Err(e.to_string()),
+        };
+        if self.seen.read().unwrap_or_else(|e| e.into_inner()).as_ref() == Some(&seen) {
             return Ok(false);
         }
-        self.reload().map(|()| true)
+        *self.seen.write().unwrap_or_else(|e| e.into_inner()) = Some(seen);
+        self.install(read).map(|()| true)
     }
 
     fn reload(&self) -> Result<(), JoinTokenError> {
-        // Record the attempt first: a broken file is reported once, not on every poll.
-        let stamp = file_stamp(&self.path);
-        *self.stamp.write().unwrap_or_else(|e| e.into_inner()) = stamp;
-        let text = std::fs::read_to_string(&self.path).map_err(|e| JoinTokenError::Read {
+        let read = std::fs::read_to_string(&self.path);
+        *self.seen.write().unwrap_or_else(|e| e.into_inner()) = Some(match &read {
+            Ok(text) => Ok(token_digest(text)),
+            Err(e) => Err(e.to_string()),
+        });
+        self.install(read)
+    }
+
+    fn install(&self, read: std::io::Result<String>) -> Result<(), JoinTokenError> {
+        let text = read.map_err(|e| JoinTokenError::Read {
             path: self.path.clone(),
             reason: e.to_string(),
         })?;
@@ -126,11 +139,6 @@ impl JoinTokens {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-}
-
-fn file_stamp(path: &Path) -> Option<(SystemTime, u64)> {
-    let meta = std::fs::metadata(path).ok()?;
-    Some((meta.modified().ok()?, meta.len()))
 }
 
 fn parse(text: &str, path: &Path, td: &TrustDomain) -> Result<Table, JoinTokenError> {

@@ -44,6 +44,20 @@ struct TunnelPeer {
     id: trellis_ca::SpiffeId,
     /// The TLS session's facts.
     tls: TlsFacts,
+    /// Set once a stream has been recorded: later streams rode an established tunnel.
+    used: std::sync::atomic::AtomicBool,
+}
+
+impl TunnelPeer {
+    /// The TLS facts for the next stream's record (`reused` after the first).
+    fn facts(&self) -> TlsFacts {
+        let mut facts = self.tls.clone();
+        if self.used.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            facts.reused = true;
+            facts.handshake_ms = 0.0;
+        }
+        facts
+    }
 }
 
 /// Accepts tunnel connections until shutdown.
@@ -142,6 +156,7 @@ async fn handle_connection(tcp: TcpStream, remote: SocketAddr, ctx: Arc<ProxyCon
         addr: remote,
         id,
         tls: facts,
+        used: std::sync::atomic::AtomicBool::new(false),
     });
     let ctx2 = ctx.clone();
     let service = service_fn(move |req| {
@@ -200,7 +215,7 @@ async fn handle_stream(
             peer.addr,
             Some(peer.id.to_string()),
             dst,
-            Some(peer.tls.clone()),
+            Some(peer.facts()),
             "deny",
             reason,
         );
@@ -270,7 +285,7 @@ async fn handle_stream(
         peer.addr,
         Some(peer.id.to_string()),
         Some(target),
-        Some(peer.tls.clone()),
+        Some(peer.facts()),
         decision.label(),
         decision.reason(),
     );

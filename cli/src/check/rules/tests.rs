@@ -1,7 +1,10 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::*;
-use crate::check::facts::{CertDates, Owner, Probe};
+use crate::check::facts::{
+    CertDates, CrdFacts, DeploymentFacts, Owner, PodRef, Probe, ProbeFacts, RootSummary,
+    SecretFacts, WebhookFacts,
+};
 use crate::check::report::{Status, passed};
 
 const DAY: Duration = Duration::from_secs(86_400);
@@ -191,6 +194,14 @@ fn an_unusable_trust_bundle_fails_with_the_reason() {
     );
 }
 
+/// A case of the caBundle comparison: name, webhook, Secret, expected outcome.
+type CaBundleCase = (
+    &'static str,
+    Fetched<WebhookFacts>,
+    Fetched<SecretFacts>,
+    Option<Status>,
+);
+
 #[test]
 fn the_ca_bundle_must_equal_the_injector_secrets_ca() {
     let a = pem(&["AAEC"]);
@@ -198,27 +209,22 @@ fn the_ca_bundle_must_equal_the_injector_secrets_ca() {
     let a_and_b = pem(&["AAEC", "AwQF"]);
     let b_and_a = pem(&["AwQF", "AAEC"]);
     let ns = "trellis-system";
-    let cases: Vec<(
-        &str,
-        Fetched<WebhookFacts>,
-        Fetched<SecretFacts>,
-        Option<Status>,
-    )> = vec![
+    let cases: Vec<CaBundleCase> = vec![
         (
             "equal",
-            webhook_with(&[a.clone()]),
+            webhook_with(std::slice::from_ref(&a)),
             secret_with(Some(a.clone())),
             Some(Status::Ok),
         ),
         (
             "same roots in another order",
-            webhook_with(&[a_and_b.clone()]),
+            webhook_with(std::slice::from_ref(&a_and_b)),
             secret_with(Some(b_and_a)),
             Some(Status::Ok),
         ),
         (
             "mismatched",
-            webhook_with(&[a.clone()]),
+            webhook_with(std::slice::from_ref(&a)),
             secret_with(Some(b.clone())),
             Some(Status::Fail),
         ),
@@ -242,19 +248,19 @@ fn the_ca_bundle_must_equal_the_injector_secrets_ca() {
         ),
         (
             "no ca.crt",
-            webhook_with(&[a.clone()]),
+            webhook_with(std::slice::from_ref(&a)),
             secret_with(None),
             Some(Status::Fail),
         ),
         (
             "no Secret",
-            webhook_with(&[a.clone()]),
+            webhook_with(std::slice::from_ref(&a)),
             Fetched::Missing,
             Some(Status::Fail),
         ),
         (
             "Secret unreadable",
-            webhook_with(&[a.clone()]),
+            webhook_with(std::slice::from_ref(&a)),
             Fetched::Denied("403 Forbidden".into()),
             Some(Status::Warn),
         ),
