@@ -309,7 +309,8 @@ fn environment() -> Environment {
             .next()
             .unwrap_or_default()
             .to_owned(),
-        nginx: first_line(&routes::tool("nginx").to_string_lossy(), &["-v"]).replace("nginx version: ", ""),
+        nginx: first_line(&routes::tool("nginx").to_string_lossy(), &["-v"])
+            .replace("nginx version: ", ""),
         trellis: first_line("git", &["-C", root, "describe", "--always", "--dirty"]),
         load_before: loadavg(),
         load_after: String::new(),

@@ -89,7 +89,11 @@ const STARTUP: Duration = Duration::from_secs(30);
 /// nginx, often not in a non-root user's `PATH`).
 pub fn tool(name: &str) -> PathBuf {
     let in_path = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).map(|d| d.join(name)).find(|p| p.is_file()))
+        .map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join(name))
+                .find(|p| p.is_file())
+        })
         .unwrap_or_default();
     in_path.unwrap_or_else(|| Path::new("/usr/sbin").join(name))
 }
@@ -278,7 +282,10 @@ async fn start_haproxy(
         fs::write(&path, cfg)?;
         let pid = sup.spawn(
             &format!("haproxy-{side}"),
-            Command::new(tool("haproxy")).arg("-db").arg("-f").arg(&path),
+            Command::new(tool("haproxy"))
+                .arg("-db")
+                .arg("-f")
+                .arg(&path),
         )?;
         pids.push(ProxyProc { side, pid });
     }

@@ -118,7 +118,11 @@ pub async fn measure(plan: &Plan, routes: &[Route]) -> Vec<Samples> {
     let n = routes.len();
     for rep in 0..plan.repetitions {
         let order: Vec<usize> = (0..n).map(|i| (i + rep) % n).collect();
-        let rates: &[u32] = if plan.runs("latency") { &plan.rates } else { &[] };
+        let rates: &[u32] = if plan.runs("latency") {
+            &plan.rates
+        } else {
+            &[]
+        };
         for &rate in rates {
             for &i in &order {
                 let s = latency_once(plan, &routes[i], rate, rep).await;

@@ -9,6 +9,7 @@
 //! | [`inspect`] | `trellis inspect`: a proxy's identity and recent handshakes, once or `--watch`ed |
 //! | [`check`] | `trellis check`: pre-flight and health checks, ✔ / ‼ / ✘ with hints |
 //! | [`completions`] | `trellis completions SHELL` |
+//! | [`demo`] | `trellis demo`: a control plane and sample workloads on this machine, shown live |
 //! | [`admin_api`], [`admin_client`] | the proxy admin endpoint's JSON, and reading it |
 //! | [`http1`] | a small HTTP/1.1 GET client over any [`dial::Target`] |
 //! | [`dial`] | where bytes go: TCP here, or a pod's port through the API server |
@@ -25,6 +26,7 @@ mod admin_api;
 mod admin_client;
 mod check;
 mod completions;
+mod demo;
 mod dial;
 mod files;
 mod health_probe;
@@ -79,6 +81,21 @@ enum Command {
     /// handshake time (or "reused" when it rode an existing tunnel) and the decision, with the
     /// reason for anything but allow.
     Inspect(inspect::InspectArgs),
+    /// Run a mesh on this machine and show, live, what it does.
+    ///
+    /// Starts a control plane in local mode and three workloads — frontend, backend, intruder —
+    /// each behind its own sidecar, and shows the frontend's calls allowed (with both SPIFFE
+    /// IDs and the TLS handshake), the intruder refused with the reason, policy edits taking
+    /// effect and certificate rotations. As root each workload gets its own network namespace
+    /// with transparent interception (the real iptables rules); otherwise everything runs on
+    /// 127.0.0.1 with the proxies in explicit mode. Stops after --duration or on Ctrl-C, and
+    /// removes everything it started. Needs trellis-control-plane and trellis-proxy next to
+    /// this binary (`cargo build --bins`).
+    #[command(after_help = "\
+Examples:
+  sudo trellis demo --duration 20s   # network namespaces, transparent interception
+  trellis demo                       # as an ordinary user: loopback, explicit mode")]
+    Demo(demo::DemoArgs),
     /// Check that the mesh is installed and healthy: ✔ ok, ‼ warning, ✘ failed (exit 1).
     ///
     /// Against the cluster of the current kubeconfig context: API server, CRD, control plane
@@ -113,6 +130,7 @@ async fn main() -> ExitCode {
     let palette = Palette::for_stdout(cli.color);
     let result = match cli.command {
         Command::Inspect(args) => inspect::run(args, palette).await.map(|()| true),
+        Command::Demo(args) => demo::run(args, palette).await,
         Command::Check(args) => check::run(args, palette).await,
         Command::Svid { command } => svid::run(command).await.map(|()| true),
         Command::Completions { shell } => completions::run(shell, &mut Cli::command())

@@ -165,7 +165,10 @@ impl Certifier {
         result.map(|(certified, _)| certified)
     }
 
-    async fn run(&self, req: &CertifyRequest<'_>) -> Result<(Certified, Option<String>), CertifyError> {
+    async fn run(
+        &self,
+        req: &CertifyRequest<'_>,
+    ) -> Result<(Certified, Option<String>), CertifyError> {
         // Failed attestations are limited per source address: a flood of bad tokens must not
         // become a flood of TokenReviews. Successful ones are limited per identity below.
         let source = req.peer.map(|p| p.ip());

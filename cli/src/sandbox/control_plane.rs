@@ -1,8 +1,10 @@
 //! `trellis-control-plane` in local mode, in a pod of its own ([`ControlPlane`]): a join-token
 //! file with one random token per workload identity, a state directory that survives restarts
 //! (so the root, and the trust every proxy has in it, stay the same), and a copy of the root
-//! certificate that the proxies (another user) can read.
+//! certificate that the proxies (another user) can read; optionally a mesh file (workloads and
+//! AuthorizationPolicies, `--mesh-file`) that can be rewritten while it runs.
 
+use std::ffi::OsStr;
 use std::fmt::Write as _;
 use std::io::Read;
 use std::net::SocketAddrV4;
@@ -71,6 +73,8 @@ pub struct ControlPlane {
     trust_bundle: PathBuf,
     /// One token file per identity, owned by the proxy's UID, mode 0600.
     token_files: Vec<(Identity, PathBuf)>,
+    /// The mesh file (`--mesh-file`), if it was started with one.
+    mesh_file: Option<PathBuf>,
     /// Extra flags, kept for restarts.
     extra_args: Vec<String>,
     /// The running process, if it runs.
@@ -84,6 +88,29 @@ impl ControlPlane {
         sandbox: &Sandbox,
         pod: &Pod,
         identities: &[Identity],
+        extra_args: &[&str],
+    ) -> Result<ControlPlane> {
+        Self::start_inner(sandbox, pod, identities, None, extra_args)
+    }
+
+    /// Like [`ControlPlane::start`], with the mesh file `mesh_yaml` (`--mesh-file`; the schema
+    /// is in `control-plane/src/mesh/file.rs`): the workloads proxies discover and the
+    /// AuthorizationPolicies they enforce. [`ControlPlane::write_mesh`] changes it later.
+    pub fn start_with_mesh(
+        sandbox: &Sandbox,
+        pod: &Pod,
+        identities: &[Identity],
+        mesh_yaml: &str,
+        extra_args: &[&str],
+    ) -> Result<ControlPlane> {
+        Self::start_inner(sandbox, pod, identities, Some(mesh_yaml), extra_args)
+    }
+
+    fn start_inner(
+        sandbox: &Sandbox,
+        pod: &Pod,
+        identities: &[Identity],
+        mesh_yaml: Option<&str>,
         extra_args: &[&str],
     ) -> Result<ControlPlane> {
         let dir = sandbox.dir().join("control-plane");
@@ -105,12 +132,21 @@ impl ControlPlane {
         }
         let join_tokens = dir.join("join-tokens");
         write_secret(&join_tokens, &table, 0)?;
+        let mesh_file = match mesh_yaml {
+            Some(yaml) => {
+                let path = dir.join("mesh.yaml");
+                write_atomically(&path, yaml)?;
+                Some(path)
+            }
+            None => None,
+        };
         let cp = ControlPlane {
             pod: pod.clone(),
             state_dir: dir.join("state"),
             join_tokens,
             trust_bundle: dir.join("trust-bundle.pem"),
             token_files,
+            mesh_file,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             process: Mutex::new(None),
         };
@@ -143,6 +179,11 @@ impl ControlPlane {
             .args(["--metrics-listen", &format!("{ip}:{METRICS_PORT}")])
             .args(["--trust-domain", TRUST_DOMAIN])
             .args(["--shutdown-grace", "1s"])
+            .args(
+                self.mesh_file
+                    .iter()
+                    .flat_map(|m| [OsStr::new("--mesh-file"), m.as_os_str()]),
+            )
             .args(&self.extra_args);
         let process = self.pod.spawn(&cmd)?;
         *slot = Some(process.clone());
@@ -175,6 +216,25 @@ impl ControlPlane {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    /// The mesh file, if it was started with one ([`ControlPlane::start_with_mesh`]).
+    pub fn mesh_file(&self) -> Option<&Path> {
+        self.mesh_file.as_deref()
+    }
+
+    /// Replaces the mesh file's contents at once (a new file renamed over the old one, so the
+    /// control plane never reads half of it); it reloads the file within about 250 ms and
+    /// streams the change to the proxies. Errors if it was started without one.
+    pub fn write_mesh(&self, mesh_yaml: &str) -> Result<()> {
+        let path = self
+            .mesh_file
+            .as_deref()
+            .ok_or_else(|| SandboxError::State {
+                what: "rewrite the mesh file".into(),
+                reason: "the control plane was started without one (use start_with_mesh)",
+            })?;
+        write_atomically(path, mesh_yaml)
     }
 
     /// Its pod.
@@ -219,6 +279,13 @@ fn random_token() -> Result<String> {
         .and_then(|mut f| f.read_exact(&mut bytes))
         .map_err(io_error(path))?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Writes `contents` to a new file next to `path`, then renames it over `path`.
+fn write_atomically(path: &Path, contents: &str) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, contents).map_err(io_error(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io_error(path))
 }
 
 /// Writes a secret with mode 0600, owned by `uid` (and GID `uid`).

@@ -9,7 +9,8 @@
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
-use std::path::PathBuf;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Mutex, PoisonError};
@@ -299,6 +300,26 @@ pub fn is_root() -> bool {
             uids.split_whitespace().nth(1).map(|euid| euid == "0")
         })
         .unwrap_or(false)
+}
+
+/// Moves the calling thread, and only it, into namespace `name` (by its `/run/netns` entry):
+/// every socket the thread opens from then on lives there — it reaches the pod's loopback and
+/// the pod's iptables rules apply to it — while the rest of the process stays where it was.
+/// For a thread of its own that ends when its work is done (never a pooled one): there is no
+/// way back. Needs root. `trellis demo` reads the sidecars' admin endpoints (127.0.0.1:15000
+/// in each pod) and calls the backend from the frontend's pod this way, without starting a
+/// process per request.
+pub fn enter_thread(name: &str) -> Result<()> {
+    let path = Path::new("/run/netns").join(name);
+    let file = File::open(&path).map_err(io_error(&path))?;
+    rustix::thread::move_into_link_name_space(
+        file.as_fd(),
+        Some(rustix::thread::LinkNameSpaceType::Network),
+    )
+    .map_err(|e| SandboxError::Io {
+        path,
+        source: e.into(),
+    })
 }
 
 /// Names of the network namespaces that exist now (`/run/netns`).

@@ -1,6 +1,7 @@
 //! A long-lived process started inside a namespace ([`Process`]): its PID, its standard output
 //! and error in log files, waiting for it, and stopping it — SIGTERM, then SIGKILL once a
-//! deadline passes. Starting it (which namespace, which user) is [`super::netns`]'s business.
+//! deadline passes. Starting it (which namespace, which user) is [`super::netns`]'s business;
+//! [`Process::spawn_host`] starts one outside any namespace (`trellis demo`'s loopback mode).
 //!
 //! Signals go only to processes this sandbox started, by PID, and only while their exit has
 //! not been collected: the [`Child`] is held locked while signalling, so the PID cannot have
@@ -69,6 +70,32 @@ impl Process {
             stdout,
             stderr,
         }))
+    }
+
+    /// Starts `command` on this machine, outside any namespace, as the current user: standard
+    /// input from `/dev/null`, output to the files `stdout` and `stderr`; `label` names it in
+    /// messages. Unlike a pod's processes, nobody stops it but the caller
+    /// ([`Process::stop`], [`stop_all`]). `trellis demo` runs the control plane and the proxies
+    /// this way when it cannot make namespaces (loopback mode).
+    pub fn spawn_host(
+        label: impl Into<String>,
+        command: &mut Command,
+        stdout: PathBuf,
+        stderr: PathBuf,
+    ) -> Result<Process> {
+        let label = label.into();
+        let out = std::fs::File::create(&stdout).map_err(super::error::io_error(&stdout))?;
+        let err = std::fs::File::create(&stderr).map_err(super::error::io_error(&stderr))?;
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .map_err(|source| SandboxError::Spawn {
+                command: format!("{label}: {command:?}"),
+                source,
+            })?;
+        Ok(Process::new(label, child, stdout, stderr))
     }
 
     /// Its PID.

@@ -1,0 +1,486 @@
+//! The demo without root: no namespaces and no iptables, every process on 127.0.0.1 with
+//! ports of its own (from `--base-port`), the proxies in explicit mode as in
+//! `proxy/tests/policy_mesh.rs` — each caller's app connects to its proxy's `--outbound`
+//! listener, which stands for the backend's app port. The backend's app is a small HTTP server
+//! in this process. The mesh file tells the workloads apart by port and tunnel.
+//!
+//! ```text
+//!   BASE+12, +14   trellis-control-plane: gRPC, metrics
+//!   BASE+80        the backend's app (HTTP)
+//!   BASE+100 +101 +108   frontend proxy: admin, outbound (→ BASE+80), tunnel
+//!   BASE+200      +208   backend proxy: admin, tunnel
+//!   BASE+300 +301 +308   intruder proxy: admin, outbound (→ BASE+80), tunnel
+//! ```
+
+use std::fs::Permissions;
+use std::io::{Read as _, Write as _};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::sync::watch;
+use trellis::sandbox::Process;
+use trellis::sandbox::binaries::{CONTROL_PLANE, PROXY, binary};
+use trellis::sandbox::control_plane::TRUST_DOMAIN;
+use trellis::sandbox::process::stop_all;
+
+use super::mesh_file::{self, Endpoint, Layout};
+use super::observer::SiteSpec;
+use super::story::PolicyStep;
+use super::{Backing, Cleanup, DemoArgs, Out, Role, Started};
+
+/// The default `--base-port`.
+pub const DEFAULT_BASE_PORT: u16 = 21000;
+/// The highest offset from the base port the demo uses.
+const SPAN: u16 = 308;
+/// How long a process may take to answer `/ready`.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long processes get between SIGTERM and SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(3);
+/// `PATH` for the processes (nothing else of our environment is passed on).
+const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Checks that the ports from `base` fit below 65536.
+pub fn check_base_port(base: u16) -> anyhow::Result<()> {
+    if base < 1024 || base > u16::MAX - SPAN {
+        anyhow::bail!(
+            "--base-port {base}: give 1024 to {} (the demo uses BASE+12 to BASE+{SPAN})",
+            u16::MAX - SPAN
+        );
+    }
+    Ok(())
+}
+
+/// The ports, from the base.
+#[derive(Debug, Clone, Copy)]
+struct Ports(u16);
+
+impl Ports {
+    fn at(self, offset: u16) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, self.0 + offset))
+    }
+    fn grpc(self) -> SocketAddr {
+        self.at(12)
+    }
+    fn metrics(self) -> SocketAddr {
+        self.at(14)
+    }
+    /// The app port of `role` (only the backend's has a server; the others are names).
+    fn app(self, role: Role) -> SocketAddr {
+        self.at(match role {
+            Role::Backend => 80,
+            Role::Frontend => 81,
+            Role::Intruder => 82,
+        })
+    }
+    fn admin(self, role: Role) -> SocketAddr {
+        self.at(block(role))
+    }
+    fn outbound(self, role: Role) -> SocketAddr {
+        self.at(block(role) + 1)
+    }
+    fn tunnel(self, role: Role) -> SocketAddr {
+        self.at(block(role) + 8)
+    }
+    /// Every port bound, with what binds it.
+    fn all(self) -> Vec<(SocketAddr, String)> {
+        let mut all = vec![
+            (self.grpc(), "control plane gRPC".to_owned()),
+            (self.metrics(), "control plane metrics".to_owned()),
+            (self.app(Role::Backend), "the backend's app".to_owned()),
+        ];
+        for role in Role::ALL {
+            all.push((self.admin(role), format!("{} proxy admin", role.name())));
+            all.push((self.tunnel(role), format!("{} proxy tunnel", role.name())));
+            if role.calls() {
+                all.push((
+                    self.outbound(role),
+                    format!("{} proxy outbound", role.name()),
+                ));
+            }
+        }
+        all
+    }
+}
+
+/// The offset of `role`'s proxy ports.
+fn block(role: Role) -> u16 {
+    match role {
+        Role::Frontend => 100,
+        Role::Backend => 200,
+        Role::Intruder => 300,
+    }
+}
+
+/// Everything running; dropping it stops all of it.
+#[derive(Debug)]
+pub struct Mesh {
+    /// Control plane first, then the proxies.
+    processes: Vec<(String, Process)>,
+    /// The backend's app: its thread, and the way to stop it.
+    app: Option<(JoinHandle<()>, watch::Sender<bool>)>,
+    /// Tokens, state, logs, the mesh file; removed on drop.
+    dir: Option<tempfile::TempDir>,
+}
+
+/// Starts the mesh, saying each step; on error, what started is stopped (dropped) already.
+pub fn start(args: &DemoArgs, out: &Out) -> anyhow::Result<Started> {
+    let ports = Ports(args.base_port);
+    for (addr, what) in ports.all() {
+        if let Err(e) = TcpListener::bind(addr) {
+            anyhow::bail!(
+                "port {} on 127.0.0.1 ({what}) is taken: {e}. Another program — or another \
+                 trellis demo — is using it; stop it, or move the demo's ports with --base-port \
+                 (it uses BASE+12 to BASE+{SPAN}; now {})",
+                addr.port(),
+                args.base_port
+            );
+        }
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("trellis-demo-")
+        .tempdir()
+        .context("creating a temporary directory")?;
+    let mut mesh = Mesh {
+        processes: Vec::new(),
+        app: None,
+        dir: None,
+    };
+    let root = dir.path().to_owned();
+    mesh.dir = Some(dir);
+    out.line(&format!(
+        "files (state, logs, mesh file) in {}",
+        root.display()
+    ))?;
+    let layout = layout(ports);
+    let mesh_path = root.join("mesh.yaml");
+    mesh_file::write(
+        &mesh_path,
+        &mesh_file::render(&layout, PolicyStep::FrontendOnly),
+    )
+    .context("writing the mesh file")?;
+    let join_tokens = write_tokens(&root)?;
+
+    out.step(
+        "starting the control plane (local mode: join tokens, mesh file)",
+        || {
+            let mut cmd = Command::new(binary(CONTROL_PLANE)?);
+            cmd.args(["--mode", "local"])
+                .arg("--state-dir")
+                .arg(root.join("state"))
+                .arg("--join-tokens")
+                .arg(&join_tokens)
+                .arg("--mesh-file")
+                .arg(&mesh_path)
+                .args(["--listen", &ports.grpc().to_string()])
+                .args(["--metrics-listen", &ports.metrics().to_string()])
+                .args(["--trust-domain", TRUST_DOMAIN, "--shutdown-grace", "1s"]);
+            let p = mesh.spawn("control plane", "control-plane", &mut cmd, &root)?;
+            wait_ready(&p, ports.metrics(), Some(&root.join("state/root-cert.pem")))?;
+            Ok(((), format!("{}  (pid {})", ports.grpc(), p.pid())))
+        },
+    )?;
+    out.step(
+        &format!(
+            "starting the backend's app (HTTP {})",
+            ports.app(Role::Backend)
+        ),
+        || {
+            let listener = TcpListener::bind(ports.app(Role::Backend))
+                .with_context(|| format!("binding {}", ports.app(Role::Backend)))?;
+            mesh.app = Some(serve_app(listener)?);
+            Ok(((), "in this process".to_owned()))
+        },
+    )?;
+    for role in Role::ALL {
+        out.step(
+            &format!("starting the {} proxy (explicit mode)", role.name()),
+            || {
+                let mut cmd = proxy_command(args, ports, role, &root)?;
+                let p = mesh.spawn(
+                    &format!("{} proxy", role.name()),
+                    role.name(),
+                    &mut cmd,
+                    &root,
+                )?;
+                wait_ready(&p, ports.admin(role), None)?;
+                Ok((
+                    (),
+                    format!("tunnel {}  (pid {})", ports.tunnel(role), p.pid()),
+                ))
+            },
+        )?;
+    }
+    let sites = Role::ALL
+        .iter()
+        .map(|role| SiteSpec {
+            role: *role,
+            netns: None,
+            admin: ports.admin(*role),
+            call: role.calls().then_some(ports.outbound(*role)),
+            records: *role == Role::Backend,
+            place: format!(
+                "127.0.0.1 (admin :{}, tunnel :{})",
+                ports.admin(*role).port(),
+                ports.tunnel(*role).port()
+            ),
+        })
+        .collect();
+    Ok(Started {
+        sites,
+        mesh_file: mesh_path,
+        layout,
+        backing: Backing::Loopback(mesh),
+    })
+}
+
+/// `trellis-proxy run` for `role`, in explicit mode on its ports.
+fn proxy_command(
+    args: &DemoArgs,
+    ports: Ports,
+    role: Role,
+    root: &Path,
+) -> anyhow::Result<Command> {
+    let backend = ports.app(Role::Backend);
+    let mut cmd = Command::new(binary(PROXY)?);
+    cmd.args(["run", "--mode", "explicit", "--pod-name", role.name()])
+        .args(["--pod-namespace", role.namespace()])
+        .args(["--service-account", role.service_account()])
+        .args(["--control-plane", &ports.grpc().to_string()])
+        .arg("--token-file")
+        .arg(root.join(format!("token-{}", role.name())))
+        .arg("--trust-bundle-file")
+        .arg(root.join("state/root-cert.pem"))
+        .args(["--tunnel-listen", &ports.tunnel(role).to_string()])
+        .args(["--admin-listen", &ports.admin(role).to_string()])
+        .arg(format!("--cert-ttl={}s", args.cert_ttl.as_secs()))
+        .args(["--drain", "1s"]);
+    if role.calls() {
+        cmd.arg(format!("--outbound={}={backend}", ports.outbound(role)))
+            .arg(format!(
+                "--workload={backend}={}@{}",
+                Role::Backend.spiffe_id(),
+                ports.tunnel(Role::Backend)
+            ));
+    }
+    Ok(cmd)
+}
+
+/// Where the workloads are, for the mesh file: all on 127.0.0.1, told apart by port and tunnel.
+fn layout(ports: Ports) -> Layout {
+    let local = |role| Endpoint {
+        ip: Ipv4Addr::LOCALHOST.into(),
+        port: Some(ports.app(role).port()),
+        tunnel: Some(ports.tunnel(role)),
+    };
+    Layout {
+        frontend: local(Role::Frontend),
+        backend: local(Role::Backend),
+        intruder: local(Role::Intruder),
+        app_port: ports.app(Role::Backend).port(),
+    }
+}
+
+/// One random join token per workload (a file each, mode 0600) and the control plane's table.
+fn write_tokens(root: &Path) -> anyhow::Result<PathBuf> {
+    let mut table = String::from("# token identity\n");
+    for role in Role::ALL {
+        let mut bytes = [0u8; 16];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut bytes))
+            .context("reading /dev/urandom")?;
+        let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        table.push_str(&format!("{token} {}\n", role.short_id()));
+        secret(&root.join(format!("token-{}", role.name())), &token)?;
+    }
+    let path = root.join("join-tokens");
+    secret(&path, &table)?;
+    Ok(path)
+}
+
+fn secret(path: &Path, text: &str) -> anyhow::Result<()> {
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    std::fs::set_permissions(path, Permissions::from_mode(0o600))
+        .with_context(|| format!("chmod 600 {}", path.display()))
+}
+
+/// Waits until `addr` answers `GET /ready` with 200 (and `file`, if any, exists), or `p` exits.
+fn wait_ready(p: &Process, addr: SocketAddr, file: Option<&Path>) -> anyhow::Result<()> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        if status(addr, "/ready") == Some(200) && file.is_none_or(Path::exists) {
+            return Ok(());
+        }
+        if let Some(exit) = p.exit_status() {
+            anyhow::bail!(
+                "{} exited ({exit}): {}",
+                p.label(),
+                last_lines(&p.stderr(), 6)
+            );
+        }
+        if Instant::now() >= deadline {
+            anyhow::bail!(
+                "{} not ready on {addr} within {}s; its log: {}",
+                p.label(),
+                READY_TIMEOUT.as_secs(),
+                p.stderr_path().display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The status of `GET path` at `addr` (HTTP/1.0, short timeouts), if anything answered.
+fn status(addr: SocketAddr, path: &str) -> Option<u16> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut head = [0u8; 64];
+    let n = s.read(&mut head).ok()?;
+    let head = String::from_utf8_lossy(head.get(..n)?);
+    head.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The last `n` lines of `text`.
+fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    let skip = lines.len().saturating_sub(n);
+    lines.into_iter().skip(skip).collect::<Vec<_>>().join("\n")
+}
+
+/// The backend's app: answers every request with `backend got <path>`, on its own thread and
+/// runtime until told to stop.
+fn serve_app(listener: TcpListener) -> anyhow::Result<(JoinHandle<()>, watch::Sender<bool>)> {
+    listener.set_nonblocking(true)?;
+    let (stop, mut stopped) = watch::channel(false);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let thread = std::thread::Builder::new()
+        .name("demo-backend-app".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+                    return;
+                };
+                loop {
+                    tokio::select! {
+                        _ = stopped.wait_for(|s| *s) => return,
+                        accepted = listener.accept() => {
+                            if let Ok((conn, _)) = accepted {
+                                tokio::spawn(answer(conn));
+                            }
+                        }
+                    }
+                }
+            });
+        })?;
+    Ok((thread, stop))
+}
+
+/// Reads one request head (at most 8 KiB, 5 s) and answers it.
+async fn answer(mut conn: tokio::net::TcpStream) {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    let read = tokio::time::timeout(Duration::from_secs(5), async {
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
+            match conn.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => head.extend_from_slice(buf.get(..n).unwrap_or_default()),
+            }
+        }
+    })
+    .await;
+    if read.is_err() {
+        return;
+    }
+    let text = String::from_utf8_lossy(&head);
+    let path = text.split_whitespace().nth(1).unwrap_or("/");
+    let body = format!("backend got {path}\n");
+    let reply = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = conn.write_all(reply.as_bytes()).await;
+    let _ = conn.shutdown().await;
+}
+
+impl Mesh {
+    /// Starts `cmd` (environment cleared but `PATH`), its output in `root/logs/<name>.*`.
+    fn spawn(
+        &mut self,
+        what: &str,
+        name: &str,
+        cmd: &mut Command,
+        root: &Path,
+    ) -> anyhow::Result<Process> {
+        let logs = root.join("logs");
+        std::fs::create_dir_all(&logs).context("creating the log directory")?;
+        cmd.env_clear().env("PATH", PATH);
+        let p = Process::spawn_host(
+            what,
+            cmd,
+            logs.join(format!("{name}.stdout")),
+            logs.join(format!("{name}.stderr")),
+        )?;
+        self.processes.push((what.to_owned(), p.clone()));
+        Ok(p)
+    }
+
+    /// `Err` naming the first process that has stopped, with the end of its log.
+    pub fn check_alive(&self) -> Result<(), String> {
+        for (what, p) in &self.processes {
+            if let Some(status) = p.exit_status() {
+                return Err(format!(
+                    "the {what} stopped unexpectedly ({status}); its log ({}) ends:\n{}",
+                    p.stderr_path().display(),
+                    last_lines(&p.stderr(), 5)
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops the processes and the app, removes the directory; says what.
+    pub fn shutdown(mut self) -> Cleanup {
+        let processes = self.processes.len();
+        let dir = self
+            .dir
+            .as_ref()
+            .map(|d| d.path().to_owned())
+            .unwrap_or_default();
+        self.stop();
+        Cleanup {
+            processes,
+            namespaces: 0,
+            namespaces_left: Vec::new(),
+            dir,
+        }
+    }
+
+    fn stop(&mut self) {
+        let all: Vec<Process> = self.processes.iter().map(|(_, p)| p.clone()).collect();
+        stop_all(&all, STOP_GRACE);
+        if let Some((thread, stop)) = self.app.take() {
+            stop.send_replace(true);
+            let _ = thread.join();
+        }
+        if let Some(dir) = self.dir.take()
+            && let Err(e) = dir.close()
+        {
+            eprintln!("trellis demo: could not remove its temporary directory: {e}");
+        }
+    }
+}
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,367 @@
+//! One thread per workload, standing where the workload is — inside its pod's network
+//! namespace (so 127.0.0.1:15000 is its sidecar's admin endpoint, and its connections are
+//! intercepted like the app's), or on this machine in loopback mode. Each thread waits until its
+//! sidecar holds a certificate and has applied the control plane's mesh, then, once told to go,
+//! makes the app's call every second (frontend, intruder) and polls the sidecar's `/identity`
+//! (and the backend's `/handshakes`), sending what it sees to the story as [`Event`]s.
+//!
+//! Owns: the threads, their stop, and telling new records from ones already sent ([`fresh`]).
+//! What the observations mean is [`super::story`]'s business.
+
+use std::net::SocketAddr;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use http::StatusCode;
+use tokio::sync::watch;
+use tokio::time::{Instant, MissedTickBehavior};
+use trellis::sandbox::netns;
+use trellis::sandbox::sidecar::metric_value;
+
+use super::Role;
+use crate::admin_api::{Handshake, Identity};
+use crate::admin_client::AdminClient;
+use crate::dial::Target;
+use crate::http1::Http1Client;
+
+/// How long a sidecar may take to hold a certificate and the mesh.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often the app calls the backend.
+const CALL_EVERY: Duration = Duration::from_secs(1);
+/// How often the sidecar's admin endpoint is read.
+const POLL_EVERY: Duration = Duration::from_millis(500);
+/// Records asked for per poll: far more than arrive between two polls.
+const RECORDS_PER_POLL: u64 = 200;
+/// Workloads in the mesh file: a sidecar that knows this many has the whole mesh.
+const WORKLOADS: u64 = 3;
+
+/// Where to observe one workload from.
+#[derive(Debug, Clone)]
+pub struct SiteSpec {
+    /// Which workload.
+    pub role: Role,
+    /// The network namespace to enter (`None`: stay on this machine).
+    pub netns: Option<String>,
+    /// Its sidecar's admin endpoint, as seen from there.
+    pub admin: SocketAddr,
+    /// Where its app connects to call the backend (`None`: it does not call).
+    pub call: Option<SocketAddr>,
+    /// Whether to read its connection records (the backend's decide the story).
+    pub records: bool,
+    /// Where it is, for people: `198.18.0.2` or `127.0.0.1 (tunnel :21108)`.
+    pub place: String,
+}
+
+/// What a thread saw.
+#[derive(Debug)]
+pub enum Event {
+    /// The sidecar holds a certificate and has applied the mesh.
+    Ready {
+        /// Whose.
+        role: Role,
+        /// Its certificate.
+        identity: Identity,
+    },
+    /// The sidecar's certificate, read again.
+    Identity {
+        /// Whose.
+        role: Role,
+        /// Its certificate now.
+        identity: Identity,
+    },
+    /// Connection records not sent before, oldest first.
+    Records {
+        /// Whose.
+        role: Role,
+        /// The records.
+        records: Vec<Handshake>,
+    },
+    /// The admin endpoint failed once.
+    Trouble {
+        /// Whose.
+        role: Role,
+        /// What failed.
+        message: String,
+    },
+    /// The thread gave up: it could not enter the namespace, or the sidecar never got ready.
+    Failed {
+        /// Whose.
+        role: Role,
+        /// Why.
+        message: String,
+    },
+}
+
+/// The running threads; dropping them stops and joins them.
+#[derive(Debug)]
+pub struct Sites {
+    /// One per workload.
+    threads: Vec<JoinHandle<()>>,
+    /// Set to stop them.
+    stop: watch::Sender<bool>,
+    /// Set to let the calls and polls begin.
+    go: watch::Sender<bool>,
+}
+
+impl Sites {
+    /// Starts a thread per site; they send to `events`.
+    pub fn start(sites: &[SiteSpec], events: &mpsc::Sender<Event>) -> std::io::Result<Sites> {
+        let (stop, stop_rx) = watch::channel(false);
+        let (go, go_rx) = watch::channel(false);
+        let mut started = Sites {
+            threads: Vec::new(),
+            stop,
+            go,
+        };
+        for site in sites {
+            let (site, events, stop_rx, go_rx) =
+                (site.clone(), events.clone(), stop_rx.clone(), go_rx.clone());
+            let thread = std::thread::Builder::new()
+                .name(format!("demo-{}", site.role.name()))
+                .spawn(move || site_main(&site, &events, stop_rx, go_rx))?;
+            started.threads.push(thread);
+        }
+        Ok(started)
+    }
+
+    /// Lets the calls and polls begin.
+    pub fn go(&self) {
+        self.go.send_replace(true);
+    }
+
+    /// Stops the threads and waits for them (each stops at its next await).
+    pub fn stop(&mut self) {
+        self.stop.send_replace(true);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Sites {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn site_main(
+    site: &SiteSpec,
+    events: &mpsc::Sender<Event>,
+    mut stop: watch::Receiver<bool>,
+    go: watch::Receiver<bool>,
+) {
+    let fail = |message: String| {
+        let _ = events.send(Event::Failed {
+            role: site.role,
+            message,
+        });
+    };
+    if let Some(ns) = &site.netns
+        && let Err(e) = netns::enter_thread(ns)
+    {
+        return fail(format!("cannot enter network namespace {ns}: {e}"));
+    }
+    // A runtime of this thread only: every socket it opens is opened here, in the namespace.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(format!("cannot start a runtime: {e}")),
+    };
+    runtime.block_on(async {
+        tokio::select! {
+            () = observe(site, events, go) => {}
+            _ = stop.wait_for(|s| *s) => {}
+        }
+    });
+}
+
+async fn observe(site: &SiteSpec, events: &mpsc::Sender<Event>, mut go: watch::Receiver<bool>) {
+    let send = |e: Event| {
+        let _ = events.send(e);
+    };
+    let target = Target::tcp(site.admin.to_string());
+    let mut admin = AdminClient::new(target.clone());
+    let mut raw = Http1Client::new(target);
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let identity = loop {
+        let last = match ready(&mut admin, &mut raw).await {
+            Ok(identity) => break identity,
+            Err(last) => last,
+        };
+        if Instant::now() >= deadline {
+            return send(Event::Failed {
+                role: site.role,
+                message: format!(
+                    "sidecar not ready within {}s: {last}",
+                    READY_TIMEOUT.as_secs()
+                ),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let mut serial = identity.serial.clone();
+    send(Event::Ready {
+        role: site.role,
+        identity,
+    });
+    if go.wait_for(|g| *g).await.is_err() {
+        return;
+    }
+    let mut poll = tokio::time::interval(POLL_EVERY);
+    let mut call = tokio::time::interval(CALL_EVERY);
+    poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    call.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut last: Option<RecordKey> = None;
+    loop {
+        tokio::select! {
+            _ = call.tick(), if site.call.is_some() => {
+                if let Some(to) = site.call {
+                    // A task of its own (same thread, same namespace): a slow refusal must not
+                    // hold up the polls. The story reads the outcome from the backend's records.
+                    tokio::spawn(call_backend(to, site.role));
+                }
+            }
+            _ = poll.tick() => {
+                match admin.identity().await {
+                    Ok(Some(id)) if id.serial != serial => {
+                        serial = id.serial.clone();
+                        send(Event::Identity { role: site.role, identity: id });
+                    }
+                    Ok(_) => {}
+                    Err(e) => send(Event::Trouble { role: site.role, message: e.to_string() }),
+                }
+                if site.records {
+                    match admin.handshakes(RECORDS_PER_POLL).await {
+                        Ok(all) => {
+                            let new = fresh(last.as_ref(), &all).to_vec();
+                            if let Some(newest) = new.last() {
+                                last = Some(RecordKey::of(newest));
+                                send(Event::Records { role: site.role, records: new });
+                            }
+                        }
+                        Err(e) => send(Event::Trouble { role: site.role, message: e.to_string() }),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The sidecar's identity once it holds a certificate and has applied a snapshot of the whole
+/// mesh (so the backend enforces its policy before the first call); else what is missing.
+async fn ready(admin: &mut AdminClient, raw: &mut Http1Client) -> Result<Identity, String> {
+    let identity = admin
+        .identity()
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or("no certificate yet")?;
+    let (status, metrics) = raw.get("/metrics").await.map_err(|e| e.to_string())?;
+    let updates = metric_value(
+        &String::from_utf8_lossy(&metrics),
+        "trellis_proxy_discovery_updates_total",
+        &[],
+    );
+    if status != StatusCode::OK || updates < 1.0 {
+        return Err("no mesh snapshot from the control plane yet".into());
+    }
+    let (status, dump) = raw.get("/config_dump").await.map_err(|e| e.to_string())?;
+    let known = serde_json::from_slice::<serde_json::Value>(&dump)
+        .ok()
+        .and_then(|v| v["workloads_known"].as_u64())
+        .unwrap_or(0);
+    if status != StatusCode::OK || known < WORKLOADS {
+        return Err(format!(
+            "knows {known} of the mesh's {WORKLOADS} workloads so far"
+        ));
+    }
+    Ok(identity)
+}
+
+/// One call from the app: a new connection (so each call is a connection of its own in the
+/// records), `GET /from-<role>`. The answer does not matter here.
+async fn call_backend(to: SocketAddr, role: Role) {
+    let mut client = Http1Client::new(Target::tcp(to.to_string()));
+    let _ = client.get(&format!("/from-{}", role.name())).await;
+}
+
+/// What tells a record apart in successive `/handshakes` answers (its byte counters change;
+/// these do not).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordKey {
+    time: String,
+    direction: String,
+    peer_addr: String,
+    dst: Option<String>,
+    decision: String,
+    reason: String,
+}
+
+impl RecordKey {
+    /// The key of `h`.
+    pub fn of(h: &Handshake) -> Self {
+        RecordKey {
+            time: h.time.clone(),
+            direction: h.direction.clone(),
+            peer_addr: h.peer_addr.clone(),
+            dst: h.dst.clone(),
+            decision: h.decision.clone(),
+            reason: h.reason.clone(),
+        }
+    }
+}
+
+/// The records of `all` (oldest first) that come after the one keyed `last`; all of them when
+/// there is no `last`, or when it has left the log.
+pub fn fresh<'a>(last: Option<&RecordKey>, all: &'a [Handshake]) -> &'a [Handshake] {
+    let after = last.and_then(|k| all.iter().rposition(|h| RecordKey::of(h) == *k));
+    match after {
+        Some(i) => all.get(i + 1..).unwrap_or_default(),
+        None => all,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn rec(time: &str) -> Handshake {
+        Handshake {
+            time: time.into(),
+            direction: "inbound".into(),
+            peer_addr: "198.18.0.2:40000".into(),
+            peer_id: None,
+            dst: Some("198.18.0.3:8080".into()),
+            tls: None,
+            decision: "allow".into(),
+            reason: String::new(),
+            extra: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn only_records_after_the_last_one_sent_are_fresh() {
+        let all = [rec("t1"), rec("t2"), rec("t3")];
+        assert_eq!(fresh(None, &all).len(), 3);
+        let k2 = RecordKey::of(&all[1]);
+        assert_eq!(fresh(Some(&k2), &all), &all[2..]);
+        let k3 = RecordKey::of(&all[2]);
+        assert!(fresh(Some(&k3), &all).is_empty());
+        // The last one sent has left the bounded log: everything there is new.
+        let gone = RecordKey::of(&rec("t0"));
+        assert_eq!(fresh(Some(&gone), &all).len(), 3);
+    }
+
+    #[test]
+    fn growing_byte_counters_do_not_make_a_record_new() {
+        let mut before = rec("t1");
+        before.extra.insert("bytes_sent".into(), 10.into());
+        let mut now = rec("t1");
+        now.extra.insert("bytes_sent".into(), 99.into());
+        assert!(fresh(Some(&RecordKey::of(&before)), &[now]).is_empty());
+    }
+}

@@ -1,0 +1,525 @@
+//! The demo's timeline, as pure functions: when the policy changes ([`plan`]), and which line
+//! each observation makes ([`Story`]) — an allowed or refused connection from the backend's
+//! records, a certificate rotation from a changed serial, a policy edit and the moment it is
+//! seen in effect — and the summary at the end. No I/O and no clock: times come in as
+//! arguments, so every rule is tested below.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, SystemTime};
+
+use super::Role;
+use crate::admin_api::{Handshake, Identity};
+use crate::style::{Palette, Style};
+
+/// The backend's policy at one step of the story.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyStep {
+    /// Enforce; only the frontend is allowed.
+    FrontendOnly,
+    /// Enforce; the frontend and the intruder are allowed.
+    AlsoIntruder,
+    /// Audit: only the frontend is allowed, but what would be refused passes (and is recorded).
+    Audit,
+}
+
+impl PolicyStep {
+    /// The workloads the policy allows.
+    pub fn allowed(self) -> &'static [Role] {
+        match self {
+            PolicyStep::FrontendOnly | PolicyStep::Audit => &[Role::Frontend],
+            PolicyStep::AlsoIntruder => &[Role::Frontend, Role::Intruder],
+        }
+    }
+
+    /// `enforce` or `audit`, as the policy's `spec.mode` says it.
+    pub fn mode(self) -> &'static str {
+        match self {
+            PolicyStep::Audit => "audit",
+            PolicyStep::FrontendOnly | PolicyStep::AlsoIntruder => "enforce",
+        }
+    }
+
+    /// The backend's decision for the intruder under this policy (a record's `decision`).
+    pub fn intruder_decision(self) -> &'static str {
+        match self {
+            PolicyStep::FrontendOnly => "deny",
+            PolicyStep::AlsoIntruder => "allow",
+            PolicyStep::Audit => "would-deny",
+        }
+    }
+
+    fn edit(self) -> &'static str {
+        match self {
+            PolicyStep::FrontendOnly => "back to enforce mode, allowing only ns/shop/sa/frontend",
+            PolicyStep::AlsoIntruder => "allow ns/evil/sa/intruder too",
+            PolicyStep::Audit => {
+                "audit mode: allow only ns/shop/sa/frontend, but refuse nothing — record would-deny"
+            }
+        }
+    }
+
+    fn effect(self) -> &'static str {
+        match self {
+            PolicyStep::FrontendOnly => "the intruder is refused again",
+            PolicyStep::AlsoIntruder => "the intruder is now allowed",
+            PolicyStep::Audit => "the intruder passes, recorded as would-deny",
+        }
+    }
+}
+
+/// When the demo edits the policy, counted from the start of the traffic: a quarter of the way
+/// in it also allows the intruder, at half it switches to audit mode, at three quarters it goes
+/// back to the first policy (only the frontend, enforced).
+pub fn plan(show: Duration) -> [(Duration, PolicyStep); 3] {
+    [
+        (show / 4, PolicyStep::AlsoIntruder),
+        (show / 2, PolicyStep::Audit),
+        (show * 3 / 4, PolicyStep::FrontendOnly),
+    ]
+}
+
+/// Whether a connection paid for a TLS handshake or rode an open tunnel.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Handshaking {
+    /// The first connection on a tunnel: its handshake took this many milliseconds.
+    Paid(f64),
+    /// A later connection on the same tunnel: no handshake.
+    Reused,
+    /// Plaintext.
+    None,
+}
+
+/// One line of the story; `at` is the time since the traffic started.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Line {
+    /// The backend let a connection in.
+    Allowed {
+        /// When it was seen.
+        at: Duration,
+        /// The caller's SPIFFE ID, as the backend verified it.
+        from: String,
+        /// The backend's SPIFFE ID.
+        to: String,
+        /// The target port.
+        port: String,
+        /// TLS version and cipher suite.
+        tls: Option<(String, String)>,
+        /// Handshake or reuse.
+        handshake: Handshaking,
+    },
+    /// The backend refused one, with its reason.
+    Refused {
+        /// When it was seen.
+        at: Duration,
+        /// The caller's SPIFFE ID (or address, for plaintext).
+        from: String,
+        /// The backend's SPIFFE ID.
+        to: String,
+        /// The target port.
+        port: String,
+        /// The backend's record's reason.
+        reason: String,
+    },
+    /// An audit-mode policy would have refused it; it passed.
+    WouldDeny {
+        /// When it was seen.
+        at: Duration,
+        /// The caller's SPIFFE ID.
+        from: String,
+        /// The backend's SPIFFE ID.
+        to: String,
+        /// The target port.
+        port: String,
+        /// The backend's record's reason.
+        reason: String,
+    },
+    /// A sidecar's certificate changed.
+    Rotated {
+        /// When it was seen.
+        at: Duration,
+        /// Whose.
+        role: Role,
+        /// The old serial.
+        old: String,
+        /// The new serial.
+        new: String,
+        /// How many certificates it has had.
+        generation: u64,
+        /// Seconds left on the new one.
+        valid_for: u64,
+    },
+    /// The demo rewrote the mesh file.
+    PolicyEdit {
+        /// When.
+        at: Duration,
+        /// To what.
+        step: PolicyStep,
+    },
+    /// The first connection decided by the new policy.
+    InEffect {
+        /// When it was seen.
+        at: Duration,
+        /// Which policy.
+        step: PolicyStep,
+        /// From the edit to the backend's first decision under it (record time).
+        after: Duration,
+    },
+    /// A workload could not be observed.
+    Trouble {
+        /// When.
+        at: Duration,
+        /// Which.
+        role: Role,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+impl Line {
+    /// The line as printed, without a newline.
+    pub fn render(&self, p: &Palette) -> String {
+        let time = |at: &Duration| p.paint(Style::Faint, &format!("{:>6.1}s", at.as_secs_f64()));
+        match self {
+            Line::Allowed {
+                at,
+                from,
+                to,
+                port,
+                tls,
+                handshake,
+            } => {
+                let tls = tls
+                    .as_ref()
+                    .map_or_else(|| "plaintext".to_owned(), |(v, c)| format!("{v} {c}"));
+                let hs = match handshake {
+                    Handshaking::Paid(ms) => format!("(handshake {ms:.1} ms)"),
+                    Handshaking::Reused => "(reused)".to_owned(),
+                    Handshaking::None => String::new(),
+                };
+                format!(
+                    "{} {} {from} → {to} :{port}  {tls} {}",
+                    time(at),
+                    p.paint(Style::Good, "✔ allowed"),
+                    p.paint(Style::Faint, &hs)
+                )
+            }
+            Line::Refused {
+                at,
+                from,
+                to,
+                port,
+                reason,
+            } => format!(
+                "{} {} {from} → {to} :{port}: {reason}",
+                time(at),
+                p.paint(Style::Bad, "✘ refused"),
+            ),
+            Line::WouldDeny {
+                at,
+                from,
+                to,
+                port,
+                reason,
+            } => format!(
+                "{} {} {from} → {to} :{port}: {reason}",
+                time(at),
+                p.paint(Style::Warn, "‼ would-deny, let through (audit)"),
+            ),
+            Line::Rotated {
+                at,
+                role,
+                old,
+                new,
+                generation,
+                valid_for,
+            } => format!(
+                "{} {} {} serial {} → {} (certificate #{generation}, valid for {valid_for} s)",
+                time(at),
+                p.paint(Style::Strong, "↻ certificate rotated:"),
+                role.name(),
+                short_serial(old),
+                short_serial(new),
+            ),
+            Line::PolicyEdit { at, step } => format!(
+                "{} {} shop/backend-allow: {} — mesh file rewritten; no restart",
+                time(at),
+                p.paint(Style::Strong, "✎ policy updated:"),
+                step.edit(),
+            ),
+            Line::InEffect { at, step, after } => format!(
+                "{} {} {} ({:.2} s after the edit)",
+                time(at),
+                p.paint(Style::Strong, "✎ policy in effect:"),
+                step.effect(),
+                after.as_secs_f64(),
+            ),
+            Line::Trouble { at, role, message } => format!(
+                "{} {} {}: {message}",
+                time(at),
+                p.paint(Style::Warn, "‼"),
+                role.name()
+            ),
+        }
+    }
+}
+
+/// At most this many hex digits of a serial are shown.
+const SERIAL_DIGITS: usize = 12;
+
+/// A serial cut to [`SERIAL_DIGITS`] digits with an ellipsis when longer.
+pub fn short_serial(serial: &str) -> String {
+    match serial.get(..SERIAL_DIGITS) {
+        Some(head) if serial.len() > SERIAL_DIGITS + 2 => format!("{head}…"),
+        _ => serial.to_owned(),
+    }
+}
+
+/// An edit not yet seen in effect.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    /// To what.
+    step: PolicyStep,
+    /// When the file was written (wall clock, to compare with record times).
+    written: SystemTime,
+}
+
+/// What happened so far, and what to print next.
+#[derive(Debug, Default)]
+pub struct Story {
+    /// Serial of each sidecar's current certificate.
+    serials: BTreeMap<Role, String>,
+    /// Peer addresses of the tunnels the backend has seen: the first connection on each paid
+    /// the handshake, later ones rode it.
+    tunnels: BTreeSet<String>,
+    /// The last edit, until a connection decided under it is seen.
+    pending: Option<Pending>,
+    /// Every edit, and how long it took to be seen in effect.
+    edits: Vec<(PolicyStep, Option<Duration>)>,
+    /// Connections the backend allowed, per caller.
+    allowed: BTreeMap<Role, u32>,
+    /// Connections it refused, per caller.
+    refused: BTreeMap<Role, u32>,
+    /// Connections audit mode let through.
+    would_deny: BTreeMap<Role, u32>,
+    /// Records from nobody we know (plaintext, or another identity).
+    others: u32,
+    /// Certificate rotations per sidecar.
+    rotations: BTreeMap<Role, u32>,
+    /// Workloads whose trouble was reported and has not cleared.
+    troubled: BTreeSet<Role>,
+}
+
+impl Story {
+    /// A story whose sidecars start with these certificates.
+    pub fn new(identities: &BTreeMap<Role, Identity>) -> Self {
+        Story {
+            serials: identities
+                .iter()
+                .map(|(r, id)| (*r, id.serial.clone()))
+                .collect(),
+            ..Story::default()
+        }
+    }
+
+    /// A sidecar's current identity: a rotation if its serial changed.
+    pub fn identity(&mut self, role: Role, id: &Identity, at: Duration) -> Option<Line> {
+        self.troubled.remove(&role);
+        let old = self.serials.insert(role, id.serial.clone())?;
+        if old == id.serial {
+            return None;
+        }
+        *self.rotations.entry(role).or_default() += 1;
+        Some(Line::Rotated {
+            at,
+            role,
+            old,
+            new: id.serial.clone(),
+            generation: id.generation,
+            valid_for: id.seconds_left,
+        })
+    }
+
+    /// New records of the backend's sidecar (oldest first): a line for each inbound connection,
+    /// and one when the first connection decided by the latest policy edit shows up.
+    pub fn backend_records(&mut self, records: &[Handshake], at: Duration) -> Vec<Line> {
+        self.troubled.remove(&Role::Backend);
+        let to = Role::Backend.spiffe_id();
+        let mut lines = Vec::new();
+        for r in records
+            .iter()
+            .filter(|r| r.direction.starts_with("inbound"))
+        {
+            let caller = r.peer_id.as_deref().and_then(role_of);
+            let from = r
+                .peer_id
+                .clone()
+                .unwrap_or_else(|| format!("{} (no identity)", r.peer_addr));
+            let port = r
+                .dst
+                .as_deref()
+                .and_then(|d| d.rsplit_once(':'))
+                .map_or_else(|| "?".to_owned(), |(_, p)| p.to_owned());
+            let count = |map: &mut BTreeMap<Role, u32>, others: &mut u32| match caller {
+                Some(c) => *map.entry(c).or_default() += 1,
+                None => *others += 1,
+            };
+            match r.decision.as_str() {
+                "allow" => {
+                    count(&mut self.allowed, &mut self.others);
+                    let handshake = match &r.tls {
+                        None => Handshaking::None,
+                        Some(_) if !self.tunnels.insert(r.peer_addr.clone()) => Handshaking::Reused,
+                        Some(t) if t.reused => Handshaking::Reused,
+                        Some(t) => Handshaking::Paid(t.handshake_ms),
+                    };
+                    lines.push(Line::Allowed {
+                        at,
+                        from,
+                        to: to.clone(),
+                        port,
+                        tls: r
+                            .tls
+                            .as_ref()
+                            .map(|t| (t.version.clone(), t.cipher.clone())),
+                        handshake,
+                    });
+                }
+                "would-deny" => {
+                    count(&mut self.would_deny, &mut self.others);
+                    self.tunnels.insert(r.peer_addr.clone());
+                    lines.push(Line::WouldDeny {
+                        at,
+                        from,
+                        to: to.clone(),
+                        port,
+                        reason: r.reason.clone(),
+                    });
+                }
+                _ => {
+                    count(&mut self.refused, &mut self.others);
+                    self.tunnels.insert(r.peer_addr.clone());
+                    lines.push(Line::Refused {
+                        at,
+                        from,
+                        to: to.clone(),
+                        port,
+                        reason: r.reason.clone(),
+                    });
+                }
+            }
+            if caller == Some(Role::Intruder)
+                && let Some(line) = self.seen_in_effect(r, at)
+            {
+                lines.push(line);
+            }
+        }
+        lines
+    }
+
+    /// The demo rewrote the mesh file at `at` (wall clock `written`) with `step`.
+    pub fn policy_edit(&mut self, step: PolicyStep, at: Duration, written: SystemTime) -> Line {
+        self.pending = Some(Pending { step, written });
+        self.edits.push((step, None));
+        Line::PolicyEdit { at, step }
+    }
+
+    /// A workload's admin endpoint failed: said once, until it answers again.
+    pub fn trouble(&mut self, role: Role, message: &str, at: Duration) -> Option<Line> {
+        self.troubled.insert(role).then(|| Line::Trouble {
+            at,
+            role,
+            message: message.to_owned(),
+        })
+    }
+
+    /// The summary lines after `shown` of traffic.
+    pub fn summary(&self, shown: Duration, p: &Palette) -> Vec<String> {
+        let per = |map: &BTreeMap<Role, u32>| {
+            let total: u32 = map.values().sum();
+            let parts: Vec<String> = map
+                .iter()
+                .map(|(r, n)| format!("{} {n}", r.name()))
+                .collect();
+            if parts.is_empty() {
+                "0".to_owned()
+            } else {
+                format!("{total} ({})", parts.join(", "))
+            }
+        };
+        let effects: Vec<String> = self
+            .edits
+            .iter()
+            .map(|(_, after)| {
+                after.map_or("not seen".into(), |d| format!("{:.2} s", d.as_secs_f64()))
+            })
+            .collect();
+        let mut lines = vec![
+            p.paint(
+                Style::Strong,
+                &format!("summary of {:.1} s of traffic:", shown.as_secs_f64()),
+            ),
+            format!(
+                "  {}     {}",
+                p.paint(Style::Good, "✔ allowed"),
+                per(&self.allowed)
+            ),
+            format!(
+                "  {}     {}",
+                p.paint(Style::Bad, "✘ refused"),
+                per(&self.refused)
+            ),
+            format!(
+                "  {}  {}",
+                p.paint(Style::Warn, "‼ would-deny"),
+                per(&self.would_deny)
+            ),
+            format!("  ↻ certificate rotations  {}", per(&self.rotations)),
+            format!(
+                "  ✎ policy edits  {}{}",
+                self.edits.len(),
+                if effects.is_empty() {
+                    String::new()
+                } else {
+                    format!(", in effect after {}", effects.join(", "))
+                }
+            ),
+        ];
+        if self.others > 0 {
+            lines.push(format!("  other connections  {}", self.others));
+        }
+        lines
+    }
+
+    /// How many certificate rotations were seen.
+    #[cfg(test)]
+    fn rotation_count(&self) -> u32 {
+        self.rotations.values().sum()
+    }
+
+    fn seen_in_effect(&mut self, r: &Handshake, at: Duration) -> Option<Line> {
+        let pending = self.pending?;
+        if r.decision != pending.step.intruder_decision() {
+            return None;
+        }
+        let decided = humantime::parse_rfc3339(&r.time).ok()?;
+        let after = decided.duration_since(pending.written).ok()?;
+        self.pending = None;
+        if let Some(last) = self.edits.last_mut() {
+            last.1 = Some(after);
+        }
+        Some(Line::InEffect {
+            at,
+            step: pending.step,
+            after,
+        })
+    }
+}
+
+/// Which sample workload a SPIFFE ID is.
+fn role_of(spiffe_id: &str) -> Option<Role> {
+    Role::ALL.into_iter().find(|r| r.spiffe_id() == spiffe_id)
+}
+
+#[cfg(test)]
+#[path = "story_tests.rs"]
+mod tests;

@@ -1,0 +1,261 @@
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use super::*;
+use crate::admin_api::TlsFacts;
+
+fn identity(serial: &str, generation: u64) -> Identity {
+    Identity {
+        spiffe_id: Role::Frontend.spiffe_id(),
+        serial: serial.into(),
+        not_before: "2025-01-01T10:00:00Z".into(),
+        not_after: "2025-01-01T10:00:08Z".into(),
+        seconds_left: 8,
+        generation,
+        chain_pem: Vec::new(),
+        trust_bundle_roots: 1,
+        extra: BTreeMap::new(),
+    }
+}
+
+fn record(time: &str, from: Role, peer_addr: &str, decision: &str, reason: &str) -> Handshake {
+    Handshake {
+        time: time.into(),
+        direction: "inbound".into(),
+        peer_addr: peer_addr.into(),
+        peer_id: Some(from.spiffe_id()),
+        dst: Some("198.18.0.3:8080".into()),
+        tls: Some(TlsFacts {
+            version: "TLSv1_3".into(),
+            cipher: "TLS13_AES_256_GCM_SHA384".into(),
+            alpn: Some("h2".into()),
+            handshake_ms: 3.25,
+            reused: false,
+            extra: BTreeMap::new(),
+        }),
+        decision: decision.into(),
+        reason: reason.into(),
+        extra: BTreeMap::new(),
+    }
+}
+
+fn at(secs: u64) -> Duration {
+    Duration::from_secs(secs)
+}
+
+fn plain(line: &Line) -> String {
+    line.render(&Palette::plain())
+}
+
+#[test]
+fn the_policy_changes_at_a_quarter_half_and_three_quarters_of_the_show() {
+    let p = plan(Duration::from_secs(20));
+    assert_eq!(
+        p,
+        [
+            (at(5), PolicyStep::AlsoIntruder),
+            (at(10), PolicyStep::Audit),
+            (at(15), PolicyStep::FrontendOnly),
+        ]
+    );
+    // Every step changes what happens to the intruder, so each edit can be seen taking effect.
+    let mut before = PolicyStep::FrontendOnly;
+    for (_, step) in p {
+        assert_ne!(step.intruder_decision(), before.intruder_decision());
+        before = step;
+    }
+}
+
+#[test]
+fn an_allowed_connection_shows_both_spiffe_ids_tls_and_whether_it_paid_a_handshake() {
+    let mut story = Story::default();
+    let first = record(
+        "2025-01-01T10:00:01.000Z",
+        Role::Frontend,
+        "198.18.0.2:40000",
+        "allow",
+        "",
+    );
+    let second = record(
+        "2025-01-01T10:00:02.000Z",
+        Role::Frontend,
+        "198.18.0.2:40000",
+        "allow",
+        "",
+    );
+    let lines = story.backend_records(&[first, second], at(2));
+    let text: Vec<String> = lines.iter().map(plain).collect();
+    assert_eq!(
+        text,
+        [
+            "   2.0s ✔ allowed spiffe://cluster.local/ns/shop/sa/frontend → spiffe://cluster.local/ns/shop/sa/backend :8080  TLSv1_3 TLS13_AES_256_GCM_SHA384 (handshake 3.2 ms)",
+            "   2.0s ✔ allowed spiffe://cluster.local/ns/shop/sa/frontend → spiffe://cluster.local/ns/shop/sa/backend :8080  TLSv1_3 TLS13_AES_256_GCM_SHA384 (reused)",
+        ]
+    );
+}
+
+#[test]
+fn a_refused_connection_names_the_intruder_and_the_backends_reason() {
+    let mut story = Story::default();
+    let reason = "spiffe://cluster.local/ns/evil/sa/intruder is not allowed on port 8080 by shop/backend-allow";
+    let lines = story.backend_records(
+        &[record(
+            "2025-01-01T10:00:01.000Z",
+            Role::Intruder,
+            "198.18.0.4:41000",
+            "deny",
+            reason,
+        )],
+        at(1),
+    );
+    assert_eq!(
+        lines.iter().map(plain).collect::<Vec<_>>(),
+        [format!(
+            "   1.0s ✘ refused spiffe://cluster.local/ns/evil/sa/intruder → spiffe://cluster.local/ns/shop/sa/backend :8080: {reason}"
+        )]
+    );
+}
+
+#[test]
+fn outbound_records_are_not_the_backends_decisions() {
+    let mut story = Story::default();
+    let mut r = record(
+        "2025-01-01T10:00:01.000Z",
+        Role::Frontend,
+        "x:1",
+        "allow",
+        "",
+    );
+    r.direction = "outbound".into();
+    assert!(story.backend_records(&[r], at(1)).is_empty());
+}
+
+#[test]
+fn an_edit_is_in_effect_at_the_first_intruder_decision_it_explains() {
+    let mut story = Story::default();
+    let written = humantime::parse_rfc3339("2025-01-01T10:00:05Z").unwrap();
+    let edit = story.policy_edit(PolicyStep::AlsoIntruder, at(5), written);
+    assert!(
+        plain(&edit)
+            .contains("✎ policy updated: shop/backend-allow: allow ns/evil/sa/intruder too")
+    );
+
+    // Still refused (decided before the control plane's change reached the backend): no effect yet.
+    let late = record(
+        "2025-01-01T10:00:05.200Z",
+        Role::Intruder,
+        "198.18.0.4:1",
+        "deny",
+        "no",
+    );
+    let lines = story.backend_records(&[late], at(5));
+    assert_eq!(lines.len(), 1);
+    // Allowed 0.6 s after the edit: in effect.
+    let now = record(
+        "2025-01-01T10:00:05.600Z",
+        Role::Intruder,
+        "198.18.0.4:1",
+        "allow",
+        "",
+    );
+    let lines = story.backend_records(&[now.clone()], at(6));
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(
+        plain(&lines[1]),
+        "   6.0s ✎ policy in effect: the intruder is now allowed (0.60 s after the edit)"
+    );
+    // Said once.
+    assert_eq!(story.backend_records(&[now], at(7)).len(), 1);
+    let summary = story.summary(at(20), &Palette::plain()).join("\n");
+    assert!(
+        summary.contains("policy edits  1, in effect after 0.60 s"),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("✔ allowed     1 (intruder 1)"),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("✘ refused     1 (intruder 1)"),
+        "{summary}"
+    );
+}
+
+#[test]
+fn audit_mode_lets_the_intruder_through_as_would_deny() {
+    let mut story = Story::default();
+    let written = humantime::parse_rfc3339("2025-01-01T10:00:10Z").unwrap();
+    story.policy_edit(PolicyStep::Audit, at(10), written);
+    let r = record(
+        "2025-01-01T10:00:10.300Z",
+        Role::Intruder,
+        "198.18.0.4:1",
+        "would-deny",
+        "not allowed by shop/backend-allow",
+    );
+    let lines: Vec<String> = story
+        .backend_records(&[r], at(11))
+        .iter()
+        .map(plain)
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert!(
+        lines[0].contains(
+            "‼ would-deny, let through (audit) spiffe://cluster.local/ns/evil/sa/intruder"
+        ),
+        "{lines:?}"
+    );
+    assert!(
+        lines[1].contains("the intruder passes, recorded as would-deny (0.30 s after the edit)"),
+        "{lines:?}"
+    );
+}
+
+#[test]
+fn a_new_serial_is_a_rotation_and_the_same_serial_is_nothing() {
+    let mut start = BTreeMap::new();
+    start.insert(Role::Frontend, identity("5d2c81a9e0f1aabbccdd", 1));
+    let mut story = Story::new(&start);
+    assert_eq!(
+        story.identity(Role::Frontend, &identity("5d2c81a9e0f1aabbccdd", 1), at(1)),
+        None
+    );
+    let line = story
+        .identity(Role::Frontend, &identity("0b77e4f2", 2), at(4))
+        .expect("a rotation");
+    assert_eq!(
+        plain(&line),
+        "   4.0s ↻ certificate rotated: frontend serial 5d2c81a9e0f1… → 0b77e4f2 (certificate #2, valid for 8 s)"
+    );
+    assert_eq!(story.rotation_count(), 1);
+    // A workload first seen now is not a rotation.
+    assert_eq!(
+        story.identity(Role::Backend, &identity("aa", 1), at(5)),
+        None
+    );
+}
+
+#[test]
+fn trouble_is_reported_once_until_the_workload_answers_again() {
+    let mut story = Story::default();
+    assert!(story.trouble(Role::Backend, "refused", at(1)).is_some());
+    assert!(story.trouble(Role::Backend, "refused", at(2)).is_none());
+    story.backend_records(&[], at(3));
+    assert!(story.trouble(Role::Backend, "refused", at(4)).is_some());
+}
+
+#[test]
+fn serials_are_shortened_only_when_long() {
+    assert_eq!(short_serial("abc"), "abc");
+    assert_eq!(short_serial("0123456789abcd"), "0123456789abcd");
+    assert_eq!(short_serial("0123456789abcdef"), "0123456789ab…");
+}
+
+#[test]
+fn nothing_seen_is_a_summary_of_zeros() {
+    let story = Story::default();
+    let text = story.summary(at(20), &Palette::plain()).join("\n");
+    assert!(text.starts_with("summary of 20.0 s of traffic:"), "{text}");
+    assert!(text.contains("✔ allowed     0"), "{text}");
+    assert!(text.contains("policy edits  0"), "{text}");
+}
