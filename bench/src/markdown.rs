@@ -149,15 +149,19 @@ pub fn render(r: &Report) -> String {
     let mut head = "| route | side |".to_owned();
     let mut rule = "|---|---|".to_owned();
     for &rate in &p.rates {
-        let _ = write!(head, " peak RSS @ {0} | CPU @ {0} |", thousands(rate));
-        rule.push_str("---:|---:|");
+        let _ = write!(
+            head,
+            " peak RSS @ {0} | CPU @ {0} | switches/req @ {0} |",
+            thousands(rate)
+        );
+        rule.push_str("---:|---:|---:|");
     }
     let _ = writeln!(o, "{head}\n{rule}");
     for route in &r.routes {
         for px in &route.proxies {
             let _ = write!(o, "| {} | {} |", route.route, px.side);
-            for (_, rss, cpu) in &px.per_rate {
-                let _ = write!(o, " {} | {} |", f(*rss, 1), f(*cpu, 1));
+            for ((_, rss, cpu), (_, sw)) in px.per_rate.iter().zip(&px.switches_per_request) {
+                let _ = write!(o, " {} | {} | {} |", f(*rss, 1), f(*cpu, 1), f(*sw, 2));
             }
             o.push('\n');
         }

@@ -244,6 +244,29 @@ pub fn cpu_seconds(pids: &[u32]) -> f64 {
         .sum()
 }
 
+/// Context switches (voluntary + involuntary, every thread) of the processes `pids`: each is a
+/// thread going to sleep or being preempted, the main cost of a proxy at moderate load.
+pub fn context_switches(pids: &[u32]) -> u64 {
+    let mut total = 0;
+    for p in pids {
+        let Ok(tasks) = fs::read_dir(format!("/proc/{p}/task")) else {
+            continue;
+        };
+        for t in tasks.flatten() {
+            let status = fs::read_to_string(t.path().join("status")).unwrap_or_default();
+            total += status
+                .lines()
+                .filter_map(|l| {
+                    l.strip_prefix("voluntary_ctxt_switches:")
+                        .or_else(|| l.strip_prefix("nonvoluntary_ctxt_switches:"))
+                })
+                .filter_map(|v| v.trim().parse::<u64>().ok())
+                .sum::<u64>();
+        }
+    }
+    total
+}
+
 fn status_kib(pid: u32, key: &str) -> Option<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status

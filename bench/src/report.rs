@@ -59,6 +59,8 @@ pub struct ProxySummary {
     pub side: &'static str,
     /// Per rate: (rate, highest peak RSS over repetitions in MiB, median CPU ms per 1k requests).
     pub per_rate: Vec<(u32, Option<f64>, Option<f64>)>,
+    /// Per rate: median context switches per request.
+    pub switches_per_request: Vec<(u32, Option<f64>)>,
 }
 
 /// One route's medians.
@@ -160,6 +162,7 @@ fn summarize(route: &Samples, direct: &Samples, rates: &[u32]) -> RouteSummary {
         .map(|&side| ProxySummary {
             side,
             per_rate: vec![],
+            switches_per_request: vec![],
         })
         .collect();
     for &rate in rates {
@@ -206,6 +209,17 @@ fn summarize(route: &Samples, direct: &Samples, rates: &[u32]) -> RouteSummary {
                 .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))));
             let cpu = median(ok.iter().map(|s| per_1k(s, Some(p.side))).collect());
             p.per_rate.push((rate, rss, cpu));
+            let switches = median(
+                ok.iter()
+                    .flat_map(|s| {
+                        s.proxies
+                            .iter()
+                            .filter(|r| r.side == p.side)
+                            .map(|r| r.context_switches as f64 / s.completed as f64)
+                    })
+                    .collect(),
+            );
+            p.switches_per_request.push((rate, switches));
         }
         let all: Vec<_> = route.latency.iter().filter(|s| s.rate == rate).collect();
         latency.push(RateSummary {

@@ -24,6 +24,8 @@ pub struct ProxyReading {
     pub side: &'static str,
     /// CPU seconds used during the recorded window.
     pub cpu_s: f64,
+    /// Context switches of all its threads during the recorded window.
+    pub context_switches: u64,
     /// Peak RSS (KiB) since the run began (reset before it when the kernel allows).
     pub peak_rss_kib: u64,
 }
@@ -216,7 +218,12 @@ async fn latency_once(
         .map(|p| (p.side, procs::tree(p.pid)))
         .collect();
     let rss_reset = trees.iter().all(|(_, t)| procs::reset_peak_rss(t));
-    let cpu = || -> Vec<f64> { trees.iter().map(|(_, t)| procs::cpu_seconds(t)).collect() };
+    let cpu = || -> Vec<(f64, u64)> {
+        trees
+            .iter()
+            .map(|(_, t)| (procs::cpu_seconds(t), procs::context_switches(t)))
+            .collect()
+    };
     let expected = (f64::from(rate) * plan.measure.as_secs_f64()).round() as u64;
     let mut sample = LatencySample {
         rep,
@@ -274,7 +281,8 @@ async fn latency_once(
         .zip(cpu0.iter().zip(&cpu1))
         .map(|((side, tree), (a, b))| ProxyReading {
             side,
-            cpu_s: (b - a).max(0.0),
+            cpu_s: (b.0 - a.0).max(0.0),
+            context_switches: b.1.saturating_sub(a.1),
             peak_rss_kib: procs::peak_rss_kib(tree),
         })
         .collect();

@@ -2,7 +2,9 @@
 //! tunnelled connection pays: no policy, an exact allow-list, wildcards, several policies, and
 //! the worst case where the peer matches nothing in a long list.
 
-use criterion::{Criterion, black_box, criterion_group, criterion_main};
+use std::hint::black_box;
+
+use criterion::{Criterion, criterion_group, criterion_main};
 use trellis_ca::{IdentityPattern, SpiffeId, TrustDomain};
 use trellis_proxy::policy::{InboundPolicy, Rule, RuleMode};
 

@@ -2,7 +2,8 @@
 //! ports of its own (from `--base-port`), the proxies in explicit mode as in
 //! `proxy/tests/policy_mesh.rs` — each caller's app connects to its proxy's `--outbound`
 //! listener, which stands for the backend's app port. The backend's app is a small HTTP server
-//! in this process. The mesh file tells the workloads apart by port and tunnel.
+//! in this process ([`super::loopback_app`]). The mesh file tells the workloads apart by port
+//! and tunnel.
 //!
 //! ```text
 //!   BASE+12, +14   trellis-control-plane: gRPC, metrics
@@ -18,17 +19,15 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::sync::watch;
 use trellis::sandbox::Process;
 use trellis::sandbox::binaries::{CONTROL_PLANE, PROXY, binary};
 use trellis::sandbox::control_plane::TRUST_DOMAIN;
 use trellis::sandbox::process::stop_all;
 
+use super::loopback_app::BackendApp;
 use super::mesh_file::{self, Endpoint, Layout};
 use super::observer::SiteSpec;
 use super::story::PolicyStep;
@@ -47,7 +46,7 @@ const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
 /// Checks that the ports from `base` fit below 65536.
 pub fn check_base_port(base: u16) -> anyhow::Result<()> {
-    if base < 1024 || base > u16::MAX - SPAN {
+    if !(1024..=u16::MAX - SPAN).contains(&base) {
         anyhow::bail!(
             "--base-port {base}: give 1024 to {} (the demo uses BASE+12 to BASE+{SPAN})",
             u16::MAX - SPAN
@@ -122,14 +121,15 @@ fn block(role: Role) -> u16 {
 pub struct Mesh {
     /// Control plane first, then the proxies.
     processes: Vec<(String, Process)>,
-    /// The backend's app: its thread, and the way to stop it.
-    app: Option<(JoinHandle<()>, watch::Sender<bool>)>,
+    /// The backend's app, in this process.
+    app: Option<BackendApp>,
     /// Tokens, state, logs, the mesh file; removed on drop.
     dir: Option<tempfile::TempDir>,
 }
 
-/// Starts the mesh, saying each step; on error, what started is stopped (dropped) already.
-pub fn start(args: &DemoArgs, out: &Out) -> anyhow::Result<Started> {
+/// Checks, before anything starts, that every port the demo needs on 127.0.0.1 is free; the
+/// error names the first taken one.
+pub fn preflight(args: &DemoArgs) -> anyhow::Result<()> {
     let ports = Ports(args.base_port);
     for (addr, what) in ports.all() {
         if let Err(e) = TcpListener::bind(addr) {
@@ -142,17 +142,23 @@ pub fn start(args: &DemoArgs, out: &Out) -> anyhow::Result<Started> {
             );
         }
     }
+    Ok(())
+}
+
+/// Starts the mesh, saying each step; on error, what started is stopped (dropped) already.
+pub fn start(args: &DemoArgs, out: &Out) -> anyhow::Result<Started> {
+    let ports = Ports(args.base_port);
     let dir = tempfile::Builder::new()
         .prefix("trellis-demo-")
         .tempdir()
         .context("creating a temporary directory")?;
+    let root = dir.path().to_owned();
+    // From here on, dropping `mesh` stops what started and removes the directory.
     let mut mesh = Mesh {
         processes: Vec::new(),
         app: None,
-        dir: None,
+        dir: Some(dir),
     };
-    let root = dir.path().to_owned();
-    mesh.dir = Some(dir);
     out.line(&format!(
         "files (state, logs, mesh file) in {}",
         root.display()
@@ -193,7 +199,7 @@ pub fn start(args: &DemoArgs, out: &Out) -> anyhow::Result<Started> {
         || {
             let listener = TcpListener::bind(ports.app(Role::Backend))
                 .with_context(|| format!("binding {}", ports.app(Role::Backend)))?;
-            mesh.app = Some(serve_app(listener)?);
+            mesh.app = Some(BackendApp::start(listener)?);
             Ok(((), "in this process".to_owned()))
         },
     )?;
@@ -354,63 +360,6 @@ fn last_lines(text: &str, n: usize) -> String {
     lines.into_iter().skip(skip).collect::<Vec<_>>().join("\n")
 }
 
-/// The backend's app: answers every request with `backend got <path>`, on its own thread and
-/// runtime until told to stop.
-fn serve_app(listener: TcpListener) -> anyhow::Result<(JoinHandle<()>, watch::Sender<bool>)> {
-    listener.set_nonblocking(true)?;
-    let (stop, mut stopped) = watch::channel(false);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let thread = std::thread::Builder::new()
-        .name("demo-backend-app".into())
-        .spawn(move || {
-            runtime.block_on(async move {
-                let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
-                    return;
-                };
-                loop {
-                    tokio::select! {
-                        _ = stopped.wait_for(|s| *s) => return,
-                        accepted = listener.accept() => {
-                            if let Ok((conn, _)) = accepted {
-                                tokio::spawn(answer(conn));
-                            }
-                        }
-                    }
-                }
-            });
-        })?;
-    Ok((thread, stop))
-}
-
-/// Reads one request head (at most 8 KiB, 5 s) and answers it.
-async fn answer(mut conn: tokio::net::TcpStream) {
-    let mut head = Vec::new();
-    let mut buf = [0u8; 1024];
-    let read = tokio::time::timeout(Duration::from_secs(5), async {
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
-            match conn.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => head.extend_from_slice(buf.get(..n).unwrap_or_default()),
-            }
-        }
-    })
-    .await;
-    if read.is_err() {
-        return;
-    }
-    let text = String::from_utf8_lossy(&head);
-    let path = text.split_whitespace().nth(1).unwrap_or("/");
-    let body = format!("backend got {path}\n");
-    let reply = format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let _ = conn.write_all(reply.as_bytes()).await;
-    let _ = conn.shutdown().await;
-}
-
 impl Mesh {
     /// Starts `cmd` (environment cleared but `PATH`), its output in `root/logs/<name>.*`.
     fn spawn(
@@ -467,10 +416,7 @@ impl Mesh {
     fn stop(&mut self) {
         let all: Vec<Process> = self.processes.iter().map(|(_, p)| p.clone()).collect();
         stop_all(&all, STOP_GRACE);
-        if let Some((thread, stop)) = self.app.take() {
-            stop.send_replace(true);
-            let _ = thread.join();
-        }
+        drop(self.app.take());
         if let Some(dir) = self.dir.take()
             && let Err(e) = dir.close()
         {

@@ -15,12 +15,16 @@
 //! | here | the flags, choosing the mode, the order of things, signals, clean-up, output |
 //! | [`namespaced`] | as root: pods in network namespaces with the real init rules (`trellis::sandbox`) |
 //! | [`loopback`] | without root: processes on 127.0.0.1, proxies in explicit mode |
+//! | [`loopback_app`] | the backend's app in loopback mode: a small HTTP server in this process |
 //! | [`mesh_file`] | the mesh file's YAML for each step of the policy story |
 //! | [`show`] | the live part: waiting for the sidecars, the traffic, the policy edits, the summary |
 //! | [`observer`] | one thread per workload, inside its pod: the app's calls, the sidecar's admin endpoint |
 //! | [`story`] | the timeline, pure: which policy when, which line for which observation |
+//! | [`lines`] | how each line of the story reads |
 
+mod lines;
 mod loopback;
+mod loopback_app;
 mod mesh_file;
 mod namespaced;
 mod observer;
@@ -135,8 +139,8 @@ pub struct Started {
 /// The processes (and namespaces) of one mode.
 #[derive(Debug)]
 pub enum Backing {
-    /// Pods in network namespaces.
-    Namespaced(namespaced::Mesh),
+    /// Pods in network namespaces (boxed: a sandbox is large, the other variant small).
+    Namespaced(Box<namespaced::Mesh>),
     /// Processes on loopback.
     Loopback(loopback::Mesh),
 }
@@ -180,6 +184,17 @@ impl Stop {
     /// Whether a stop was asked for.
     pub fn requested(&self) -> bool {
         *self.0.borrow()
+    }
+
+    /// Whether a stop is asked for now or within a moment: Ctrl-C on a terminal reaches the
+    /// demo's processes too, and one of them may exit (and the demo see it gone) before the
+    /// demo has heard of the signal itself. For telling "interrupted" from "failed".
+    pub fn requested_soon(&self) -> bool {
+        let deadline = Instant::now() + Duration::from_millis(300);
+        while !self.requested() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.requested()
     }
 }
 
@@ -248,10 +263,16 @@ fn run_blocking(args: &DemoArgs, palette: Palette, stop: &Stop) -> anyhow::Resul
     check_args(args)?;
     for name in [CONTROL_PLANE, PROXY] {
         if binaries::binary(name).is_err() {
+            let dir = binaries::bin_dir();
+            let whose = if std::env::var_os(binaries::BIN_DIR_ENV).is_some() {
+                binaries::BIN_DIR_ENV
+            } else {
+                "the directory of this trellis binary"
+            };
             anyhow::bail!(
-                "{name} is not in {} (the directory of this trellis binary): build the binaries \
-                 first with `cargo build --bins` at the workspace root, or set {} to where they are",
-                binaries::bin_dir().display(),
+                "{name} is not in {} ({whose}): build the binaries first with \
+                 `cargo build --bins` at the workspace root, or set {} to where they are",
+                dir.display(),
                 binaries::BIN_DIR_ENV
             );
         }
@@ -272,6 +293,10 @@ fn run_blocking(args: &DemoArgs, palette: Palette, stop: &Stop) -> anyhow::Resul
         (Mode::Loopback, false) => "mode: loopback, because this is not root: every process on 127.0.0.1, sidecars in explicit mode (no namespaces, no iptables); run as root for network namespaces and transparent interception".to_owned(),
     })?;
     out.line(&format!("binaries: {}", binaries::bin_dir().display()))?;
+    match mode {
+        Mode::Namespaced => namespaced::preflight()?,
+        Mode::Loopback => loopback::preflight(args)?,
+    }
     let started = match mode {
         Mode::Namespaced => namespaced::start(args, &out),
         Mode::Loopback => loopback::start(args, &out),
@@ -281,7 +306,7 @@ fn run_blocking(args: &DemoArgs, palette: Palette, stop: &Stop) -> anyhow::Resul
         Ok(s) => s,
         Err(e) => {
             out.line("stopped what had started; cleaned up")?;
-            if stop.requested() {
+            if stop.requested_soon() {
                 anyhow::bail!("interrupted while starting");
             }
             return Err(e);

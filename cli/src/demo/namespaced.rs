@@ -60,8 +60,8 @@ pub struct Mesh {
     sandbox: Sandbox,
 }
 
-/// Starts the mesh, saying each step; on error, what started is stopped (dropped) already.
-pub fn start(args: &DemoArgs, out: &Out) -> anyhow::Result<Started> {
+/// Checks, before anything starts, that the programs the pods need are there.
+pub fn preflight() -> anyhow::Result<()> {
     let missing: Vec<String> = TOOLS
         .iter()
         .filter(|(tool, _)| !on_path(tool))
@@ -73,6 +73,11 @@ pub fn start(args: &DemoArgs, out: &Out) -> anyhow::Result<Started> {
             missing.join(", ")
         );
     }
+    Ok(())
+}
+
+/// Starts the mesh, saying each step; on error, what started is stopped (dropped) already.
+pub fn start(args: &DemoArgs, out: &Out) -> anyhow::Result<Started> {
     let sandbox = Sandbox::new().context("creating the sandbox")?;
     out.line(&format!(
         "sandbox {}: network namespaces {}*, files in {}",
@@ -151,12 +156,12 @@ pub fn start(args: &DemoArgs, out: &Out) -> anyhow::Result<Started> {
         sites,
         mesh_file,
         layout,
-        backing: Backing::Namespaced(Mesh {
+        backing: Backing::Namespaced(Box::new(Mesh {
             cp,
             app,
             sidecars,
             sandbox,
-        }),
+        })),
     })
 }
 
@@ -203,8 +208,8 @@ impl Mesh {
 
     /// Stops every process, deletes every namespace (their iptables rules go with them) and
     /// the temporary directory.
-    pub fn shutdown(self) -> Cleanup {
-        let Mesh { sandbox, .. } = self;
+    pub fn shutdown(self: Box<Self>) -> Cleanup {
+        let Mesh { sandbox, .. } = *self;
         let id = sandbox.id().to_owned();
         let processes = sandbox.processes().len();
         let namespaces = sandbox.namespaces().len();

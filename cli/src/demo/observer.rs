@@ -11,7 +11,7 @@
 use std::net::SocketAddr;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use http::StatusCode;
 use tokio::sync::watch;
@@ -31,6 +31,8 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const CALL_EVERY: Duration = Duration::from_secs(1);
 /// How often the sidecar's admin endpoint is read.
 const POLL_EVERY: Duration = Duration::from_millis(500);
+/// How often the backend's sidecar's metrics are read, to see when it applies a new mesh.
+const MESH_POLL_EVERY: Duration = Duration::from_millis(100);
 /// Records asked for per poll: far more than arrive between two polls.
 const RECORDS_PER_POLL: u64 = 200;
 /// Workloads in the mesh file: a sidecar that knows this many has the whole mesh.
@@ -47,7 +49,8 @@ pub struct SiteSpec {
     pub admin: SocketAddr,
     /// Where its app connects to call the backend (`None`: it does not call).
     pub call: Option<SocketAddr>,
-    /// Whether to read its connection records (the backend's decide the story).
+    /// Whether to read its connection records and follow its mesh updates (the backend's
+    /// decide the story).
     pub records: bool,
     /// Where it is, for people: `198.18.0.2` or `127.0.0.1 (tunnel :21108)`.
     pub place: String,
@@ -76,6 +79,13 @@ pub enum Event {
         role: Role,
         /// The records.
         records: Vec<Handshake>,
+    },
+    /// The sidecar applied a new snapshot of the mesh from the control plane.
+    MeshApplied {
+        /// Whose.
+        role: Role,
+        /// When it was seen (within [`MESH_POLL_EVERY`]).
+        seen: SystemTime,
     },
     /// The admin endpoint failed once.
     Trouble {
@@ -186,9 +196,9 @@ async fn observe(site: &SiteSpec, events: &mpsc::Sender<Event>, mut go: watch::R
     let mut admin = AdminClient::new(target.clone());
     let mut raw = Http1Client::new(target);
     let deadline = Instant::now() + READY_TIMEOUT;
-    let identity = loop {
+    let (identity, mut updates) = loop {
         let last = match ready(&mut admin, &mut raw).await {
-            Ok(identity) => break identity,
+            Ok(ready) => break ready,
             Err(last) => last,
         };
         if Instant::now() >= deadline {
@@ -211,9 +221,13 @@ async fn observe(site: &SiteSpec, events: &mpsc::Sender<Event>, mut go: watch::R
         return;
     }
     let mut poll = tokio::time::interval(POLL_EVERY);
-    let mut call = tokio::time::interval(CALL_EVERY);
-    poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    call.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // Calls half a second out of step with the show's whole seconds, when policy edits happen:
+    // the first call after an edit comes half a second later, not at the same instant.
+    let mut call = tokio::time::interval_at(Instant::now() + CALL_EVERY / 2, CALL_EVERY);
+    let mut mesh_poll = tokio::time::interval(MESH_POLL_EVERY);
+    for i in [&mut poll, &mut call, &mut mesh_poll] {
+        i.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    }
     let mut last: Option<RecordKey> = None;
     loop {
         tokio::select! {
@@ -222,6 +236,12 @@ async fn observe(site: &SiteSpec, events: &mpsc::Sender<Event>, mut go: watch::R
                     // A task of its own (same thread, same namespace): a slow refusal must not
                     // hold up the polls. The story reads the outcome from the backend's records.
                     tokio::spawn(call_backend(to, site.role));
+                }
+            }
+            _ = mesh_poll.tick(), if site.records => {
+                if let Ok(now) = mesh_updates(&mut raw).await && now > updates {
+                    updates = now;
+                    send(Event::MeshApplied { role: site.role, seen: SystemTime::now() });
                 }
             }
             _ = poll.tick() => {
@@ -250,21 +270,17 @@ async fn observe(site: &SiteSpec, events: &mpsc::Sender<Event>, mut go: watch::R
     }
 }
 
-/// The sidecar's identity once it holds a certificate and has applied a snapshot of the whole
-/// mesh (so the backend enforces its policy before the first call); else what is missing.
-async fn ready(admin: &mut AdminClient, raw: &mut Http1Client) -> Result<Identity, String> {
+/// The sidecar's identity, and how many mesh snapshots it has applied, once it holds a
+/// certificate and has applied the whole mesh (so the backend enforces its policy before the
+/// first call); else what is missing.
+async fn ready(admin: &mut AdminClient, raw: &mut Http1Client) -> Result<(Identity, u64), String> {
     let identity = admin
         .identity()
         .await
         .map_err(|e| e.to_string())?
         .ok_or("no certificate yet")?;
-    let (status, metrics) = raw.get("/metrics").await.map_err(|e| e.to_string())?;
-    let updates = metric_value(
-        &String::from_utf8_lossy(&metrics),
-        "trellis_proxy_discovery_updates_total",
-        &[],
-    );
-    if status != StatusCode::OK || updates < 1.0 {
+    let updates = mesh_updates(raw).await?;
+    if updates < 1 {
         return Err("no mesh snapshot from the control plane yet".into());
     }
     let (status, dump) = raw.get("/config_dump").await.map_err(|e| e.to_string())?;
@@ -277,7 +293,22 @@ async fn ready(admin: &mut AdminClient, raw: &mut Http1Client) -> Result<Identit
             "knows {known} of the mesh's {WORKLOADS} workloads so far"
         ));
     }
-    Ok(identity)
+    Ok((identity, updates))
+}
+
+/// How many mesh snapshots the sidecar has applied (`trellis_proxy_discovery_updates_total`).
+async fn mesh_updates(raw: &mut Http1Client) -> Result<u64, String> {
+    let (status, metrics) = raw.get("/metrics").await.map_err(|e| e.to_string())?;
+    if status != StatusCode::OK {
+        return Err(format!("/metrics answered {status}"));
+    }
+    let n = metric_value(
+        &String::from_utf8_lossy(&metrics),
+        "trellis_proxy_discovery_updates_total",
+        &[],
+    );
+    // A counter: a whole number well within u64.
+    Ok(n.max(0.0) as u64)
 }
 
 /// One call from the app: a new connection (so each call is a connection of its own in the

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context as _;
 
+use super::lines::{self, Line};
 use super::mesh_file::{self, Layout};
 use super::observer::{Event, SiteSpec, Sites};
 use super::story::{self, PolicyStep, Story};
@@ -59,7 +60,7 @@ pub fn show(setup: &Setup<'_>, out: &Out, stop: &Stop) -> anyhow::Result<()> {
             p.paint(Style::Good, "✔"),
             role.name(),
             p.paint(Style::Strong, &id.spiffe_id),
-            story::short_serial(&id.serial),
+            lines::short_serial(&id.serial),
             site.place
         ))?;
     }
@@ -100,7 +101,13 @@ pub fn show(setup: &Setup<'_>, out: &Out, stop: &Stop) -> anyhow::Result<()> {
         }
         if checked.elapsed() >= Duration::from_millis(500) {
             checked = Instant::now();
-            setup.backing.check_alive().map_err(anyhow::Error::msg)?;
+            if let Err(e) = setup.backing.check_alive() {
+                if stop.requested_soon() {
+                    out.line(&p.paint(Style::Warn, "interrupted"))?;
+                    break;
+                }
+                anyhow::bail!(e);
+            }
         }
         let until_edit = next_edit
             .peek()
@@ -122,7 +129,14 @@ pub fn show(setup: &Setup<'_>, out: &Out, stop: &Stop) -> anyhow::Result<()> {
                 role: Role::Backend,
                 records,
             } => story.backend_records(&records, at),
-            Event::Records { .. } | Event::Ready { .. } => Vec::new(),
+            Event::MeshApplied {
+                role: Role::Backend,
+                seen,
+            } => {
+                story.mesh_applied(seen);
+                Vec::new()
+            }
+            Event::Records { .. } | Event::Ready { .. } | Event::MeshApplied { .. } => Vec::new(),
             Event::Trouble { role, message } => {
                 story.trouble(role, &message, at).into_iter().collect()
             }
@@ -150,9 +164,14 @@ fn wait_ready(
     let mut ready = BTreeMap::new();
     while ready.len() < setup.sites.len() {
         if stop.requested() {
-            anyhow::bail!("interrupted");
+            anyhow::bail!("interrupted while starting");
         }
-        setup.backing.check_alive().map_err(anyhow::Error::msg)?;
+        if let Err(e) = setup.backing.check_alive() {
+            if stop.requested_soon() {
+                anyhow::bail!("interrupted while starting");
+            }
+            anyhow::bail!(e);
+        }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             anyhow::bail!(
@@ -180,7 +199,7 @@ fn edit_policy(
     story: &mut Story,
     step: PolicyStep,
     at: Duration,
-) -> anyhow::Result<story::Line> {
+) -> anyhow::Result<Line> {
     let text = mesh_file::render(setup.layout, step);
     mesh_file::write(setup.mesh_file, &text)
         .with_context(|| format!("rewriting the mesh file {}", setup.mesh_file.display()))?;

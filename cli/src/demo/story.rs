@@ -1,13 +1,14 @@
 //! The demo's timeline, as pure functions: when the policy changes ([`plan`]), and which line
 //! each observation makes ([`Story`]) — an allowed or refused connection from the backend's
-//! records, a certificate rotation from a changed serial, a policy edit and the moment it is
-//! seen in effect — and the summary at the end. No I/O and no clock: times come in as
+//! records, a certificate rotation from a changed serial, a policy edit, when the backend's
+//! sidecar applied it and the first decision it made under it — and the summary at the end. No I/O and no clock: times come in as
 //! arguments, so every rule is tested below.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime};
 
 use super::Role;
+use super::lines::{Handshaking, Line};
 use crate::admin_api::{Handshake, Identity};
 use crate::style::{Palette, Style};
 
@@ -48,7 +49,8 @@ impl PolicyStep {
         }
     }
 
-    fn edit(self) -> &'static str {
+    /// What the edit does, for its line.
+    pub(super) fn edit(self) -> &'static str {
         match self {
             PolicyStep::FrontendOnly => "back to enforce mode, allowing only ns/shop/sa/frontend",
             PolicyStep::AlsoIntruder => "allow ns/evil/sa/intruder too",
@@ -58,7 +60,8 @@ impl PolicyStep {
         }
     }
 
-    fn effect(self) -> &'static str {
+    /// What the edit changes for the intruder, for the line saying it took effect.
+    pub(super) fn effect(self) -> &'static str {
         match self {
             PolicyStep::FrontendOnly => "the intruder is refused again",
             PolicyStep::AlsoIntruder => "the intruder is now allowed",
@@ -78,202 +81,6 @@ pub fn plan(show: Duration) -> [(Duration, PolicyStep); 3] {
     ]
 }
 
-/// Whether a connection paid for a TLS handshake or rode an open tunnel.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Handshaking {
-    /// The first connection on a tunnel: its handshake took this many milliseconds.
-    Paid(f64),
-    /// A later connection on the same tunnel: no handshake.
-    Reused,
-    /// Plaintext.
-    None,
-}
-
-/// One line of the story; `at` is the time since the traffic started.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Line {
-    /// The backend let a connection in.
-    Allowed {
-        /// When it was seen.
-        at: Duration,
-        /// The caller's SPIFFE ID, as the backend verified it.
-        from: String,
-        /// The backend's SPIFFE ID.
-        to: String,
-        /// The target port.
-        port: String,
-        /// TLS version and cipher suite.
-        tls: Option<(String, String)>,
-        /// Handshake or reuse.
-        handshake: Handshaking,
-    },
-    /// The backend refused one, with its reason.
-    Refused {
-        /// When it was seen.
-        at: Duration,
-        /// The caller's SPIFFE ID (or address, for plaintext).
-        from: String,
-        /// The backend's SPIFFE ID.
-        to: String,
-        /// The target port.
-        port: String,
-        /// The backend's record's reason.
-        reason: String,
-    },
-    /// An audit-mode policy would have refused it; it passed.
-    WouldDeny {
-        /// When it was seen.
-        at: Duration,
-        /// The caller's SPIFFE ID.
-        from: String,
-        /// The backend's SPIFFE ID.
-        to: String,
-        /// The target port.
-        port: String,
-        /// The backend's record's reason.
-        reason: String,
-    },
-    /// A sidecar's certificate changed.
-    Rotated {
-        /// When it was seen.
-        at: Duration,
-        /// Whose.
-        role: Role,
-        /// The old serial.
-        old: String,
-        /// The new serial.
-        new: String,
-        /// How many certificates it has had.
-        generation: u64,
-        /// Seconds left on the new one.
-        valid_for: u64,
-    },
-    /// The demo rewrote the mesh file.
-    PolicyEdit {
-        /// When.
-        at: Duration,
-        /// To what.
-        step: PolicyStep,
-    },
-    /// The first connection decided by the new policy.
-    InEffect {
-        /// When it was seen.
-        at: Duration,
-        /// Which policy.
-        step: PolicyStep,
-        /// From the edit to the backend's first decision under it (record time).
-        after: Duration,
-    },
-    /// A workload could not be observed.
-    Trouble {
-        /// When.
-        at: Duration,
-        /// Which.
-        role: Role,
-        /// What went wrong.
-        message: String,
-    },
-}
-
-impl Line {
-    /// The line as printed, without a newline.
-    pub fn render(&self, p: &Palette) -> String {
-        let time = |at: &Duration| p.paint(Style::Faint, &format!("{:>6.1}s", at.as_secs_f64()));
-        match self {
-            Line::Allowed {
-                at,
-                from,
-                to,
-                port,
-                tls,
-                handshake,
-            } => {
-                let tls = tls
-                    .as_ref()
-                    .map_or_else(|| "plaintext".to_owned(), |(v, c)| format!("{v} {c}"));
-                let hs = match handshake {
-                    Handshaking::Paid(ms) => format!("(handshake {ms:.1} ms)"),
-                    Handshaking::Reused => "(reused)".to_owned(),
-                    Handshaking::None => String::new(),
-                };
-                format!(
-                    "{} {} {from} → {to} :{port}  {tls} {}",
-                    time(at),
-                    p.paint(Style::Good, "✔ allowed"),
-                    p.paint(Style::Faint, &hs)
-                )
-            }
-            Line::Refused {
-                at,
-                from,
-                to,
-                port,
-                reason,
-            } => format!(
-                "{} {} {from} → {to} :{port}: {reason}",
-                time(at),
-                p.paint(Style::Bad, "✘ refused"),
-            ),
-            Line::WouldDeny {
-                at,
-                from,
-                to,
-                port,
-                reason,
-            } => format!(
-                "{} {} {from} → {to} :{port}: {reason}",
-                time(at),
-                p.paint(Style::Warn, "‼ would-deny, let through (audit)"),
-            ),
-            Line::Rotated {
-                at,
-                role,
-                old,
-                new,
-                generation,
-                valid_for,
-            } => format!(
-                "{} {} {} serial {} → {} (certificate #{generation}, valid for {valid_for} s)",
-                time(at),
-                p.paint(Style::Strong, "↻ certificate rotated:"),
-                role.name(),
-                short_serial(old),
-                short_serial(new),
-            ),
-            Line::PolicyEdit { at, step } => format!(
-                "{} {} shop/backend-allow: {} — mesh file rewritten; no restart",
-                time(at),
-                p.paint(Style::Strong, "✎ policy updated:"),
-                step.edit(),
-            ),
-            Line::InEffect { at, step, after } => format!(
-                "{} {} {} ({:.2} s after the edit)",
-                time(at),
-                p.paint(Style::Strong, "✎ policy in effect:"),
-                step.effect(),
-                after.as_secs_f64(),
-            ),
-            Line::Trouble { at, role, message } => format!(
-                "{} {} {}: {message}",
-                time(at),
-                p.paint(Style::Warn, "‼"),
-                role.name()
-            ),
-        }
-    }
-}
-
-/// At most this many hex digits of a serial are shown.
-const SERIAL_DIGITS: usize = 12;
-
-/// A serial cut to [`SERIAL_DIGITS`] digits with an ellipsis when longer.
-pub fn short_serial(serial: &str) -> String {
-    match serial.get(..SERIAL_DIGITS) {
-        Some(head) if serial.len() > SERIAL_DIGITS + 2 => format!("{head}…"),
-        _ => serial.to_owned(),
-    }
-}
-
 /// An edit not yet seen in effect.
 #[derive(Debug, Clone, Copy)]
 struct Pending {
@@ -281,6 +88,17 @@ struct Pending {
     step: PolicyStep,
     /// When the file was written (wall clock, to compare with record times).
     written: SystemTime,
+}
+
+/// One policy edit, as it went.
+#[derive(Debug, Clone, Copy)]
+struct Edit {
+    /// When the file was written.
+    written: SystemTime,
+    /// From then to the backend's sidecar applying the new mesh.
+    applied: Option<Duration>,
+    /// From then to the first decision under the new policy.
+    decided: Option<Duration>,
 }
 
 /// What happened so far, and what to print next.
@@ -293,8 +111,8 @@ pub struct Story {
     tunnels: BTreeSet<String>,
     /// The last edit, until a connection decided under it is seen.
     pending: Option<Pending>,
-    /// Every edit, and how long it took to be seen in effect.
-    edits: Vec<(PolicyStep, Option<Duration>)>,
+    /// Every edit, and how long the backend's sidecar took to apply it.
+    edits: Vec<Edit>,
     /// Connections the backend allowed, per caller.
     allowed: BTreeMap<Role, u32>,
     /// Connections it refused, per caller.
@@ -419,8 +237,23 @@ impl Story {
     /// The demo rewrote the mesh file at `at` (wall clock `written`) with `step`.
     pub fn policy_edit(&mut self, step: PolicyStep, at: Duration, written: SystemTime) -> Line {
         self.pending = Some(Pending { step, written });
-        self.edits.push((step, None));
+        self.edits.push(Edit {
+            written,
+            applied: None,
+            decided: None,
+        });
         Line::PolicyEdit { at, step }
+    }
+
+    /// The backend's sidecar applied a new mesh snapshot, seen at wall-clock `seen`: the
+    /// latest edit, if it came after it and none was seen applied yet.
+    pub fn mesh_applied(&mut self, seen: SystemTime) {
+        if let Some(edit) = self.edits.last_mut()
+            && edit.applied.is_none()
+            && let Ok(after) = seen.duration_since(edit.written)
+        {
+            edit.applied = Some(after);
+        }
     }
 
     /// A workload's admin endpoint failed: said once, until it answers again.
@@ -446,11 +279,12 @@ impl Story {
                 format!("{total} ({})", parts.join(", "))
             }
         };
-        let effects: Vec<String> = self
+        let applied: Vec<String> = self
             .edits
             .iter()
-            .map(|(_, after)| {
-                after.map_or("not seen".into(), |d| format!("{:.2} s", d.as_secs_f64()))
+            .map(|e| {
+                e.applied
+                    .map_or_else(|| "?".to_owned(), |d| format!("{:.2} s", d.as_secs_f64()))
             })
             .collect();
         let mut lines = vec![
@@ -477,10 +311,13 @@ impl Story {
             format!(
                 "  ✎ policy edits  {}{}",
                 self.edits.len(),
-                if effects.is_empty() {
+                if applied.is_empty() {
                     String::new()
                 } else {
-                    format!(", in effect after {}", effects.join(", "))
+                    format!(
+                        ": the backend's sidecar had each {} after the edit",
+                        applied.join(", ")
+                    )
                 }
             ),
         ];
@@ -502,15 +339,15 @@ impl Story {
             return None;
         }
         let decided = humantime::parse_rfc3339(&r.time).ok()?;
-        let after = decided.duration_since(pending.written).ok()?;
+        let decided = decided.duration_since(pending.written).ok()?;
         self.pending = None;
-        if let Some(last) = self.edits.last_mut() {
-            last.1 = Some(after);
-        }
+        let edit = self.edits.last_mut()?;
+        edit.decided = Some(decided);
         Some(Line::InEffect {
             at,
             step: pending.step,
-            after,
+            applied: edit.applied,
+            decided,
         })
     }
 }

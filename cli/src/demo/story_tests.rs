@@ -1,8 +1,9 @@
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use super::*;
 use crate::admin_api::TlsFacts;
+use crate::demo::lines::short_serial;
 
 fn identity(serial: &str, generation: u64) -> Identity {
     Identity {
@@ -158,21 +159,21 @@ fn an_edit_is_in_effect_at_the_first_intruder_decision_it_explains() {
         "allow",
         "",
     );
-    let lines = story.backend_records(&[now.clone()], at(6));
+    let lines = story.backend_records(std::slice::from_ref(&now), at(6));
     assert_eq!(lines.len(), 2, "{lines:?}");
     assert_eq!(
         plain(&lines[1]),
-        "   6.0s ✎ policy in effect: the intruder is now allowed (0.60 s after the edit)"
+        "   6.0s ✎ policy in effect: the intruder is now allowed (first call under it 0.60 s after the edit)"
     );
     // Said once.
     assert_eq!(story.backend_records(&[now], at(7)).len(), 1);
     let summary = story.summary(at(20), &Palette::plain()).join("\n");
     assert!(
-        summary.contains("policy edits  1, in effect after 0.60 s"),
+        summary.contains("policy edits  1: the backend's sidecar had each ? after the edit"),
         "{summary}"
     );
     assert!(
-        summary.contains("✔ allowed     1 (intruder 1)"),
+        summary.contains("✔ allowed     2 (intruder 2)"),
         "{summary}"
     );
     assert!(
@@ -186,6 +187,11 @@ fn audit_mode_lets_the_intruder_through_as_would_deny() {
     let mut story = Story::default();
     let written = humantime::parse_rfc3339("2025-01-01T10:00:10Z").unwrap();
     story.policy_edit(PolicyStep::Audit, at(10), written);
+    // Seen applied before the edit: not this edit's doing.
+    story.mesh_applied(humantime::parse_rfc3339("2025-01-01T10:00:09Z").unwrap());
+    story.mesh_applied(humantime::parse_rfc3339("2025-01-01T10:00:10.250Z").unwrap());
+    // Only the first application after the edit counts.
+    story.mesh_applied(humantime::parse_rfc3339("2025-01-01T10:00:10.280Z").unwrap());
     let r = record(
         "2025-01-01T10:00:10.300Z",
         Role::Intruder,
@@ -206,7 +212,7 @@ fn audit_mode_lets_the_intruder_through_as_would_deny() {
         "{lines:?}"
     );
     assert!(
-        lines[1].contains("the intruder passes, recorded as would-deny (0.30 s after the edit)"),
+        lines[1].contains("the intruder passes, recorded as would-deny (the backend's sidecar had it 0.25 s after the edit; first call under it 0.30 s after the edit)"),
         "{lines:?}"
     );
 }

@@ -7,10 +7,10 @@
 //! | module | owns |
 //! |---|---|
 //! | [`Sandbox`] (here) | the switch (a namespace with bridge `br0`), the pods, the temporary directory, clean-up |
-//! | [`netns`] | one namespace: create, run commands inside (as root or another UID), delete; stale clean-up |
-//! | [`process`] | a process started inside: PID, log files, waiting, stopping (SIGTERM, then SIGKILL) |
+//! | [`netns`] | one namespace: create, run commands inside (as root or another UID), move a thread of ours into it, delete; stale clean-up |
+//! | [`process`] | a process started inside (or on the host): PID, log files, waiting, stopping (SIGTERM, then SIGKILL) |
 //! | [`pod`] | a pod: a namespace with a veth into the bridge and one address from 198.18.0.0/15 |
-//! | [`control_plane`] | `trellis-control-plane` in local mode in its pod: join tokens, state dir, restart |
+//! | [`control_plane`] | `trellis-control-plane` in local mode in its pod: join tokens, state dir, mesh file (rewritable), restart |
 //! | [`sidecar`] | `trellis-proxy init` + `run` in a pod, and reading its admin endpoint |
 //! | [`app`] | the test workload: a small HTTP server and TCP echo (python3) |
 //! | [`http`] | HTTP GET from inside a pod (python3): `http_get`, `wait_http_ok` |

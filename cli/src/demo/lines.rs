@@ -1,0 +1,221 @@
+//! How each line of the demo's story reads: an allowed or refused connection with both SPIFFE
+//! IDs, a rotation, a policy edit and its effect. [`Line`] holds the facts; [`Line::render`]
+//! lays them out, in colour when the palette says so. Deciding which lines to print is
+//! [`super::story`]'s business.
+
+use std::time::Duration;
+
+use super::Role;
+use super::story::PolicyStep;
+use crate::style::{Palette, Style};
+
+/// Whether a connection paid for a TLS handshake or rode an open tunnel.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Handshaking {
+    /// The first connection on a tunnel: its handshake took this many milliseconds.
+    Paid(f64),
+    /// A later connection on the same tunnel: no handshake.
+    Reused,
+    /// Plaintext.
+    None,
+}
+
+/// One line of the story; `at` is the time since the traffic started.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Line {
+    /// The backend let a connection in.
+    Allowed {
+        /// When it was seen.
+        at: Duration,
+        /// The caller's SPIFFE ID, as the backend verified it.
+        from: String,
+        /// The backend's SPIFFE ID.
+        to: String,
+        /// The target port.
+        port: String,
+        /// TLS version and cipher suite.
+        tls: Option<(String, String)>,
+        /// Handshake or reuse.
+        handshake: Handshaking,
+    },
+    /// The backend refused one, with its reason.
+    Refused {
+        /// When it was seen.
+        at: Duration,
+        /// The caller's SPIFFE ID (or address, for plaintext).
+        from: String,
+        /// The backend's SPIFFE ID.
+        to: String,
+        /// The target port.
+        port: String,
+        /// The backend's record's reason.
+        reason: String,
+    },
+    /// An audit-mode policy would have refused it; it passed.
+    WouldDeny {
+        /// When it was seen.
+        at: Duration,
+        /// The caller's SPIFFE ID.
+        from: String,
+        /// The backend's SPIFFE ID.
+        to: String,
+        /// The target port.
+        port: String,
+        /// The backend's record's reason.
+        reason: String,
+    },
+    /// A sidecar's certificate changed.
+    Rotated {
+        /// When it was seen.
+        at: Duration,
+        /// Whose.
+        role: Role,
+        /// The old serial.
+        old: String,
+        /// The new serial.
+        new: String,
+        /// How many certificates it has had.
+        generation: u64,
+        /// Seconds left on the new one.
+        valid_for: u64,
+    },
+    /// The demo rewrote the mesh file.
+    PolicyEdit {
+        /// When.
+        at: Duration,
+        /// To what.
+        step: PolicyStep,
+    },
+    /// The first connection decided by the new policy.
+    InEffect {
+        /// When it was seen.
+        at: Duration,
+        /// Which policy.
+        step: PolicyStep,
+        /// From the edit to the backend's sidecar applying it, if that was seen.
+        applied: Option<Duration>,
+        /// From the edit to the backend's first decision under it (record time).
+        decided: Duration,
+    },
+    /// A workload could not be observed.
+    Trouble {
+        /// When.
+        at: Duration,
+        /// Which.
+        role: Role,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+impl Line {
+    /// The line as printed, without a newline.
+    pub fn render(&self, p: &Palette) -> String {
+        let time = |at: &Duration| p.paint(Style::Faint, &format!("{:>6.1}s", at.as_secs_f64()));
+        match self {
+            Line::Allowed {
+                at,
+                from,
+                to,
+                port,
+                tls,
+                handshake,
+            } => {
+                let tls = tls
+                    .as_ref()
+                    .map_or_else(|| "plaintext".to_owned(), |(v, c)| format!("{v} {c}"));
+                let hs = match handshake {
+                    Handshaking::Paid(ms) => format!("(handshake {ms:.1} ms)"),
+                    Handshaking::Reused => "(reused)".to_owned(),
+                    Handshaking::None => String::new(),
+                };
+                format!(
+                    "{} {} {from} → {to} :{port}  {tls} {}",
+                    time(at),
+                    p.paint(Style::Good, "✔ allowed"),
+                    p.paint(Style::Faint, &hs)
+                )
+            }
+            Line::Refused {
+                at,
+                from,
+                to,
+                port,
+                reason,
+            } => format!(
+                "{} {} {from} → {to} :{port}: {reason}",
+                time(at),
+                p.paint(Style::Bad, "✘ refused"),
+            ),
+            Line::WouldDeny {
+                at,
+                from,
+                to,
+                port,
+                reason,
+            } => format!(
+                "{} {} {from} → {to} :{port}: {reason}",
+                time(at),
+                p.paint(Style::Warn, "‼ would-deny, let through (audit)"),
+            ),
+            Line::Rotated {
+                at,
+                role,
+                old,
+                new,
+                generation,
+                valid_for,
+            } => format!(
+                "{} {} {} serial {} → {} (certificate #{generation}, valid for {valid_for} s)",
+                time(at),
+                p.paint(Style::Strong, "↻ certificate rotated:"),
+                role.name(),
+                short_serial(old),
+                short_serial(new),
+            ),
+            Line::PolicyEdit { at, step } => format!(
+                "{} {} shop/backend-allow: {} — mesh file rewritten; no restart",
+                time(at),
+                p.paint(Style::Strong, "✎ policy updated:"),
+                step.edit(),
+            ),
+            Line::InEffect {
+                at,
+                step,
+                applied,
+                decided,
+            } => {
+                let applied = applied.map_or_else(String::new, |a| {
+                    format!(
+                        "the backend's sidecar had it {:.2} s after the edit; ",
+                        a.as_secs_f64()
+                    )
+                });
+                format!(
+                    "{} {} {} ({applied}first call under it {:.2} s after the edit)",
+                    time(at),
+                    p.paint(Style::Strong, "✎ policy in effect:"),
+                    step.effect(),
+                    decided.as_secs_f64(),
+                )
+            }
+            Line::Trouble { at, role, message } => format!(
+                "{} {} {}: {message}",
+                time(at),
+                p.paint(Style::Warn, "‼"),
+                role.name()
+            ),
+        }
+    }
+}
+
+/// At most this many hex digits of a serial are shown.
+const SERIAL_DIGITS: usize = 12;
+
+/// A serial cut to [`SERIAL_DIGITS`] digits with an ellipsis when longer.
+pub fn short_serial(serial: &str) -> String {
+    match serial.get(..SERIAL_DIGITS) {
+        Some(head) if serial.len() > SERIAL_DIGITS + 2 => format!("{head}…"),
+        _ => serial.to_owned(),
+    }
+}
