@@ -144,7 +144,7 @@ pub fn render(r: &Report) -> String {
 
     let _ = writeln!(
         o,
-        "## Proxy processes: peak RSS (MiB) and CPU per 1,000 requests (ms)\n"
+        "## Proxy processes: peak RSS (MiB), CPU per 1,000 requests (ms), context switches per request\n"
     );
     let mut head = "| route | side |".to_owned();
     let mut rule = "|---|---|".to_owned();
