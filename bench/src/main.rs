@@ -150,7 +150,7 @@ fn bench(cli: &Cli) -> anyhow::Result<bool> {
     let dir = tempfile::Builder::new()
         .prefix("trellis-bench-")
         .tempdir()?;
-    let mut environment = environment();
+    let mut environment = environment(&bins);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -288,7 +288,7 @@ fn loadavg() -> String {
         .join(" ")
 }
 
-fn environment() -> Environment {
+fn environment(bins: &routes::Bins) -> Environment {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let cpu = cpuinfo
         .lines()
@@ -312,6 +312,16 @@ fn environment() -> Environment {
         nginx: first_line(&routes::tool("nginx").to_string_lossy(), &["-v"])
             .replace("nginx version: ", ""),
         trellis: first_line("git", &["-C", root, "describe", "--always", "--dirty"]),
+        // With --no-build or --bin-dir the binary may be older than the tree: say when it was built.
+        proxy_built: first_line(
+            "date",
+            &[
+                "-u",
+                "-r",
+                &bins.proxy.to_string_lossy(),
+                "+%Y-%m-%d %H:%M UTC",
+            ],
+        ),
         load_before: loadavg(),
         load_after: String::new(),
     }

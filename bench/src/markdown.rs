@@ -23,8 +23,16 @@ pub fn render(r: &Report) -> String {
     let _ = writeln!(
         o,
         "Machine: {} × {} cores, Linux {}, load average {} at the start and {} at the end. Compared: \
-         Trellis {}, {}, {}. Everything on 127.0.0.1.\n",
-        e.cpu, e.cores, e.kernel, e.load_before, e.load_after, e.trellis, e.haproxy, e.nginx
+         Trellis {} (proxy binary built {}), {}, {}. Everything on 127.0.0.1.\n",
+        e.cpu,
+        e.cores,
+        e.kernel,
+        e.load_before,
+        e.load_after,
+        e.trellis,
+        e.proxy_built,
+        e.haproxy,
+        e.nginx
     );
     let _ = writeln!(
         o,

@@ -26,6 +26,8 @@ pub struct Environment {
     pub nginx: String,
     /// `git describe` of the workspace.
     pub trellis: String,
+    /// When the `trellis-proxy` binary under test was written.
+    pub proxy_built: String,
     /// `/proc/loadavg` (1, 5, 15 min) when the run started and when it ended: other work on
     /// the machine shows here.
     pub load_before: String,
