@@ -63,11 +63,12 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             .with_env_filter(filter)
             .init();
     }
+    let workers = args.worker_threads.clamp(1, 64);
     let config = args.validate()?;
     raise_fd_limit();
     tracing::info!(config = %serde_json::to_string(&config).unwrap_or_default(), "starting");
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(workers)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
