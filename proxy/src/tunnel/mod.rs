@@ -1,13 +1,42 @@
 //! The tunnel between proxies: one mutual-TLS connection (TLS 1.3, ALPN h2) per peer, each
 //! application connection an HTTP/2 CONNECT stream naming `ip:port` — HBONE-style.
 //!
-//! Owns: [`server`] (port 15008: verify the client, authorize, deliver to the app) and [`pool`]
-//! (the client side: pooled connections per peer identity, CONNECT streams over them).
+//! Owns: [`server`] (port 15008: verify the client, authorize, deliver to the app), [`pool`]
+//! (the client side: pooled connections per peer identity, CONNECT streams over them),
+//! [`stream`] (a CONNECT stream as bytes), and the HTTP/2 settings both sides share.
 
 pub mod pool;
 pub mod server;
+pub mod stream;
 
 use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Flow-control window of one stream: large enough that one stream can fill a fast link.
+pub const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+/// Flow-control window of a whole tunnel connection.
+pub const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+/// Largest DATA frame we accept (HTTP/2 allows 16 KiB to 16 MiB): 64 KiB frames let a bulk
+/// transfer go out in 64 KiB socket writes (four TLS records each) instead of 16 KiB ones.
+pub const MAX_FRAME_SIZE: u32 = 64 * 1024;
+/// Largest header block we accept: a CONNECT needs a few hundred bytes.
+pub const MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
+/// Idle time after which a tunnel connection is probed with a PING.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// Time the peer has to answer the PING before the connection is given up.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Pings the peer every [`KEEPALIVE_INTERVAL`]; returns when a PING went unanswered for
+/// [`KEEPALIVE_TIMEOUT`] (or could not be sent). The connection must be polled meanwhile.
+pub(crate) async fn keepalive(mut pings: h2::PingPong) {
+    loop {
+        tokio::time::sleep(KEEPALIVE_INTERVAL).await;
+        match tokio::time::timeout(KEEPALIVE_TIMEOUT, pings.ping(h2::Ping::opaque())).await {
+            Ok(Ok(_pong)) => {}
+            _ => return,
+        }
+    }
+}
 
 /// Response header carrying the reason a CONNECT was refused.
 pub const REASON_HEADER: &str = "x-trellis-reason";

@@ -7,23 +7,23 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use h2::client::SendRequest;
 use http::{Method, Request, StatusCode};
-use http_body_util::Empty;
-use hyper::client::conn::http2::SendRequest;
-use hyper::upgrade::Upgraded;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tracing::{Instrument, debug, info_span};
 
-use super::REASON_HEADER;
-use super::server::{CONNECTION_WINDOW, STREAM_WINDOW};
+use super::stream::H2Stream;
+use super::{
+    CONNECTION_WINDOW, MAX_FRAME_SIZE, MAX_HEADER_LIST_SIZE, REASON_HEADER, STREAM_WINDOW,
+    keepalive,
+};
 use crate::context::ProxyContext;
 use crate::identity::ALPN_H2;
 use crate::records::TlsFacts;
@@ -81,7 +81,9 @@ pub enum TunnelError {
 #[derive(Debug)]
 struct Pooled {
     /// Opens streams.
-    sender: SendRequest<Empty<Bytes>>,
+    sender: SendRequest<Bytes>,
+    /// Set by the connection's task when the connection has ended.
+    closed: Arc<AtomicBool>,
     /// The SVID generation it was made with.
     generation: u64,
     /// Streams open on it now.
@@ -115,7 +117,7 @@ impl Drop for StreamGuard {
 #[derive(Debug)]
 pub struct Stream {
     /// Bytes to and from the peer's application.
-    pub io: TokioIo<Upgraded>,
+    pub io: H2Stream,
     /// Keeps the connection's stream count right.
     pub guard: StreamGuard,
     /// TLS facts of the connection it rides on (`reused` set when no handshake was needed).
@@ -158,9 +160,9 @@ impl Pool {
             let mut peers = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
             peers.entry(peer.clone()).or_default().clone()
         };
-        let (mut sender, guard, mut tls) = {
+        let (sender, guard, mut tls) = {
             let mut conns = slot.lock().await;
-            conns.retain(|c| !c.sender.is_closed());
+            conns.retain(|c| !c.closed.load(Ordering::Acquire));
             let max = ctx.config.pool_max_streams;
             let found = conns.iter().position(|c| {
                 c.generation == current.generation && c.active.load(Ordering::Acquire) < max
@@ -187,21 +189,22 @@ impl Pool {
         if tls.reused {
             tls.handshake_ms = 0.0;
         }
-        let http_err = |e: hyper::Error| TunnelError::Http {
+        let http_err = |e: h2::Error| TunnelError::Http {
             addr: peer.tunnel,
             reason: e.to_string(),
         };
         let request = Request::builder()
             .method(Method::CONNECT)
             .uri(target.to_string())
-            .body(Empty::new())
+            .body(())
             .map_err(|e| TunnelError::Http {
                 addr: peer.tunnel,
                 reason: e.to_string(),
             })?;
-        let response = tokio::time::timeout(CONNECT_TIMEOUT, async {
-            sender.ready().await.map_err(http_err)?;
-            sender.send_request(request).await.map_err(http_err)
+        let (response, send) = tokio::time::timeout(CONNECT_TIMEOUT, async {
+            let mut ready = sender.ready().await.map_err(http_err)?;
+            let (response, send) = ready.send_request(request, false).map_err(http_err)?;
+            Ok((response.await.map_err(http_err)?, send))
         })
         .await
         .map_err(|_| TunnelError::Http {
@@ -221,9 +224,8 @@ impl Pool {
                 reason,
             });
         }
-        let upgraded = hyper::upgrade::on(response).await.map_err(http_err)?;
         Ok(Stream {
-            io: TokioIo::new(upgraded),
+            io: H2Stream::new(send, response.into_body()),
             guard,
             tls,
         })
@@ -243,7 +245,7 @@ impl Pool {
                 let active = c.active.load(Ordering::Acquire);
                 let idle_for = now_ms.saturating_sub(c.last_used.load(Ordering::Relaxed));
                 let stale = c.generation != current_generation || idle_for >= idle_ms;
-                !c.sender.is_closed() && (active > 0 || !stale)
+                !c.closed.load(Ordering::Acquire) && (active > 0 || !stale)
             });
             !conns.is_empty()
         });
@@ -306,28 +308,42 @@ async fn dial(
         .handshake_seconds
         .observe(facts.handshake_ms / 1000.0);
     ctx.metrics.tunnel_connections_opened.inc();
-    let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .initial_stream_window_size(STREAM_WINDOW)
+    let (sender, mut conn) = h2::client::Builder::new()
+        .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
-        .keep_alive_interval(Some(Duration::from_secs(30)))
-        .keep_alive_timeout(Duration::from_secs(20))
-        .handshake(TokioIo::new(tls))
+        .max_frame_size(MAX_FRAME_SIZE)
+        .max_header_list_size(MAX_HEADER_LIST_SIZE)
+        .enable_push(false)
+        .handshake::<_, Bytes>(tls)
         .await
         .map_err(|e| TunnelError::Http {
             addr,
             reason: e.to_string(),
         })?;
+    let closed = Arc::new(AtomicBool::new(false));
+    let closed2 = closed.clone();
+    let pings = conn.ping_pong();
     tokio::spawn(
         async move {
-            if let Err(e) = conn.await {
-                debug!(error = %e, "tunnel connection closed");
+            let dead = async move {
+                match pings {
+                    Some(p) => keepalive(p).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                res = &mut conn => if let Err(e) = res {
+                    debug!(error = %e, "tunnel connection closed");
+                },
+                () = dead => debug!("tunnel peer did not answer a PING; connection dropped"),
             }
+            closed2.store(true, Ordering::Release);
         }
         .instrument(info_span!("tunnel-client", peer.id = %peer.id, peer.addr = %addr)),
     );
     Ok(Pooled {
         sender,
+        closed,
         generation: current.generation,
         active: Arc::new(AtomicUsize::new(0)),
         last_used: Arc::new(AtomicU64::new(0)),

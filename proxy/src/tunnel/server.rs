@@ -4,22 +4,23 @@
 //! then joined to a fresh TCP connection to the application. A bad stream gets an HTTP error
 //! status on that stream only; the tunnel and its other streams carry on.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use h2::RecvStream;
+use h2::server::SendResponse;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::Empty;
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tracing::{Instrument, debug, info_span};
 
-use super::{REASON_HEADER, parse_authority};
+use super::stream::H2Stream;
+use super::{
+    CONNECTION_WINDOW, MAX_FRAME_SIZE, MAX_HEADER_LIST_SIZE, REASON_HEADER, STREAM_WINDOW,
+    keepalive, parse_authority,
+};
 use crate::context::ProxyContext;
 use crate::copy;
 use crate::metrics::DecisionLabels;
@@ -30,10 +31,8 @@ use crate::records::{Direction, TlsFacts};
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time to connect to the application.
 const APP_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Flow-control windows: large enough that one stream can fill a fast link.
-pub const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
-/// See [`STREAM_WINDOW`].
-pub const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+/// Streams one tunnel connection may have open at once.
+const MAX_CONCURRENT_STREAMS: u32 = 1000;
 
 /// Facts about an authenticated tunnel connection, shared by its streams.
 #[derive(Debug)]
@@ -158,26 +157,63 @@ async fn handle_connection(tcp: TcpStream, remote: SocketAddr, ctx: Arc<ProxyCon
         tls: facts,
         used: std::sync::atomic::AtomicBool::new(false),
     });
-    let ctx2 = ctx.clone();
-    let service = service_fn(move |req| {
-        let ctx = ctx2.clone();
-        let peer = peer.clone();
-        async move { Ok::<_, Infallible>(handle_stream(req, &peer, &ctx).await) }
-    });
-    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .initial_stream_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
-        .max_concurrent_streams(1000)
-        .keep_alive_interval(Some(Duration::from_secs(30)))
-        .keep_alive_timeout(Duration::from_secs(20))
-        .serve_connection(TokioIo::new(tls), service);
-    tokio::pin!(conn);
-    tokio::select! {
-        res = conn.as_mut() => if let Err(e) = res { debug!(error = %e, "tunnel connection ended") },
-        () = ctx.shutdown.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
+    let mut conn = match tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        h2::server::Builder::new()
+            .initial_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_frame_size(MAX_FRAME_SIZE)
+            .max_header_list_size(MAX_HEADER_LIST_SIZE)
+            .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+            .handshake::<_, Bytes>(tls),
+    )
+    .await
+    {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => {
+            debug!(error = %e, "HTTP/2 handshake on the tunnel failed");
+            return;
+        }
+        Err(_) => {
+            debug!("HTTP/2 handshake on the tunnel timed out");
+            return;
+        }
+    };
+    let pings = conn.ping_pong();
+    let dead = async move {
+        match pings {
+            Some(p) => keepalive(p).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(dead);
+    let mut draining = false;
+    // Accepting also drives the connection: every stream's frames move while this loop runs.
+    loop {
+        let accepted = tokio::select! {
+            accepted = conn.accept() => accepted,
+            () = &mut dead => {
+                debug!("tunnel peer did not answer a PING; connection dropped");
+                return;
+            }
+            () = ctx.shutdown.cancelled(), if !draining => {
+                draining = true;
+                conn.graceful_shutdown();
+                continue;
+            }
+        };
+        match accepted {
+            None => return,
+            Some(Err(e)) => {
+                debug!(error = %e, "tunnel connection ended");
+                return;
+            }
+            Some(Ok((req, respond))) => {
+                let ctx2 = ctx.clone();
+                let peer = peer.clone();
+                ctx.tracker
+                    .spawn(async move { handle_stream(req, respond, &peer, &ctx2).await });
+            }
         }
     }
 }
@@ -194,8 +230,8 @@ fn decision_labels(
     }
 }
 
-fn refusal(status: StatusCode, reason: &str) -> Response<Empty<Bytes>> {
-    let mut r = Response::new(Empty::new());
+fn refusal(status: StatusCode, reason: &str) -> Response<()> {
+    let mut r = Response::new(());
     *r.status_mut() = status;
     if let Ok(v) = http::HeaderValue::from_str(reason) {
         r.headers_mut().insert(REASON_HEADER, v);
@@ -203,11 +239,58 @@ fn refusal(status: StatusCode, reason: &str) -> Response<Empty<Bytes>> {
     r
 }
 
+/// Checks one CONNECT stream and, if it passes, joins it to the application; otherwise answers
+/// with the refusal's status and reason.
 async fn handle_stream(
-    mut req: Request<Incoming>,
+    req: Request<RecvStream>,
+    mut respond: SendResponse<Bytes>,
     peer: &Arc<TunnelPeer>,
     ctx: &Arc<ProxyContext>,
-) -> Response<Empty<Bytes>> {
+) {
+    let refused = match admit(&req, peer, ctx).await {
+        Ok((app, permit, record, target)) => {
+            let send = match respond.send_response(Response::new(()), false) {
+                Ok(send) => send,
+                Err(e) => {
+                    debug!(error = %e, "CONNECT answer failed");
+                    record.close();
+                    return;
+                }
+            };
+            let _permit = permit;
+            let tunnel = H2Stream::new(send, req.into_body());
+            ctx.metrics.open_connections.inc();
+            if let Err(e) = copy::bidirectional(tunnel, app, ctx.config.idle_timeout, &record)
+                .instrument(info_span!("inbound", peer.id = %peer.id, dst = %target))
+                .await
+            {
+                debug!(error = %e, "inbound stream ended");
+            }
+            record.close();
+            ctx.metrics.open_connections.dec();
+            return;
+        }
+        Err(refused) => refused,
+    };
+    let _ = respond.send_response(refused, true);
+}
+
+/// What an admitted stream gets: the application connection, its share of the connection
+/// limit, its record, its target.
+type Admitted = (
+    TcpStream,
+    tokio::sync::OwnedSemaphorePermit,
+    Arc<crate::records::ConnRecord>,
+    SocketAddr,
+);
+
+/// Runs the checks on one CONNECT and connects to the application; a refusal is the response
+/// to send back (already counted and recorded).
+async fn admit(
+    req: &Request<RecvStream>,
+    peer: &Arc<TunnelPeer>,
+    ctx: &Arc<ProxyContext>,
+) -> Result<Admitted, Response<()>> {
     let record_deny = |dst: Option<SocketAddr>, code: &'static str, reason: &str| {
         ctx.refuse(Direction::Inbound, code);
         ctx.record(
@@ -222,27 +305,27 @@ async fn handle_stream(
     };
     if req.method() != Method::CONNECT {
         record_deny(None, "not_connect", "only CONNECT is served on the tunnel");
-        return refusal(
+        return Err(refusal(
             StatusCode::METHOD_NOT_ALLOWED,
             "only CONNECT is served on the tunnel",
-        );
+        ));
     }
     let target = match parse_authority(req.uri().authority()) {
         Ok(t) => t,
         Err(reason) => {
             record_deny(None, "bad_authority", &reason);
-            return refusal(StatusCode::BAD_REQUEST, &reason);
+            return Err(refusal(StatusCode::BAD_REQUEST, &reason));
         }
     };
     if !ctx.is_local(target.ip()) {
         let reason = format!("target {target} is outside this pod");
         record_deny(Some(target), "target_outside_pod", &reason);
-        return refusal(StatusCode::FORBIDDEN, &reason);
+        return Err(refusal(StatusCode::FORBIDDEN, &reason));
     }
     if PROXY_PORTS.contains(&target.port()) {
         let reason = format!("port {} belongs to the proxy", target.port());
         record_deny(Some(target), "proxy_port", &reason);
-        return refusal(StatusCode::FORBIDDEN, &reason);
+        return Err(refusal(StatusCode::FORBIDDEN, &reason));
     }
     let decision =
         ctx.state
@@ -255,11 +338,14 @@ async fn handle_stream(
             .get_or_create(&decision_labels(&decision, &peer.id, target.port()))
             .inc();
         record_deny(Some(target), "policy", decision.reason());
-        return refusal(StatusCode::FORBIDDEN, decision.reason());
+        return Err(refusal(StatusCode::FORBIDDEN, decision.reason()));
     }
     let Ok(permit) = ctx.conn_limit.clone().try_acquire_owned() else {
         record_deny(Some(target), "overloaded", "too many connections");
-        return refusal(StatusCode::SERVICE_UNAVAILABLE, "too many connections");
+        return Err(refusal(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many connections",
+        ));
     };
     let app_addr = SocketAddr::new(ctx.config.app_host, target.port());
     let app = match tokio::time::timeout(APP_CONNECT_TIMEOUT, TcpStream::connect(app_addr)).await {
@@ -267,12 +353,12 @@ async fn handle_stream(
         Ok(Err(e)) => {
             let reason = format!("application not reachable on {app_addr}: {e}");
             record_deny(Some(target), "app_unreachable", &reason);
-            return refusal(StatusCode::SERVICE_UNAVAILABLE, &reason);
+            return Err(refusal(StatusCode::SERVICE_UNAVAILABLE, &reason));
         }
         Err(_) => {
             let reason = format!("application on {app_addr} did not accept within 5s");
             record_deny(Some(target), "app_unreachable", &reason);
-            return refusal(StatusCode::GATEWAY_TIMEOUT, &reason);
+            return Err(refusal(StatusCode::GATEWAY_TIMEOUT, &reason));
         }
     };
     let _ = app.set_nodelay(true);
@@ -289,31 +375,5 @@ async fn handle_stream(
         decision.label(),
         decision.reason(),
     );
-    let upgrade = hyper::upgrade::on(&mut req);
-    let ctx2 = ctx.clone();
-    ctx.tracker.spawn(
-        async move {
-            let _permit = permit;
-            ctx2.metrics.open_connections.inc();
-            match upgrade.await {
-                Ok(upgraded) => {
-                    if let Err(e) = copy::bidirectional(
-                        TokioIo::new(upgraded),
-                        app,
-                        ctx2.config.idle_timeout,
-                        &record,
-                    )
-                    .await
-                    {
-                        debug!(error = %e, "inbound stream ended");
-                    }
-                }
-                Err(e) => debug!(error = %e, "CONNECT upgrade failed"),
-            }
-            record.close();
-            ctx2.metrics.open_connections.dec();
-        }
-        .instrument(info_span!("inbound", peer.id = %peer.id, dst = %target)),
-    );
-    Response::new(Empty::new())
+    Ok((app, permit, record, target))
 }

@@ -1,0 +1,133 @@
+//! One CONNECT stream as a byte stream: `AsyncRead` over the HTTP/2 DATA frames received,
+//! `AsyncWrite` into DATA frames sent, shutdown as END_STREAM (a TCP half-close carried over).
+//!
+//! Owns: [`H2Stream`]. Written against `h2` directly rather than through hyper's upgrade: hyper
+//! hands every write of an upgraded HTTP/2 stream to a task of its own through a channel (one
+//! more task wake-up and one more copy per write); here the copy task writes straight into the
+//! stream's send queue, and the connection task frames it.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes};
+use h2::{Reason, RecvStream, SendStream};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// The largest single write handed to HTTP/2 (split into frames of the peer's maximum size).
+const MAX_WRITE: usize = 64 * 1024;
+
+/// A CONNECT stream's two halves.
+#[derive(Debug)]
+pub struct H2Stream {
+    /// Where our bytes go.
+    send: SendStream<Bytes>,
+    /// Where the peer's bytes come from.
+    recv: RecvStream,
+    /// The rest of the last DATA frame not yet read.
+    pending: Bytes,
+}
+
+impl H2Stream {
+    /// Joins the halves of an accepted or opened CONNECT stream.
+    pub fn new(send: SendStream<Bytes>, recv: RecvStream) -> Self {
+        Self {
+            send,
+            recv,
+            pending: Bytes::new(),
+        }
+    }
+
+    /// The error for a stream the peer reset (or whose connection failed).
+    fn reset_error(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        Poll::Ready(match ready!(self.send.poll_reset(cx)) {
+            Ok(Reason::NO_ERROR | Reason::CANCEL | Reason::STREAM_CLOSED) => {
+                io::ErrorKind::BrokenPipe.into()
+            }
+            Ok(reason) => io::Error::new(io::ErrorKind::ConnectionReset, reason.to_string()),
+            Err(e) => to_io(e),
+        })
+    }
+}
+
+/// An h2 error as an I/O error.
+fn to_io(e: h2::Error) -> io::Error {
+    if e.is_io() {
+        e.into_io()
+            .unwrap_or_else(|| io::Error::other("HTTP/2 I/O error"))
+    } else {
+        io::Error::other(e)
+    }
+}
+
+impl AsyncRead for H2Stream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        while self.pending.is_empty() {
+            match ready!(self.recv.poll_data(cx)) {
+                None => return Poll::Ready(Ok(())),
+                Some(Ok(data)) => {
+                    // Reopen the window now: at most one frame waits here, the copy bounds the rest.
+                    let _ = self.recv.flow_control().release_capacity(data.len());
+                    self.pending = data;
+                }
+                Some(Err(e)) => {
+                    return Poll::Ready(match e.reason() {
+                        // The peer closed without error: end of stream.
+                        Some(Reason::NO_ERROR | Reason::CANCEL) => Ok(()),
+                        Some(Reason::STREAM_CLOSED) => Err(io::ErrorKind::BrokenPipe.into()),
+                        _ => Err(to_io(e)),
+                    });
+                }
+            }
+        }
+        let n = self.pending.len().min(buf.remaining());
+        buf.put_slice(&self.pending[..n]);
+        self.pending.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for H2Stream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let want = buf.len().min(MAX_WRITE);
+        self.send.reserve_capacity(want);
+        let sent = match ready!(self.send.poll_capacity(cx)) {
+            Some(Ok(n)) if n > 0 => {
+                let n = n.min(want);
+                self.send
+                    .send_data(Bytes::copy_from_slice(&buf[..n]), false)
+                    .ok()
+                    .map(|()| n)
+            }
+            // Capacity 0 or none: the stream cannot send any more.
+            _ => None,
+        };
+        match sent {
+            Some(n) => Poll::Ready(Ok(n)),
+            None => self.reset_error(cx).map(Err),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // The connection task writes queued frames as soon as it runs.
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.send.send_data(Bytes::new(), true).is_ok() {
+            return Poll::Ready(Ok(()));
+        }
+        self.reset_error(cx).map(Err)
+    }
+}
