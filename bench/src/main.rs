@@ -223,11 +223,14 @@ fn build_binaries() -> anyhow::Result<()> {
     let Some(cargo) = std::env::var_os("CARGO") else {
         return Ok(());
     };
-    eprintln!("bench: cargo build --release -p trellis-proxy -p trellis-control-plane -p trellis");
+    eprintln!(
+        "bench: cargo build --release --locked -p trellis-proxy -p trellis-control-plane -p trellis"
+    );
     let status = Command::new(cargo)
         .args([
             "build",
             "--release",
+            "--locked",
             "-p",
             "trellis-proxy",
             "-p",

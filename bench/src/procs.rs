@@ -174,7 +174,14 @@ fn signal(pid: u32, sig: Signal) {
 /// The last 30 lines of a log file.
 fn log_tail(path: &Path) -> String {
     let text = fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
+    // Backtrace frames (RUST_BACKTRACE=1) would push the error line itself out of view.
+    let frame = |l: &&str| {
+        let t = l.trim_start();
+        t.starts_with("at ")
+            || t.split_once(": ")
+                .is_some_and(|(n, _)| n.parse::<u32>().is_ok())
+    };
+    let lines: Vec<&str> = text.lines().filter(|l| !frame(l)).collect();
     lines[lines.len().saturating_sub(30)..].join("\n")
 }
 

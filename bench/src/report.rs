@@ -84,6 +84,8 @@ pub struct RouteSummary {
     pub upload_mbps: Option<f64>,
     /// See `upload_mbps`.
     pub download_mbps: Option<f64>,
+    /// Proxy CPU seconds per GB moved (median; none for direct).
+    pub stream_cpu_s_per_gb: Option<f64>,
     /// Failed transfers.
     pub stream_errors: usize,
     /// Per proxy process.
@@ -250,6 +252,13 @@ fn summarize(route: &Samples, direct: &Samples, rates: &[u32]) -> RouteSummary {
                 .filter_map(|s| s.download_mbps)
                 .collect(),
         ),
+        stream_cpu_s_per_gb: median(
+            route
+                .streams
+                .iter()
+                .filter_map(|s| s.cpu_s_per_gb)
+                .collect(),
+        ),
         stream_errors: route.streams.iter().filter(|s| s.error.is_some()).count(),
         proxies,
     }
@@ -332,6 +341,10 @@ fn check(routes: &[RouteSummary], plan: &Plan) -> (Vec<String>, Vec<String>) {
         }
         if r.upload_mbps.is_none() || r.download_mbps.is_none() {
             problems.push(format!("{name}: no single-stream transfer completed"));
+        } else if name != "direct" && r.stream_cpu_s_per_gb.is_none() {
+            problems.push(format!(
+                "{name}: no CPU reading for the single-stream transfers"
+            ));
         }
         if r.stream_errors > 0 {
             warnings.push(format!(

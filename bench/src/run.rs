@@ -85,6 +85,8 @@ pub struct StreamSample {
     pub upload_mbps: Option<f64>,
     /// Backend → generator, MB/s.
     pub download_mbps: Option<f64>,
+    /// CPU seconds of the route's proxies (all of them) per GB moved, both transfers together.
+    pub cpu_s_per_gb: Option<f64>,
     /// Why a transfer failed.
     pub error: Option<String>,
 }
@@ -172,9 +174,19 @@ pub async fn measure(plan: &Plan, routes: &[Route]) -> Vec<Samples> {
             sleep(plan.settle).await;
         }
         for &i in order.iter().filter(|_| plan.runs("throughput")) {
+            let trees: Vec<Vec<u32>> = routes[i]
+                .proxies
+                .iter()
+                .map(|p| procs::tree(p.pid))
+                .collect();
+            let cpu = || trees.iter().map(|t| procs::cpu_seconds(t)).sum::<f64>();
+            let cpu0 = cpu();
             let up = load::upload(routes[i].stream, plan.stream_bytes, plan.stream_limit).await;
             sleep(plan.settle).await;
             let down = load::download(routes[i].stream, plan.stream_bytes, plan.stream_limit).await;
+            let moved_gb = 2.0 * plan.stream_bytes as f64 / 1e9;
+            let cpu_s_per_gb = (!trees.is_empty() && up.is_ok() && down.is_ok())
+                .then(|| (cpu() - cpu0).max(0.0) / moved_gb);
             let error = [up.as_ref().err(), down.as_ref().err()]
                 .into_iter()
                 .flatten()
@@ -196,6 +208,7 @@ pub async fn measure(plan: &Plan, routes: &[Route]) -> Vec<Samples> {
                 rep,
                 upload_mbps: up.ok(),
                 download_mbps: down.ok(),
+                cpu_s_per_gb,
                 error,
             });
             sleep(plan.settle).await;

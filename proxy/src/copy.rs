@@ -63,7 +63,9 @@ impl OneWay {
     {
         loop {
             if self.pos == self.end && !self.read_done {
-                if self.last_read_full && self.buf.len() < BUF_MAX {
+                // One full read earns one doubling: cleared here, so that polls finding
+                // nothing to read (woken by the other direction) do not grow it again.
+                if std::mem::take(&mut self.last_read_full) && self.buf.len() < BUF_MAX {
                     let grown = (self.buf.len() * 2).min(BUF_MAX);
                     self.buf.resize(grown, 0);
                 }
@@ -191,6 +193,14 @@ pub enum CopyError {
     Idle(Duration),
 }
 
+/// Closes `stream` abortively (RST) when copying failed, so its application sees a reset rather
+/// than a clean end of stream: a transfer cut short on the other side must not look complete.
+pub fn reset_on_error(result: &Result<(), CopyError>, stream: &tokio::net::TcpStream) {
+    if let Err(CopyError::Io(_)) = result {
+        let _ = stream.set_zero_linger();
+    }
+}
+
 /// Copies between `client` (the side that connected to us) and `server` until both directions
 /// have closed, an error occurs, or nothing moves for `idle`. Bytes from client to server count
 /// as `record.bytes_sent`, the other way as `bytes_received`.
@@ -233,3 +243,7 @@ where
         }
     }
 }
+
+#[cfg(test)]
+#[path = "copy_tests.rs"]
+mod tests;

@@ -136,7 +136,11 @@ async fn pass_through(
         "plaintext passed: mTLS mode is PERMISSIVE",
     );
     ctx.metrics.open_connections.inc();
-    if let Err(e) = copy::bidirectional(client, app, ctx.config.idle_timeout, &record).await {
+    let (mut client, mut app) = (client, app);
+    let res = copy::bidirectional(&mut client, &mut app, ctx.config.idle_timeout, &record).await;
+    copy::reset_on_error(&res, &client);
+    copy::reset_on_error(&res, &app);
+    if let Err(e) = res {
         debug!(error = %e, "plaintext connection ended");
     }
     record.close();

@@ -105,9 +105,12 @@ async fn handle(
                     "",
                 );
                 ctx.metrics.open_connections.inc();
-                if let Err(e) =
-                    copy::bidirectional(app, stream.io, ctx.config.idle_timeout, &record).await
-                {
+                let mut app = app;
+                let res =
+                    copy::bidirectional(&mut app, stream.io, ctx.config.idle_timeout, &record)
+                        .await;
+                copy::reset_on_error(&res, &app);
+                if let Err(e) = res {
                     debug!(error = %e, "outbound connection ended");
                 }
                 drop(stream.guard);
@@ -169,8 +172,12 @@ async fn handle(
                 "passthrough: destination is not in the mesh",
             );
             ctx.metrics.open_connections.inc();
-            if let Err(e) = copy::bidirectional(app, server, ctx.config.idle_timeout, &record).await
-            {
+            let (mut app, mut server) = (app, server);
+            let res =
+                copy::bidirectional(&mut app, &mut server, ctx.config.idle_timeout, &record).await;
+            copy::reset_on_error(&res, &app);
+            copy::reset_on_error(&res, &server);
+            if let Err(e) = res {
                 debug!(error = %e, "passthrough connection ended");
             }
             record.close();

@@ -12,36 +12,10 @@ use trellis_proxy::records::Direction;
 const BACKEND: &str = "spiffe://cluster.local/ns/shop/sa/backend";
 const FRONTEND: &str = "spiffe://cluster.local/ns/shop/sa/frontend";
 
-/// Starts backend proxy (fronting an echo app) and frontend proxy with one explicit outbound
-/// listener towards the backend app, claiming the backend has identity `backend_id`.
-async fn pair(
-    cp: &ControlPlane,
-    backend_id: &str,
-) -> (
-    trellis_proxy::run::Running,
-    trellis_proxy::run::Running,
-    std::net::SocketAddr,
-) {
-    let app = echo_app().await;
-    let backend = proxy(cp, TOKENS[1].0, &[]).await;
-    let tunnel = backend.addrs.tunnel.unwrap();
-    let frontend = proxy(
-        cp,
-        TOKENS[0].0,
-        &[
-            format!("--outbound=127.0.0.1:0={app}"),
-            format!("--workload={app}={backend_id}@{tunnel}"),
-        ],
-    )
-    .await;
-    let listen = frontend.addrs.explicit_outbound[0];
-    (frontend, backend, listen)
-}
-
 #[tokio::test]
 async fn an_app_connection_crosses_both_sidecars_over_mutual_tls() {
     let cp = ControlPlane::start(&[]).await;
-    let (frontend, backend, listen) = pair(&cp, BACKEND).await;
+    let (frontend, backend, listen) = pair(&cp, echo_app().await, BACKEND).await;
     let reply = roundtrip(listen, b"hello through the mesh").await.unwrap();
     assert_eq!(reply, b"hello through the mesh");
 
@@ -75,7 +49,7 @@ async fn an_app_connection_crosses_both_sidecars_over_mutual_tls() {
 #[tokio::test]
 async fn many_app_connections_to_one_peer_share_one_tunnel() {
     let cp = ControlPlane::start(&[]).await;
-    let (frontend, backend, listen) = pair(&cp, BACKEND).await;
+    let (frontend, backend, listen) = pair(&cp, echo_app().await, BACKEND).await;
     let tasks: Vec<_> = (0..20)
         .map(|i| {
             tokio::spawn(async move { roundtrip(listen, format!("msg {i}").as_bytes()).await })
@@ -105,7 +79,12 @@ async fn many_app_connections_to_one_peer_share_one_tunnel() {
 async fn the_client_refuses_a_server_that_presents_the_wrong_identity() {
     let cp = ControlPlane::start(&[]).await;
     // Discovery claims the backend is "payments"; the backend's certificate says "backend".
-    let (frontend, backend, listen) = pair(&cp, "spiffe://cluster.local/ns/shop/sa/payments").await;
+    let (frontend, backend, listen) = pair(
+        &cp,
+        echo_app().await,
+        "spiffe://cluster.local/ns/shop/sa/payments",
+    )
+    .await;
     let reply = roundtrip(listen, b"secret").await.unwrap_or_default();
     assert!(reply.is_empty(), "no byte may reach an impostor");
     let out = frontend.ctx.log.recent(10);

@@ -3,9 +3,11 @@
 //!
 //! Owns: [`server`] (port 15008: verify the client, authorize, deliver to the app), [`pool`]
 //! (the client side: pooled connections per peer identity, CONNECT streams over them),
-//! [`stream`] (a CONNECT stream as bytes), and the HTTP/2 settings both sides share.
+//! [`stream`] (a CONNECT stream as bytes), [`read_ahead`] (large socket reads under rustls), and
+//! the HTTP/2 settings both sides share.
 
 pub mod pool;
+pub mod read_ahead;
 pub mod server;
 pub mod stream;
 

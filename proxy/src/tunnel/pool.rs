@@ -19,6 +19,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tracing::{Instrument, debug, info_span};
 
+use super::read_ahead::ReadAhead;
 use super::stream::H2Stream;
 use super::{
     CONNECTION_WINDOW, MAX_FRAME_SIZE, MAX_HEADER_LIST_SIZE, REASON_HEADER, STREAM_WINDOW,
@@ -287,16 +288,19 @@ async fn dial(
         })?;
     // The verifier checks the SPIFFE ID, not this name; rustls still needs one for SNI.
     let name = ServerName::IpAddress(addr.ip().into());
-    let tls = tokio::time::timeout(DIAL_TIMEOUT, TlsConnector::from(config).connect(name, tcp))
-        .await
-        .map_err(|_| TunnelError::Tls {
-            addr,
-            reason: "handshake timed out".into(),
-        })?
-        .map_err(|e| TunnelError::Tls {
-            addr,
-            reason: e.to_string(),
-        })?;
+    let mut tls = tokio::time::timeout(
+        DIAL_TIMEOUT,
+        TlsConnector::from(config).connect(name, ReadAhead::new(tcp)),
+    )
+    .await
+    .map_err(|_| TunnelError::Tls {
+        addr,
+        reason: "handshake timed out".into(),
+    })?
+    .map_err(|e| TunnelError::Tls {
+        addr,
+        reason: e.to_string(),
+    })?;
     let facts = TlsFacts::from_conn(tls.get_ref().1, started);
     if tls.get_ref().1.alpn_protocol() != Some(ALPN_H2) {
         return Err(TunnelError::Tls {
@@ -308,6 +312,7 @@ async fn dial(
         .handshake_seconds
         .observe(facts.handshake_ms / 1000.0);
     ctx.metrics.tunnel_connections_opened.inc();
+    tls.get_mut().0.enable();
     let (sender, mut conn) = h2::client::Builder::new()
         .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)

@@ -16,6 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tracing::{Instrument, debug, info_span};
 
+use super::read_ahead::ReadAhead;
 use super::stream::H2Stream;
 use super::{
     CONNECTION_WINDOW, MAX_FRAME_SIZE, MAX_HEADER_LIST_SIZE, REASON_HEADER, STREAM_WINDOW,
@@ -94,35 +95,36 @@ async fn handle_connection(tcp: TcpStream, remote: SocketAddr, ctx: Arc<ProxyCon
     };
     let started = Instant::now();
     let acceptor = TlsAcceptor::from(current.server_config());
-    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => {
-            ctx.refuse(Direction::Inbound, "tls_handshake");
-            ctx.record(
-                Direction::Inbound,
-                remote,
-                None,
-                None,
-                None,
-                "deny",
-                format!("TLS handshake failed: {e}"),
-            );
-            return;
-        }
-        Err(_) => {
-            ctx.refuse(Direction::Inbound, "tls_handshake");
-            ctx.record(
-                Direction::Inbound,
-                remote,
-                None,
-                None,
-                None,
-                "deny",
-                "TLS handshake timed out",
-            );
-            return;
-        }
-    };
+    let mut tls =
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(ReadAhead::new(tcp))).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                ctx.refuse(Direction::Inbound, "tls_handshake");
+                ctx.record(
+                    Direction::Inbound,
+                    remote,
+                    None,
+                    None,
+                    None,
+                    "deny",
+                    format!("TLS handshake failed: {e}"),
+                );
+                return;
+            }
+            Err(_) => {
+                ctx.refuse(Direction::Inbound, "tls_handshake");
+                ctx.record(
+                    Direction::Inbound,
+                    remote,
+                    None,
+                    None,
+                    None,
+                    "deny",
+                    "TLS handshake timed out",
+                );
+                return;
+            }
+        };
     let facts = TlsFacts::from_conn(tls.get_ref().1, started);
     ctx.metrics
         .handshake_seconds
@@ -157,6 +159,7 @@ async fn handle_connection(tcp: TcpStream, remote: SocketAddr, ctx: Arc<ProxyCon
         tls: facts,
         used: std::sync::atomic::AtomicBool::new(false),
     });
+    tls.get_mut().0.enable();
     let mut conn = match tokio::time::timeout(
         HANDSHAKE_TIMEOUT,
         h2::server::Builder::new()
@@ -260,10 +263,12 @@ async fn handle_stream(
             let _permit = permit;
             let tunnel = H2Stream::new(send, req.into_body());
             ctx.metrics.open_connections.inc();
-            if let Err(e) = copy::bidirectional(tunnel, app, ctx.config.idle_timeout, &record)
+            let mut app = app;
+            let res = copy::bidirectional(tunnel, &mut app, ctx.config.idle_timeout, &record)
                 .instrument(info_span!("inbound", peer.id = %peer.id, dst = %target))
-                .await
-            {
+                .await;
+            copy::reset_on_error(&res, &app);
+            if let Err(e) = res {
                 debug!(error = %e, "inbound stream ended");
             }
             record.close();

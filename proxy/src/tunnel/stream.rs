@@ -26,6 +26,9 @@ pub struct H2Stream {
     recv: RecvStream,
     /// The rest of the last DATA frame not yet read.
     pending: Bytes,
+    /// END_STREAM has been sent: writes fail, another shutdown succeeds (h2 would only report
+    /// an error, and waiting in `poll_reset` for its reason would wait for ever).
+    ended: bool,
 }
 
 impl H2Stream {
@@ -35,6 +38,7 @@ impl H2Stream {
             send,
             recv,
             pending: Bytes::new(),
+            ended: false,
         }
     }
 
@@ -76,8 +80,14 @@ impl AsyncRead for H2Stream {
                 }
                 Some(Err(e)) => {
                     return Poll::Ready(match e.reason() {
-                        // The peer closed without error: end of stream.
-                        Some(Reason::NO_ERROR | Reason::CANCEL) => Ok(()),
+                        // NO_ERROR: the peer has all it wants; what it sent is complete.
+                        Some(Reason::NO_ERROR) => Ok(()),
+                        // CANCEL: the peer's side was aborted (its app reset the connection).
+                        // Not an end of stream: an aborted upload must not look complete.
+                        Some(Reason::CANCEL) => Err(io::Error::new(
+                            io::ErrorKind::ConnectionReset,
+                            "the peer proxy reset the stream",
+                        )),
                         Some(Reason::STREAM_CLOSED) => Err(io::ErrorKind::BrokenPipe.into()),
                         _ => Err(to_io(e)),
                     });
@@ -97,6 +107,9 @@ impl AsyncWrite for H2Stream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        if self.ended {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
@@ -125,7 +138,11 @@ impl AsyncWrite for H2Stream {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.ended {
+            return Poll::Ready(Ok(()));
+        }
         if self.send.send_data(Bytes::new(), true).is_ok() {
+            self.ended = true;
             return Poll::Ready(Ok(()));
         }
         self.reset_error(cx).map(Err)

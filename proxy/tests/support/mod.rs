@@ -96,6 +96,33 @@ pub async fn proxy(
     running
 }
 
+/// A backend proxy (identity of `TOKENS[1]`) fronting `app`, and a frontend proxy (`TOKENS[0]`)
+/// with one explicit outbound listener towards `app`, told the backend has identity
+/// `backend_id`. Returns (frontend, backend, the listener's address).
+pub async fn pair(
+    cp: &ControlPlane,
+    app: SocketAddr,
+    backend_id: &str,
+) -> (
+    trellis_proxy::run::Running,
+    trellis_proxy::run::Running,
+    SocketAddr,
+) {
+    let backend = proxy(cp, TOKENS[1].0, &[]).await;
+    let tunnel = backend.addrs.tunnel.unwrap();
+    let frontend = proxy(
+        cp,
+        TOKENS[0].0,
+        &[
+            format!("--outbound=127.0.0.1:0={app}"),
+            format!("--workload={app}={backend_id}@{tunnel}"),
+        ],
+    )
+    .await;
+    let listen = frontend.addrs.explicit_outbound[0];
+    (frontend, backend, listen)
+}
+
 /// An echo server; returns its address.
 pub async fn echo_app() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
