@@ -81,4 +81,21 @@ impl ProxyContext {
             })
             .inc();
     }
+
+    /// A refused connection: counted under `code` (the refusal metric's reason) and recorded
+    /// with decision `deny` and the human-readable `reason`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn deny(
+        &self,
+        direction: Direction,
+        code: &'static str,
+        peer_addr: SocketAddr,
+        peer_id: Option<String>,
+        dst: Option<SocketAddr>,
+        tls: Option<TlsFacts>,
+        reason: impl Into<String>,
+    ) {
+        self.refuse(direction, code);
+        self.record(direction, peer_addr, peer_id, dst, tls, "deny", reason);
+    }
 }

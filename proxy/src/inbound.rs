@@ -36,14 +36,13 @@ pub async fn serve(listener: TcpListener, ctx: Arc<ProxyContext>) {
         let dst = match dst {
             Ok(d) => d,
             Err(e) => {
-                ctx.refuse(Direction::InboundPlain, "no_original_dst");
-                ctx.record(
+                ctx.deny(
                     Direction::InboundPlain,
+                    "no_original_dst",
                     remote,
                     None,
                     None,
                     None,
-                    "deny",
                     format!("original destination unknown: {e}"),
                 );
                 continue;
@@ -55,40 +54,37 @@ pub async fn serve(listener: TcpListener, ctx: Arc<ProxyContext>) {
             .or(ctx.state.borrow().mtls_mode)
             .unwrap_or(MtlsMode::Strict);
         if mode == MtlsMode::Strict {
-            ctx.refuse(Direction::InboundPlain, "plaintext");
-            ctx.record(
+            ctx.deny(
                 Direction::InboundPlain,
+                "plaintext",
                 remote,
                 None,
                 Some(dst),
                 None,
-                "deny",
                 "plaintext refused: mTLS mode is STRICT",
             );
             continue; // dropping `tcp` closes it
         }
         if PROXY_PORTS.contains(&dst.port()) && ctx.config.mode == Mode::Transparent {
-            ctx.refuse(Direction::InboundPlain, "proxy_port");
-            ctx.record(
+            ctx.deny(
                 Direction::InboundPlain,
+                "proxy_port",
                 remote,
                 None,
                 Some(dst),
                 None,
-                "deny",
                 "destination is a proxy port",
             );
             continue;
         }
         let Ok(permit) = ctx.conn_limit.clone().try_acquire_owned() else {
-            ctx.refuse(Direction::InboundPlain, "overloaded");
-            ctx.record(
+            ctx.deny(
                 Direction::InboundPlain,
+                "overloaded",
                 remote,
                 None,
                 Some(dst),
                 None,
-                "deny",
                 "too many connections",
             );
             continue;

@@ -44,28 +44,26 @@ pub async fn serve(
         let dst = match dst {
             Ok(d) => d,
             Err(e) => {
-                ctx.refuse(Direction::Outbound, "no_original_dst");
-                ctx.record(
+                ctx.deny(
                     Direction::Outbound,
+                    "no_original_dst",
                     remote,
                     None,
                     None,
                     None,
-                    "deny",
                     format!("original destination unknown: {e}"),
                 );
                 continue;
             }
         };
         let Ok(permit) = ctx.conn_limit.clone().try_acquire_owned() else {
-            ctx.refuse(Direction::Outbound, "overloaded");
-            ctx.record(
+            ctx.deny(
                 Direction::Outbound,
+                "overloaded",
                 remote,
                 None,
                 Some(dst),
                 None,
-                "deny",
                 "too many connections",
             );
             continue;
@@ -118,14 +116,13 @@ async fn handle(
                 ctx.metrics.open_connections.dec();
             }
             Err(e) => {
-                ctx.refuse(Direction::Outbound, "tunnel");
-                ctx.record(
+                ctx.deny(
                     Direction::Outbound,
+                    "tunnel",
                     peer.tunnel,
                     Some(peer.id.to_string()),
                     Some(target),
                     None,
-                    "deny",
                     e.to_string(),
                 );
             }
@@ -184,14 +181,13 @@ async fn handle(
             ctx.metrics.open_connections.dec();
         }
         Route::Refuse(reason) => {
-            ctx.refuse(Direction::Outbound, "route");
-            ctx.record(
+            ctx.deny(
                 Direction::Outbound,
+                "route",
                 remote,
                 None,
                 Some(dst),
                 None,
-                "deny",
                 reason,
             );
         }

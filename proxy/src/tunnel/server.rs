@@ -81,14 +81,13 @@ pub async fn serve(listener: TcpListener, ctx: Arc<ProxyContext>) {
 async fn handle_connection(tcp: TcpStream, remote: SocketAddr, ctx: Arc<ProxyContext>) {
     let _ = tcp.set_nodelay(true);
     let Some(current) = ctx.svid.borrow().clone() else {
-        ctx.refuse(Direction::Inbound, "not_ready");
-        ctx.record(
+        ctx.deny(
             Direction::Inbound,
+            "not_ready",
             remote,
             None,
             None,
             None,
-            "deny",
             "proxy has no certificate yet",
         );
         return;
@@ -99,27 +98,25 @@ async fn handle_connection(tcp: TcpStream, remote: SocketAddr, ctx: Arc<ProxyCon
         match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(ReadAhead::new(tcp))).await {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {
-                ctx.refuse(Direction::Inbound, "tls_handshake");
-                ctx.record(
+                ctx.deny(
                     Direction::Inbound,
+                    "tls_handshake",
                     remote,
                     None,
                     None,
                     None,
-                    "deny",
                     format!("TLS handshake failed: {e}"),
                 );
                 return;
             }
             Err(_) => {
-                ctx.refuse(Direction::Inbound, "tls_handshake");
-                ctx.record(
+                ctx.deny(
                     Direction::Inbound,
+                    "tls_handshake",
                     remote,
                     None,
                     None,
                     None,
-                    "deny",
                     "TLS handshake timed out",
                 );
                 return;
@@ -297,14 +294,13 @@ async fn admit(
     ctx: &Arc<ProxyContext>,
 ) -> Result<Admitted, Response<()>> {
     let record_deny = |dst: Option<SocketAddr>, code: &'static str, reason: &str| {
-        ctx.refuse(Direction::Inbound, code);
-        ctx.record(
+        ctx.deny(
             Direction::Inbound,
+            code,
             peer.addr,
             Some(peer.id.to_string()),
             dst,
             Some(peer.facts()),
-            "deny",
             reason,
         );
     };
