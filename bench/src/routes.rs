@@ -98,10 +98,22 @@ pub fn tool(name: &str) -> PathBuf {
     in_path.unwrap_or_else(|| Path::new("/usr/sbin").join(name))
 }
 
-/// A free port on 127.0.0.1 (bound and released: the processes bind it right after).
+/// A free port on 127.0.0.1 (bound and released: the processes bind it right after), never
+/// one handed out before in this run — the kernel can give a just-released port again, and two
+/// listeners of one process on the same port fail its start.
 fn free_addr() -> anyhow::Result<SocketAddr> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?)
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    for _ in 0..1000 {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        let mut given = GIVEN
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if given.insert(addr.port()) {
+            return Ok(addr);
+        }
+    }
+    anyhow::bail!("no unused port on 127.0.0.1 after 1000 tries")
 }
 
 /// Starts everything and returns the routes, each checked with one request.
@@ -448,4 +460,16 @@ async fn http_status(addr: SocketAddr, path: &str) -> anyhow::Result<u16> {
         anyhow::Ok(code)
     };
     tokio::time::timeout(Duration::from_secs(2), fut).await?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_addr_never_hands_out_a_port_twice() {
+        let ports: Vec<u16> = (0..300).map(|_| free_addr().unwrap().port()).collect();
+        let distinct: std::collections::BTreeSet<_> = ports.iter().collect();
+        assert_eq!(distinct.len(), ports.len());
+    }
 }
