@@ -1,5 +1,5 @@
 //! The control plane in Kubernetes mode against a fake API server that replays TokenReview
-//! exchanges recorded from a real one (`shared/fixtures/tokenreview`) and keeps the CA Secret:
+//! exchanges recorded from a real one (`testdata/tokenreview`) and keeps the CA Secret:
 //! every recorded verdict reaches the caller as the right gRPC status, positive reviews are
 //! cached and negative ones are not, and the CA Secret is made once and then reused.
 

@@ -176,7 +176,7 @@ mod tests {
 
     #[test]
     fn the_fixture_api_server_is_1_28() {
-        let body = include_bytes!("../../../shared/fixtures/apiserver-version.json");
+        let body = include_bytes!("../../testdata/apiserver-version.json");
         let version = parse(body).unwrap();
         assert_eq!(
             version,

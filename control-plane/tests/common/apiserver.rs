@@ -1,5 +1,5 @@
 //! A fake Kubernetes API server on `127.0.0.1:0` (HTTP/1.1, no TLS) that replays the recorded
-//! TokenReview exchanges of `shared/fixtures/tokenreview` and keeps the control plane's CA
+//! TokenReview exchanges of `testdata/tokenreview` and keeps the control plane's CA
 //! Secret in memory.
 //!
 //! - `POST /apis/authentication.k8s.io/v1/tokenreviews`: finds the recorded request with the
@@ -64,7 +64,7 @@ impl Exchange {
 }
 
 fn fixture_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/tokenreview")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../testdata/tokenreview")
 }
 
 /// Every recorded exchange.

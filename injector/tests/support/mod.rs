@@ -81,7 +81,7 @@ impl Pki {
 /// The path of a shared fixture file.
 pub fn fixture_path(relative: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/fixtures")
+        .join("../testdata")
         .join(relative)
 }
 
