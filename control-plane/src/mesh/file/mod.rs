@@ -1,14 +1,17 @@
-//! The file source (embedded mode): a YAML mesh file with workloads and policies in the same
-//! schema as the cluster's, reloaded when it changes. A malformed file keeps the last good model
-//! and reports the error once.
+//! The file source (embedded mode): a YAML mesh file with workloads, Services and policies in
+//! the same terms as the cluster's, reloaded when it changes. A malformed file keeps the last
+//! good model and reports the error once.
 //!
 //! ```yaml
 //! mtls: STRICT                    # mesh default (STRICT | PERMISSIVE)
 //! namespaces:                     # per-namespace overrides
 //!   lab: {mtls: PERMISSIVE}
-//! workloads:
-//!   - {namespace: shop, serviceAccount: backend, ip: 198.18.0.3, labels: {app: backend}}
+//! workloads:                      # ports: named container ports; ready (default true), terminating
+//!   - {namespace: shop, serviceAccount: backend, ip: 198.18.0.3, labels: {app: backend}, ports: {http: 8080}}
 //!   - {namespace: shop, serviceAccount: frontend, ip: 127.0.0.1, port: 18081, tunnel: "127.0.0.1:25008"}
+//! services:                       # see services.rs: selector or explicit endpoints
+//!   - {namespace: shop, name: backend, clusterIPs: [198.19.0.10], selector: {app: backend},
+//!      ports: [{name: http, port: 80, targetPort: http}]}
 //! policies:                       # AuthorizationPolicy objects, exactly as in a cluster
 //!   - apiVersion: trellis.dev/v1alpha1
 //!     kind: AuthorizationPolicy
@@ -19,17 +22,19 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use trellis_ca::TrustDomain;
 
+mod services;
+
 use super::crd::{AuthorizationPolicy, Policy};
-use super::model::{MeshModel, MtlsMode, Workload};
+use super::model::{MeshModel, MtlsMode, TUNNEL_PORT, Workload};
+use super::publish::Publisher;
+use services::{SelectableWorkload, ServiceDoc};
 
 /// How often the file is checked for changes.
 pub const POLL: Duration = Duration::from_millis(250);
@@ -76,6 +81,8 @@ struct FileDoc {
     #[serde(default)]
     workloads: Vec<WorkloadDoc>,
     #[serde(default)]
+    services: Vec<ServiceDoc>,
+    #[serde(default)]
     policies: Vec<AuthorizationPolicy>,
 }
 
@@ -97,22 +104,58 @@ struct WorkloadDoc {
     tunnel: Option<SocketAddr>,
     #[serde(default)]
     labels: BTreeMap<String, String>,
+    /// Named container ports (Services' named target ports resolve against them).
+    #[serde(default)]
+    ports: BTreeMap<String, u16>,
+    /// Passing its readiness probe (default: yes).
+    #[serde(default = "yes")]
+    ready: bool,
+    /// Being deleted.
+    #[serde(default)]
+    terminating: bool,
 }
 
-/// Parses a mesh file's text into a model (version 0; the watcher numbers versions).
+fn yes() -> bool {
+    true
+}
+
+/// The parser's limits: proportional to the largest file read, so that the file size is
+/// the limit that bites (a 10,000-workload mesh is ~1 M nodes).
+fn parse_options() -> serde_saphyr::Options {
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_nodes = usize::try_from(MAX_BYTES).unwrap_or(usize::MAX);
+    budget.max_events = budget.max_nodes;
+    let mut options = serde_saphyr::Options::default();
+    options.budget = Some(budget);
+    options
+}
+
+/// Parses a mesh file's text into a model.
 pub fn parse(text: &str, path: &Path, td: &TrustDomain) -> Result<MeshModel, MeshFileError> {
-    let doc: FileDoc = serde_saphyr::from_str(text).map_err(|e| MeshFileError::Parse {
-        path: path.to_owned(),
-        reason: e.to_string(),
+    let doc: FileDoc = serde_saphyr::from_str_with_options(text, parse_options()).map_err(|e| {
+        MeshFileError::Parse {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        }
     })?;
     let invalid = |reason: String| MeshFileError::Invalid {
         path: path.to_owned(),
         reason,
     };
-    let mut workloads = Vec::with_capacity(doc.workloads.len());
+    let mut model = MeshModel {
+        trust_domain: td.clone(),
+        default_mtls: doc.mtls,
+        namespace_mtls: doc
+            .namespaces
+            .into_iter()
+            .map(|(k, v)| (k, v.mtls))
+            .collect(),
+        ..MeshModel::default()
+    };
+    let mut selectable = Vec::with_capacity(doc.workloads.len());
     for (i, w) in doc.workloads.into_iter().enumerate() {
         let candidate = Workload {
-            tunnel: w.tunnel.unwrap_or(SocketAddr::new(w.ip, 15008)),
+            tunnel: w.tunnel.unwrap_or(SocketAddr::new(w.ip, TUNNEL_PORT)),
             namespace: w.namespace,
             service_account: w.service_account,
             ip: w.ip,
@@ -125,9 +168,33 @@ pub fn parse(text: &str, path: &Path, td: &TrustDomain) -> Result<MeshModel, Mes
                 candidate.namespace, candidate.service_account
             )));
         }
-        workloads.push(candidate);
+        if model.workloads.contains_key(&candidate.key()) {
+            return Err(invalid(format!(
+                "workloads[{i}]: {} is already another workload's address",
+                candidate.ip
+            )));
+        }
+        selectable.push(SelectableWorkload {
+            key: candidate.key(),
+            ports: w.ports,
+            ready: w.ready,
+            terminating: w.terminating,
+        });
+        model.add_workload(candidate);
     }
-    let policies = doc
+    for (i, s) in doc.services.into_iter().enumerate() {
+        let service = s
+            .resolve(&model, &selectable)
+            .map_err(|reason| invalid(format!("services[{i}]: {reason}")))?;
+        if model.services.contains_key(&service.key()) {
+            return Err(invalid(format!(
+                "services[{i}]: {} is declared twice",
+                service.key()
+            )));
+        }
+        model.add_service(service);
+    }
+    model.policies = doc
         .policies
         .iter()
         .enumerate()
@@ -135,18 +202,7 @@ pub fn parse(text: &str, path: &Path, td: &TrustDomain) -> Result<MeshModel, Mes
             Policy::from_resource(p, td).map_err(|e| invalid(format!("policies[{i}]: {e}")))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(MeshModel {
-        version: 0,
-        trust_domain: td.clone(),
-        workloads,
-        policies,
-        default_mtls: doc.mtls,
-        namespace_mtls: doc
-            .namespaces
-            .into_iter()
-            .map(|(k, v)| (k, v.mtls))
-            .collect(),
-    })
+    Ok(model)
 }
 
 /// Reads and parses the file.
@@ -167,11 +223,12 @@ pub fn load(path: &Path, td: &TrustDomain) -> Result<MeshModel, MeshFileError> {
     parse(&text, path, td)
 }
 
-/// Publishes the file's model on `tx` whenever its contents change, until `shutdown`.
+/// Hands the file's model to `publisher` whenever the file's contents change, until
+/// `shutdown`.
 pub async fn watch_file(
     path: PathBuf,
     td: TrustDomain,
-    tx: watch::Sender<Arc<MeshModel>>,
+    publisher: Publisher,
     shutdown: CancellationToken,
 ) {
     let mut last_text: Option<String> = None;
@@ -179,16 +236,21 @@ pub async fn watch_file(
         match std::fs::read_to_string(&path) {
             Ok(text) if last_text.as_deref() != Some(text.as_str()) => {
                 match parse(&text, &path, &td) {
-                    Ok(mut model) => {
-                        model.version = tx.borrow().version + 1;
+                    Ok(model) => {
+                        let (workloads, services, policies) = (
+                            model.workloads.len(),
+                            model.services.len(),
+                            model.policies.len(),
+                        );
+                        let version = publisher.publish(model).map(|c| c.version);
                         info!(
                             path = %path.display(),
-                            version = model.version,
-                            workloads = model.workloads.len(),
-                            policies = model.policies.len(),
+                            ?version,
+                            workloads,
+                            services,
+                            policies,
                             "mesh file loaded"
                         );
-                        tx.send_replace(Arc::new(model));
                     }
                     Err(e) => {
                         warn!(error = %e, "mesh file not applied; the last good state stays in force")
@@ -212,89 +274,5 @@ pub async fn watch_file(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const GOOD: &str = r#"
-mtls: STRICT
-namespaces:
-  lab: {mtls: PERMISSIVE}
-workloads:
-  - {namespace: shop, serviceAccount: backend, ip: 198.18.0.3, labels: {app: backend}}
-  - {namespace: shop, serviceAccount: frontend, ip: 127.0.0.1, port: 18081, tunnel: "127.0.0.1:25008"}
-policies:
-  - apiVersion: trellis.dev/v1alpha1
-    kind: AuthorizationPolicy
-    metadata: {name: allow-frontend, namespace: shop}
-    spec: {selector: {matchLabels: {app: backend}}, ports: [8080], allow: [ns/shop/sa/frontend], mode: audit}
-"#;
-
-    fn td() -> TrustDomain {
-        TrustDomain::default()
-    }
-
-    #[test]
-    fn a_mesh_file_becomes_a_model() {
-        let m = parse(GOOD, Path::new("mesh.yaml"), &td()).unwrap();
-        assert_eq!(m.workloads.len(), 2);
-        assert_eq!(m.workloads[0].tunnel, "198.18.0.3:15008".parse().unwrap());
-        assert_eq!(m.workloads[1].port, 18081);
-        assert_eq!(m.policies[0].mode, super::super::crd::PolicyMode::Audit);
-        assert_eq!(m.namespace_mtls["lab"], MtlsMode::Permissive);
-    }
-
-    #[test]
-    fn bad_files_say_what_and_where() {
-        let cases = [
-            ("workloads: [{namespace: shop}]", "serviceAccount"),
-            (
-                "workloads: [{namespace: shop, serviceAccount: b, ip: not-an-ip}]",
-                "ip",
-            ),
-            (
-                "workloads: [{namespace: 'a/b', serviceAccount: b, ip: 198.18.0.1}]",
-                "workloads[0]",
-            ),
-            ("mtls: SOMETIMES", "SOMETIMES"),
-            ("surprise: 1", "surprise"),
-            (
-                "policies: [{apiVersion: trellis.dev/v1alpha1, kind: AuthorizationPolicy, metadata: {name: p, namespace: shop}, spec: {allow: ['ns/*/sa/x']}}]",
-                "policies[0]",
-            ),
-            ("workloads: [", "mesh.yaml"),
-        ];
-        for (text, want) in cases {
-            let err = parse(text, Path::new("mesh.yaml"), &td())
-                .unwrap_err()
-                .to_string();
-            assert!(err.contains(want), "{text:?}: {err}");
-        }
-    }
-
-    #[tokio::test]
-    async fn a_changed_file_is_republished_and_a_broken_one_keeps_the_last_good_model() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("mesh.yaml");
-        std::fs::write(&path, GOOD).unwrap();
-        let (tx, mut rx) = watch::channel(Arc::new(MeshModel::default()));
-        let stop = CancellationToken::new();
-        tokio::spawn(watch_file(path.clone(), td(), tx, stop.clone()));
-        let wait = |rx: &mut watch::Receiver<Arc<MeshModel>>, v: u64| {
-            let mut rx = rx.clone();
-            async move {
-                tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|m| m.version >= v))
-                    .await
-                    .is_ok()
-            }
-        };
-        assert!(wait(&mut rx, 1).await);
-        assert_eq!(rx.borrow().policies.len(), 1);
-        std::fs::write(&path, GOOD.replace("mode: audit", "mode: enforce")).unwrap();
-        assert!(wait(&mut rx, 2).await);
-        std::fs::write(&path, "workloads: [").unwrap();
-        tokio::time::sleep(POLL * 4).await; // give the watcher several polls to (not) publish
-        assert_eq!(rx.borrow().version, 2, "a broken file publishes nothing");
-        assert_eq!(rx.borrow().policies.len(), 1);
-        stop.cancel();
-    }
-}
+#[path = "tests.rs"]
+mod tests;
