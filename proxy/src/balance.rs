@@ -1,6 +1,6 @@
 //! Choosing the endpoint of a Service for a new connection, as a pure function: power of two
 //! choices over the endpoints' connections in flight, with the moving average of tunnel open
-//! latency breaking ties.
+//! latency breaking ties when one endpoint is clearly (2×) slower to open.
 //!
 //! Rules: never an endpoint that is not serving; terminating-but-serving endpoints only when no
 //! endpoint is ready; endpoints already tried for this connection are skipped. Two candidates
@@ -60,10 +60,22 @@ fn two_choices<'a>(
             // A different second candidate: an offset of 1..n-1 from the first.
             let b = (a + 1 + r2 as usize % (n - 1)) % n;
             let (ea, eb) = (endpoint(a)?, endpoint(b)?);
-            let key = |e: &Endpoint| (e.load.active(), e.load.open_ewma_us());
-            Some(if key(eb) < key(ea) { eb } else { ea })
+            let (la, lb) = (&ea.load, &eb.load);
+            let b_wins = match lb.active().cmp(&la.active()) {
+                std::cmp::Ordering::Less => true,
+                std::cmp::Ordering::Greater => false,
+                std::cmp::Ordering::Equal => clearly_faster(lb.open_ewma_us(), la.open_ewma_us()),
+            };
+            Some(if b_wins { eb } else { ea })
         }
     }
+}
+
+/// Whether an average open latency of `x` µs is clearly below `y` µs: at most half, both
+/// measured. Small differences are noise; breaking ties on them would send every connection of
+/// a quiet client to whichever endpoint happened to measure fastest.
+fn clearly_faster(x: u32, y: u32) -> bool {
+    x > 0 && y > 0 && x.saturating_mul(2) <= y
 }
 
 #[cfg(test)]

@@ -76,12 +76,18 @@ fn of_the_two_drawn_the_one_with_fewer_connections_wins_then_the_faster() {
     assert_eq!(picked(&p, &[], 0, 0), Some(1));
     // Endpoint 0 against endpoint 2 (offset 2): 0 connections wins.
     assert_eq!(picked(&p, &[], 0, 1), Some(2));
-    // Equal connections: the lower open latency wins.
+    // Equal connections: a clearly lower open latency wins...
     let q = port("RR");
     q.endpoints[0].load.observe_open(Duration::from_millis(5));
     q.endpoints[1].load.observe_open(Duration::from_millis(1));
     assert_eq!(picked(&q, &[], 0, 0), Some(1));
     assert_eq!(picked(&q, &[], 1, 0), Some(1));
+    // ...a small difference is noise: the first drawn.
+    let n = port("RR");
+    n.endpoints[0].load.observe_open(Duration::from_micros(300));
+    n.endpoints[1].load.observe_open(Duration::from_micros(200));
+    assert_eq!(picked(&n, &[], 0, 0), Some(0));
+    assert_eq!(picked(&n, &[], 1, 0), Some(1));
 }
 
 #[test]

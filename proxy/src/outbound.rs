@@ -170,7 +170,10 @@ async fn to_service(
         let failure = match state.lookup(ep.addr) {
             Some(peer) => match pool.open(ctx, peer, ep.addr).await {
                 Ok(stream) => {
-                    ep.load.observe_open(started.elapsed());
+                    // A new tunnel's handshake says nothing about the endpoint's speed.
+                    if stream.tls.reused {
+                        ep.load.observe_open(started.elapsed());
+                    }
                     let reason = format!("via Service {name}");
                     carry_tunnel(app, ctx, peer, ep.addr, stream, reason).await;
                     return;

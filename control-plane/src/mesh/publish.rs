@@ -13,7 +13,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use trellis_ca::SpiffeId;
 
-use super::model::{IdentityIndex, MeshModel, WorkloadKey};
+use super::model::{IdentityIndex, MeshModel, Workload, WorkloadKey};
 
 /// Most changes kept: a proxy further behind gets the full state.
 pub const HISTORY: usize = 512;
@@ -26,7 +26,8 @@ pub const HISTORY_KEYS: usize = 200_000;
 pub struct Change {
     /// The version this change produced.
     pub version: u64,
-    /// Workloads added, changed or removed.
+    /// Workloads added, changed or removed (a change of labels alone is not listed: proxies
+    /// are not sent labels; it shows in `identities`).
     pub workloads: BTreeSet<WorkloadKey>,
     /// Services (`namespace/name`) added, changed or removed.
     pub services: BTreeSet<String>,
@@ -40,7 +41,10 @@ pub struct Change {
 impl Change {
     /// Whether nothing changed.
     pub fn is_empty(&self) -> bool {
-        self.workloads.is_empty() && self.services.is_empty() && !self.inbound
+        self.workloads.is_empty()
+            && self.services.is_empty()
+            && !self.inbound
+            && self.identities.is_empty()
     }
 
     fn keys(&self) -> usize {
@@ -57,16 +61,25 @@ impl Change {
             ..Change::default()
         };
         for key in changed_keys(&old.workloads, &new.workloads) {
-            for model in [old, new] {
-                if let Some(id) = model
-                    .workloads
-                    .get(&key)
-                    .and_then(|w| w.id(&model.trust_domain))
-                {
+            let (before, after) = (old.workloads.get(&key), new.workloads.get(&key));
+            for (model, w) in [(old, before), (new, after)] {
+                if let Some(id) = w.and_then(|w| w.id(&model.trust_domain)) {
                     change.identities.insert(id);
                 }
             }
-            change.workloads.insert(key);
+            // Labels are not sent to proxies: a relabelled workload only changes inbound views.
+            let relabelled_only = match (before, after) {
+                (Some(b), Some(a)) => {
+                    Workload {
+                        labels: a.labels.clone(),
+                        ..b.clone()
+                    } == *a
+                }
+                _ => false,
+            };
+            if !relabelled_only {
+                change.workloads.insert(key);
+            }
         }
         change.services = changed_keys(&old.services, &new.services).collect();
         change

@@ -223,7 +223,8 @@ impl WatchStream {
     }
 
     /// The messages that bring the proxy from what it holds to `view` and `bundle`; empty when
-    /// it is current. The first update of a stream always carries the inbound view and bundle.
+    /// it is current. The first update of a stream always carries the inbound view and bundle;
+    /// later ones carry them when they changed.
     fn next_update(
         &mut self,
         view: &MeshView,
@@ -250,10 +251,12 @@ impl WatchStream {
             .last_bundle
             .as_ref()
             .is_none_or(|last| last.roots() != bundle.roots());
-        let global = self.parts.get(view, &since, self.held.1);
-        if global.is_empty() && inbound.is_none() && !bundle_changed && !first {
+        if since == Since::Nothing && inbound.is_none() && !bundle_changed && !first {
             return Vec::new();
         }
+        // Sent even when it carries nothing for this proxy (a change elsewhere): the version
+        // moves on, so every proxy's acknowledged version says exactly what it holds.
+        let global = self.parts.get(view, &since, self.held.1);
         let base_version = self.held.1;
         let mut messages = split(&global, MESSAGE_BYTES)
             .into_iter()

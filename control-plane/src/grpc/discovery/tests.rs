@@ -149,10 +149,13 @@ fn policy_edits_reach_the_selected_proxy_only_when_its_view_changes() {
     assert_eq!(to_backend.len(), 1);
     let inbound = to_backend[0].inbound.as_ref().unwrap();
     assert_eq!(inbound.rules[0].name, "shop/allow-fe");
+    let to_frontend = frontend.next_update(&views.borrow(), &b, false);
+    assert_eq!(to_frontend.len(), 1, "the version moves on for everyone");
     assert!(
-        frontend.next_update(&views.borrow(), &b, false).is_empty(),
-        "no policy selects the frontend: nothing to send it"
+        to_frontend[0].inbound.is_none() && to_frontend[0].workloads.is_empty(),
+        "no policy selects the frontend: nothing else to send it"
     );
+    assert!(frontend.next_update(&views.borrow(), &b, false).is_empty());
 }
 
 #[test]

@@ -66,15 +66,6 @@ impl GlobalPart {
             }
         }
     }
-
-    /// Whether it carries nothing.
-    pub fn is_empty(&self) -> bool {
-        !self.full
-            && self.workloads.is_empty()
-            && self.removed_workloads.is_empty()
-            && self.services.is_empty()
-            && self.removed_services.is_empty()
-    }
 }
 
 /// An IP as 4 or 16 bytes.
