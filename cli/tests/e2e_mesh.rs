@@ -14,12 +14,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::*;
-use trellis::sandbox::app::{APP_UID, App};
-use trellis::sandbox::capture::Capture;
-use trellis::sandbox::control_plane::ControlPlane;
-use trellis::sandbox::http::{GET_TIMEOUT, http_get};
-use trellis::sandbox::sidecar::{Sidecar, SidecarSpec};
-use trellis::sandbox::{Cmd, Sandbox, netns};
+use trellis_sandbox::app::{APP_UID, App};
+use trellis_sandbox::capture::Capture;
+use trellis_sandbox::control_plane::ControlPlane;
+use trellis_sandbox::http::{GET_TIMEOUT, http_get};
+use trellis_sandbox::sidecar::{Sidecar, SidecarSpec};
+use trellis_sandbox::{Cmd, Sandbox, netns};
 
 const OPENED: &str = "trellis_proxy_tunnel_connections_opened_total";
 const RENEWALS: &str = "trellis_proxy_certificate_renewals_total";

@@ -20,11 +20,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::Value;
 use support::*;
-use trellis::sandbox::app::{APP_UID, App};
-use trellis::sandbox::control_plane::{ControlPlane, Identity};
-use trellis::sandbox::http::{HttpResponse, http_get};
-use trellis::sandbox::sidecar::{Sidecar, SidecarSpec};
-use trellis::sandbox::{Pod, Result, Sandbox};
+use trellis_sandbox::app::{APP_UID, App};
+use trellis_sandbox::control_plane::{ControlPlane, Identity};
+use trellis_sandbox::http::{HttpResponse, http_get};
+use trellis_sandbox::sidecar::{Sidecar, SidecarSpec};
+use trellis_sandbox::{Pod, Result, Sandbox};
 
 const INTRUDER_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 4);
 const INTRUDER_ID: &str = "spiffe://cluster.local/ns/evil/sa/intruder";

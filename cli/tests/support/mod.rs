@@ -1,4 +1,4 @@
-//! The mesh the end-to-end tests stand on, built with `trellis::sandbox`:
+//! The mesh the end-to-end tests stand on, built with `trellis_sandbox`:
 //!
 //! ```text
 //!   control-plane 198.18.0.1   trellis-control-plane (local mode, join tokens)
@@ -16,11 +16,11 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use trellis::sandbox::app::{APP_UID, App, ECHO_PORT, HTTP_PORT};
-use trellis::sandbox::control_plane::{ControlPlane, Identity};
-use trellis::sandbox::http::python;
-use trellis::sandbox::sidecar::{Sidecar, SidecarSpec};
-use trellis::sandbox::{Cmd, Pod, Process, Sandbox, netns};
+use trellis_sandbox::app::{APP_UID, App, ECHO_PORT, HTTP_PORT};
+use trellis_sandbox::control_plane::{ControlPlane, Identity};
+use trellis_sandbox::http::python;
+use trellis_sandbox::sidecar::{Sidecar, SidecarSpec};
+use trellis_sandbox::{Cmd, Pod, Process, Sandbox, netns};
 
 pub const CONTROL_PLANE_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 pub const FRONTEND_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);

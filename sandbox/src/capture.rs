@@ -14,11 +14,11 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use super::error::{Result, SandboxError, io_error};
-use super::http::python;
-use super::netns::Cmd;
-use super::process::{POLL, Process, Signal, tail};
-use super::{BRIDGE, Sandbox};
+use crate::error::{Result, SandboxError, io_error};
+use crate::http::python;
+use crate::netns::Cmd;
+use crate::process::{POLL, Process, Signal, tail};
+use crate::{BRIDGE, Sandbox};
 
 /// How long `dumpcap` may take to start capturing, and to finish its file.
 const CAPTURE_TIMEOUT: Duration = Duration::from_secs(15);

@@ -1,14 +1,14 @@
 //! A pod ([`Pod`]): a network namespace whose `eth0` is one end of a veth pair, the other end a
 //! port of the switch's bridge, with one address from 198.18.0.0/15 (`/24`) and no default
-//! route — pods reach each other and nothing else. The switch itself is [`super::Sandbox`]'s.
+//! route — pods reach each other and nothing else. The switch itself is [`crate::Sandbox`]'s.
 
 use std::net::Ipv4Addr;
 use std::process::Output;
 use std::sync::Arc;
 
-use super::error::{Result, SandboxError};
-use super::netns::{Cmd, Netns};
-use super::process::Process;
+use crate::error::{Result, SandboxError};
+use crate::netns::{Cmd, Netns};
+use crate::process::Process;
 
 /// The network pods get addresses from: 198.18.0.0/15, reserved for benchmarking (RFC 2544)
 /// and never routed, so a sandbox cannot clash with a real network.
@@ -19,7 +19,7 @@ pub const POD_PREFIX_LEN: u8 = 24;
 pub const MAX_POD_NAME: usize = 20;
 
 /// A pod; cheap to clone (clones are the same pod). Its namespace lives as long as the
-/// [`super::Sandbox`] that made it.
+/// [`crate::Sandbox`] that made it.
 #[derive(Debug, Clone)]
 pub struct Pod(Arc<Inner>);
 
@@ -109,7 +109,7 @@ pub(crate) fn check_name(name: &str) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use crate::*;
 
     #[test]
     fn pod_addresses_come_from_the_benchmarking_range_only() {

@@ -29,11 +29,11 @@
 //!   temporary directory (logs, captures) is kept and its path printed.
 //!
 //! ```no_run
-//! use trellis::sandbox::{Sandbox, http};
-//! # fn main() -> Result<(), trellis::sandbox::SandboxError> {
+//! use trellis_sandbox::{Sandbox, http};
+//! # fn main() -> Result<(), trellis_sandbox::SandboxError> {
 //! let sandbox = Sandbox::new()?;
 //! let web = sandbox.add_pod("web", "198.18.0.2".parse().unwrap())?;
-//! let app = trellis::sandbox::app::App::start(&sandbox, &web, "web")?;
+//! let app = trellis_sandbox::app::App::start(&sandbox, &web, "web")?;
 //! let client = sandbox.add_pod("client", "198.18.0.3".parse().unwrap())?;
 //! let reply = http::http_get(&client, "http://198.18.0.2:8080/hello", None, http::GET_TIMEOUT)?;
 //! assert_eq!(reply.status, 200);

@@ -1,7 +1,7 @@
 //! One network namespace ([`Netns`]): created with `lo` up, commands run inside it
 //! ([`Cmd`], as root or as another user), long-lived processes tracked, and on
 //! [`Netns::shutdown`] (or drop) every process stopped and the namespace deleted. Plugging
-//! namespaces together is [`super::pod`]'s business.
+//! namespaces together is [`crate::pod`]'s business.
 //!
 //! Commands run as `ip netns exec NAME [setpriv --reuid U --regid U --clear-groups] PROGRAM`,
 //! with a cleared environment (only `PATH` and what the [`Cmd`] sets): what runs in a pod does
@@ -16,8 +16,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use super::error::{Result, SandboxError, io_error};
-use super::process::{POLL, Process, stop_all, tail};
+use crate::error::{Result, SandboxError, io_error};
+use crate::process::{POLL, Process, stop_all, tail};
 
 /// `PATH` inside pods.
 const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
