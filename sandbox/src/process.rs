@@ -38,7 +38,7 @@ impl Signal {
     }
 }
 
-/// A process started in a pod or the switch; cheap to clone (all clones are the same process).
+/// A process started in a pod or the node; cheap to clone (all clones are the same process).
 ///
 /// The namespace that started it stops it when the namespace is shut down; [`Process::stop`]
 /// stops it earlier.
