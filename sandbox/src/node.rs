@@ -9,8 +9,13 @@
 //! ClusterIP passes the route lookup and crosses the filter table's `FORWARD` chain, where
 //! kube-proxy's REJECTs are, and one that no service takes is REJECTed there too (see
 //! [`crate::kube_proxy`]). ICMP redirects are off: the node forwards DNAT'd connections out of
-//! the interface they came in by, and must not tell a client to bypass it. The rules live in
-//! the node's namespace and go with it.
+//! the interface they came in by, and must not tell a client to bypass it.
+//!
+//! Frames switched between pods never cross the node's iptables, on every host: where
+//! br_netfilter is loaded, the node turns `net.bridge.bridge-nf-call-iptables` (and the ip6 and
+//! arp ones) off in its namespace. So nothing depends on br_netfilter: replies to DNAT'd
+//! connections come back through the node because they are masqueraded, not because bridged
+//! frames are de-NATed. The rules live in the node's namespace and go with it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -56,8 +61,8 @@ struct State {
 
 impl Node {
     /// Creates the node's namespace `name` with the bridge up at [`NODE_IP`]/24, forwarding on,
-    /// ICMP redirects off, [`SERVICE_CIDR`] routed on the bridge, and kube-proxy's base chains
-    /// (no Service yet). Logs and rule files go under `log_dir`.
+    /// ICMP redirects and br_netfilter off, [`SERVICE_CIDR`] routed on the bridge, and
+    /// kube-proxy's base chains (no Service yet). Logs and rule files go under `log_dir`.
     pub(crate) fn create(name: String, log_dir: PathBuf) -> Result<Node> {
         let netns = Netns::create(name, log_dir.clone())?;
         netns.exec_ok(&Cmd::new("sysctl").args([
@@ -66,6 +71,15 @@ impl Node {
             "net.ipv4.ip_forward=1",
             "net.ipv4.conf.all.send_redirects=0",
             "net.ipv4.conf.default.send_redirects=0",
+        ]))?;
+        // Keys that exist only where br_netfilter is loaded: `-e` ignores them elsewhere.
+        netns.exec_ok(&Cmd::new("sysctl").args([
+            "-q",
+            "-e",
+            "-w",
+            "net.bridge.bridge-nf-call-iptables=0",
+            "net.bridge.bridge-nf-call-ip6tables=0",
+            "net.bridge.bridge-nf-call-arptables=0",
         ]))?;
         netns.ip(&["link", "add", BRIDGE, "type", "bridge"])?;
         let node_cidr = format!("{NODE_IP}/{POD_PREFIX_LEN}");
