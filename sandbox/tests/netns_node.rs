@@ -92,6 +92,10 @@ fn a_named_host_resolves_in_every_pod_present_and_future_and_localhost_still_doe
     let name = "web.shop.svc.cluster.local";
     // Already running when the name is added: it must see it too.
     let waiting = spawn_client(&sandbox, &early, &["resolve", name, "20"]);
+    // Once it runs, its /etc/hosts is mounted: what it sees later comes from the same file.
+    waiting
+        .wait_for_output("started", Duration::from_secs(20))
+        .expect("the client starts");
 
     sandbox.add_host(name, WEB_IP).expect("host");
     let late = sandbox

@@ -4,7 +4,8 @@ flushed at once, so a test can read progress while it runs:
   get URL COUNT            COUNT GETs, each on a new connection: "ok <body>" or "err <why>"
   until STOP_FILE URL MAX  the same until STOP_FILE exists (at most MAX GETs)
   connect HOST PORT        one TCP connect: "connected" or "err <exception>: <why>"
-  resolve NAME SECONDS     polls the name until it resolves: "resolved <address>", or "err"
+  resolve NAME SECONDS     "started", then polls the name until it resolves: "resolved
+                           <address>", or "err <why>" once SECONDS have passed
 """
 import os
 import socket
@@ -45,6 +46,7 @@ elif mode == "connect":
     except Exception as e:
         say("err %s: %s" % (type(e).__name__, e))
 elif mode == "resolve":
+    say("started")
     deadline = time.monotonic() + float(sys.argv[3])
     while True:
         try:
