@@ -1,13 +1,12 @@
 //! One network namespace ([`Netns`]): created with `lo` up, commands run inside it
 //! ([`Cmd`], as root or as another user), long-lived processes tracked, and on
 //! [`Netns::shutdown`] (or drop) every process stopped and the namespace deleted. Plugging
-//! namespaces together is [`super::pod`]'s business.
+//! namespaces together is [`crate::link`]'s business; what a command is, [`crate::cmd`]'s.
 //!
 //! Commands run as `ip netns exec NAME [setpriv --reuid U --regid U --clear-groups] PROGRAM`,
 //! with a cleared environment (only `PATH` and what the [`Cmd`] sets): what runs in a pod does
 //! not depend on the caller's environment (no HTTP proxy variables, no `RUST_LOG`).
 
-use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
@@ -16,97 +15,19 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use super::error::{Result, SandboxError, io_error};
-use super::process::{POLL, Process, stop_all, tail};
+use crate::cmd::PATH;
+pub use crate::cmd::{Cmd, EXEC_TIMEOUT};
+use crate::error::{Result, SandboxError, io_error};
+use crate::process::{POLL, Process, stop_all, tail};
 
-/// `PATH` inside pods.
-const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-/// How long [`Netns::exec`] lets a command run unless its [`Cmd`] says otherwise.
-pub const EXEC_TIMEOUT: Duration = Duration::from_secs(30);
+/// Kept here too: callers asked `netns::is_root` before [`crate::root`] existed.
+pub use crate::root::is_root;
+
+/// Where iproute2 looks for files to mount over `/etc/<file>` in a namespace:
+/// `/etc/netns/<name>/<file>`.
+pub const ETC_NETNS: &str = "/etc/netns";
 /// How long processes get between SIGTERM and SIGKILL when a namespace shuts down.
 pub const STOP_GRACE: Duration = Duration::from_secs(3);
-
-/// A command to run in a namespace: program, arguments, environment, user, time limit.
-#[derive(Debug, Clone)]
-pub struct Cmd {
-    /// The program (a path, or a name looked up in [`PATH`]).
-    program: OsString,
-    /// Its arguments.
-    args: Vec<OsString>,
-    /// Environment variables besides `PATH`.
-    env: Vec<(OsString, OsString)>,
-    /// Run as this UID (and the GID of the same number) instead of root.
-    uid: Option<u32>,
-    /// [`Netns::exec`] kills it after this long.
-    timeout: Duration,
-}
-
-impl Cmd {
-    /// Runs `program` as root with no arguments.
-    pub fn new(program: impl AsRef<OsStr>) -> Self {
-        Cmd {
-            program: program.as_ref().to_owned(),
-            args: Vec::new(),
-            env: Vec::new(),
-            uid: None,
-            timeout: EXEC_TIMEOUT,
-        }
-    }
-
-    /// Adds one argument.
-    pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Self {
-        self.args.push(arg.as_ref().to_owned());
-        self
-    }
-
-    /// Adds arguments.
-    pub fn args<I, S>(mut self, args: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: AsRef<OsStr>,
-    {
-        self.args
-            .extend(args.into_iter().map(|a| a.as_ref().to_owned()));
-        self
-    }
-
-    /// Sets an environment variable.
-    pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
-        self.env
-            .push((key.as_ref().to_owned(), value.as_ref().to_owned()));
-        self
-    }
-
-    /// Runs as `uid` (GID `uid`, no supplementary groups) instead of root; `None` is root.
-    pub fn uid(mut self, uid: Option<u32>) -> Self {
-        self.uid = uid;
-        self
-    }
-
-    /// The time limit of [`Netns::exec`] (default [`EXEC_TIMEOUT`]).
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
-    }
-
-    /// The program's file name, for log file names.
-    fn short_name(&self) -> String {
-        let name = PathBuf::from(&self.program);
-        name.file_name()
-            .map_or_else(|| "cmd".into(), |n| n.to_string_lossy().into_owned())
-    }
-
-    /// The command line, for messages.
-    fn display(&self, ns: &str) -> String {
-        let mut words = vec![format!("[{ns}]")];
-        if let Some(uid) = self.uid {
-            words.push(format!("[uid {uid}]"));
-        }
-        words.push(self.program.to_string_lossy().into_owned());
-        words.extend(self.args.iter().map(|a| a.to_string_lossy().into_owned()));
-        words.join(" ")
-    }
-}
 
 /// A network namespace that exists until [`Netns::shutdown`] or drop.
 #[derive(Debug)]
@@ -143,6 +64,12 @@ impl Netns {
     /// Its name, as `ip netns` knows it.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// `/etc/netns/<name>`: files here are mounted over `/etc/<file>` for every command run
+    /// inside (`ip netns exec` does it). Deleted with the namespace.
+    pub fn etc_dir(&self) -> PathBuf {
+        Path::new(ETC_NETNS).join(&self.name)
     }
 
     /// Runs `ip ARGS` inside (as root); fails on a non-zero exit.
@@ -258,6 +185,7 @@ impl Netns {
         if let Err(e) = run_host(Command::new("ip").args(["netns", "del", &self.name])) {
             eprintln!("sandbox: could not delete network namespace: {e}");
         }
+        remove_etc_dir(&self.name);
     }
 
     fn command(&self, cmd: &Cmd) -> Command {
@@ -289,17 +217,6 @@ impl Drop for Netns {
     fn drop(&mut self) {
         self.shutdown(STOP_GRACE);
     }
-}
-
-/// Whether this process runs as root (effective UID 0, from `/proc/self/status`).
-pub fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            let uids = status.lines().find_map(|l| l.strip_prefix("Uid:"))?;
-            uids.split_whitespace().nth(1).map(|euid| euid == "0")
-        })
-        .unwrap_or(false)
 }
 
 /// Moves the calling thread, and only it, into namespace `name` (by its `/run/netns` entry):
@@ -334,10 +251,18 @@ pub fn list() -> Vec<String> {
 }
 
 /// Deletes namespaces named `<prefix><pid>-…` whose creating process `<pid>` no longer runs
-/// (killed before it could clean up), and kills what still runs inside them: all of it was
-/// started by a sandbox.
+/// (killed before it could clean up), and their `/etc/netns` entries, and kills what still
+/// runs inside them: all of it was started by a sandbox.
 pub(crate) fn remove_stale(prefix: &str) {
-    for name in list() {
+    let etc_entries = std::fs::read_dir(ETC_NETNS)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned());
+    let mut names: Vec<String> = list().into_iter().chain(etc_entries).collect();
+    names.sort();
+    names.dedup();
+    for name in names {
         let Some(pid) = name
             .strip_prefix(prefix)
             .and_then(|rest| rest.split_once('-'))
@@ -348,7 +273,18 @@ pub(crate) fn remove_stale(prefix: &str) {
         if pid.parse::<u32>().is_ok() && !std::path::Path::new("/proc").join(pid).exists() {
             kill_inside(&name);
             let _ = run_host(Command::new("ip").args(["netns", "del", &name]));
+            remove_etc_dir(&name);
         }
+    }
+}
+
+/// Deletes `/etc/netns/<name>` (the files mounted over `/etc` in namespace `name`), if there.
+fn remove_etc_dir(name: &str) {
+    let dir = Path::new(ETC_NETNS).join(name);
+    match std::fs::remove_dir_all(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => eprintln!("sandbox: could not delete {}: {e}", dir.display()),
     }
 }
 

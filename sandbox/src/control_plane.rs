@@ -13,14 +13,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use super::Sandbox;
-use super::binaries::{CONTROL_PLANE, binary};
-use super::error::{Result, SandboxError, io_error};
-use super::http::wait_http_ok;
-use super::netns::Cmd;
-use super::pod::Pod;
-use super::process::Process;
-use super::sidecar::PROXY_UID;
+use crate::Sandbox;
+use crate::binaries::{CONTROL_PLANE, binary};
+use crate::error::{Result, SandboxError, io_error};
+use crate::http::wait_http_ok;
+use crate::netns::Cmd;
+use crate::pod::Pod;
+use crate::process::Process;
+use crate::sidecar::PROXY_UID;
 
 /// The control plane's gRPC port (CA).
 pub const GRPC_PORT: u16 = 15012;

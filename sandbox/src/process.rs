@@ -1,6 +1,6 @@
 //! A long-lived process started inside a namespace ([`Process`]): its PID, its standard output
 //! and error in log files, waiting for it, and stopping it — SIGTERM, then SIGKILL once a
-//! deadline passes. Starting it (which namespace, which user) is [`super::netns`]'s business;
+//! deadline passes. Starting it (which namespace, which user) is [`crate::netns`]'s business;
 //! [`Process::spawn_host`] starts one outside any namespace (`trellis demo`'s loopback mode).
 //!
 //! Signals go only to processes this sandbox started, by PID, and only while their exit has
@@ -12,7 +12,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use super::error::{Result, SandboxError};
+use crate::error::{Result, SandboxError};
 
 /// How often waits poll.
 pub(crate) const POLL: Duration = Duration::from_millis(20);
@@ -38,7 +38,7 @@ impl Signal {
     }
 }
 
-/// A process started in a pod or the switch; cheap to clone (all clones are the same process).
+/// A process started in a pod or the node; cheap to clone (all clones are the same process).
 ///
 /// The namespace that started it stops it when the namespace is shut down; [`Process::stop`]
 /// stops it earlier.
@@ -84,8 +84,8 @@ impl Process {
         stderr: PathBuf,
     ) -> Result<Process> {
         let label = label.into();
-        let out = std::fs::File::create(&stdout).map_err(super::error::io_error(&stdout))?;
-        let err = std::fs::File::create(&stderr).map_err(super::error::io_error(&stderr))?;
+        let out = std::fs::File::create(&stdout).map_err(crate::error::io_error(&stdout))?;
+        let err = std::fs::File::create(&stderr).map_err(crate::error::io_error(&stderr))?;
         let child = command
             .stdin(Stdio::null())
             .stdout(out)

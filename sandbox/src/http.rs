@@ -5,10 +5,10 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::error::{Result, SandboxError};
-use super::netns::Cmd;
-use super::pod::Pod;
-use super::process::tail;
+use crate::error::{Result, SandboxError};
+use crate::netns::Cmd;
+use crate::pod::Pod;
+use crate::process::tail;
 
 /// Default time limit of one GET.
 pub const GET_TIMEOUT: Duration = Duration::from_secs(10);

@@ -9,13 +9,13 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::binaries::{PROXY, binary};
-use super::control_plane::{ControlPlane, Identity};
-use super::error::{Result, SandboxError};
-use super::http::{GET_TIMEOUT, http_get, wait_http_ok};
-use super::netns::Cmd;
-use super::pod::Pod;
-use super::process::{Process, tail};
+use crate::binaries::{PROXY, binary};
+use crate::control_plane::{ControlPlane, Identity};
+use crate::error::{Result, SandboxError};
+use crate::http::{GET_TIMEOUT, http_get, wait_http_ok};
+use crate::netns::Cmd;
+use crate::pod::Pod;
+use crate::process::{Process, tail};
 
 /// The proxy's UID and GID (DESIGN.md): its own connections are never redirected.
 pub const PROXY_UID: u32 = 1337;

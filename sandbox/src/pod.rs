@@ -1,25 +1,32 @@
 //! A pod ([`Pod`]): a network namespace whose `eth0` is one end of a veth pair, the other end a
-//! port of the switch's bridge, with one address from 198.18.0.0/15 (`/24`) and no default
-//! route — pods reach each other and nothing else. The switch itself is [`super::Sandbox`]'s.
+//! port of the node's bridge, with one address from 198.18.0.1–198.18.0.253 (`/24`) and its
+//! default route via the node (198.18.0.254) — pods reach each other directly on the bridge,
+//! and Service ClusterIPs through the node. The node itself is [`crate::node`]'s; plugging the
+//! veth pair in is [`crate::link`]'s.
 
 use std::net::Ipv4Addr;
 use std::process::Output;
 use std::sync::Arc;
 
-use super::error::{Result, SandboxError};
-use super::netns::{Cmd, Netns};
-use super::process::Process;
+use crate::error::{Result, SandboxError};
+use crate::netns::{Cmd, Netns};
+use crate::process::Process;
 
-/// The network pods get addresses from: 198.18.0.0/15, reserved for benchmarking (RFC 2544)
-/// and never routed, so a sandbox cannot clash with a real network.
+/// The network every sandbox address comes from: 198.18.0.0/15, reserved for benchmarking
+/// (RFC 2544) and never routed, so a sandbox cannot clash with a real network. Pods take
+/// 198.18.0.1–198.18.0.253, the node 198.18.0.254, Services 198.19.0.0/16.
 pub const SANDBOX_NET: (Ipv4Addr, u8) = (Ipv4Addr::new(198, 18, 0, 0), 15);
+/// The pods' subnet on the bridge: 198.18.0.0/24.
+pub const POD_NET: (Ipv4Addr, u8) = (Ipv4Addr::new(198, 18, 0, 0), POD_PREFIX_LEN);
 /// Prefix length of a pod's address: pods of one /24 reach each other over the bridge.
 pub const POD_PREFIX_LEN: u8 = 24;
 /// Longest pod name (it is part of the namespace's name).
 pub const MAX_POD_NAME: usize = 20;
+/// The name no pod may take: the node's namespace is `<sandbox id>-node`.
+pub const RESERVED_NAME: &str = "node";
 
 /// A pod; cheap to clone (clones are the same pod). Its namespace lives as long as the
-/// [`super::Sandbox`] that made it.
+/// [`crate::Sandbox`] that made it.
 #[derive(Debug, Clone)]
 pub struct Pod(Arc<Inner>);
 
@@ -70,28 +77,33 @@ impl Pod {
     }
 }
 
-/// Checks that `ip` is a usable pod address: inside [`SANDBOX_NET`], not the network or
-/// broadcast address of its /24.
+/// Checks that `ip` is a usable pod address: 198.18.0.1 to 198.18.0.253 (the node has .254;
+/// .0 and .255 are the network and broadcast addresses of the bridge's /24).
 pub(crate) fn check_ip(ip: Ipv4Addr) -> Result<()> {
-    let [a, b, _, last] = ip.octets();
-    if a != 198 || !(b == 18 || b == 19) {
+    let [a, b, c, last] = ip.octets();
+    if (a, b, c) != (198, 18, 0) {
         return Err(SandboxError::Address {
             ip,
-            reason: "pods take addresses from 198.18.0.0/15 only",
+            reason: "pods take addresses from 198.18.0.1 to 198.18.0.253 only",
         });
     }
-    if last == 0 || last == 255 {
-        return Err(SandboxError::Address {
-            ip,
-            reason: "the network and broadcast addresses of a /24 are not pod addresses",
-        });
-    }
-    Ok(())
+    let reason = match last {
+        0 | 255 => "the network and broadcast addresses of the bridge's /24 are not pod addresses",
+        254 => "198.18.0.254 is the node's address (the pods' gateway)",
+        _ => return Ok(()),
+    };
+    Err(SandboxError::Address { ip, reason })
 }
 
 /// Checks that `name` can be part of a namespace name: 1 to [`MAX_POD_NAME`] characters of
-/// `a-z`, `0-9` and `-`.
+/// `a-z`, `0-9` and `-`, and not [`RESERVED_NAME`].
 pub(crate) fn check_name(name: &str) -> Result<()> {
+    if name == RESERVED_NAME {
+        return Err(SandboxError::PodName {
+            name: name.to_owned(),
+            reason: "reserved: the node's namespace has this name",
+        });
+    }
     let ok = !name.is_empty()
         && name.len() <= MAX_POD_NAME
         && name
@@ -112,19 +124,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pod_addresses_come_from_the_benchmarking_range_only() {
-        for ok in ["198.18.0.1", "198.18.0.254", "198.19.7.3"] {
+    fn pod_addresses_come_from_the_bridges_subnet_below_the_nodes_address() {
+        for ok in ["198.18.0.1", "198.18.0.99", "198.18.0.253"] {
             assert!(check_ip(ok.parse().unwrap()).is_ok(), "{ok}");
         }
-        for bad in [
-            "10.0.0.1",
-            "172.16.0.1",
-            "192.168.1.1",
-            "198.20.0.1",
-            "198.18.0.0",
-            "198.18.0.255",
-        ] {
-            assert!(check_ip(bad.parse().unwrap()).is_err(), "{bad}");
+        let cases = [
+            ("10.0.0.1", "198.18.0.1 to 198.18.0.253 only"),
+            ("172.16.0.1", "198.18.0.1 to 198.18.0.253 only"),
+            ("192.168.1.1", "198.18.0.1 to 198.18.0.253 only"),
+            ("198.20.0.1", "198.18.0.1 to 198.18.0.253 only"),
+            ("198.19.7.3", "198.18.0.1 to 198.18.0.253 only"),
+            ("198.18.1.3", "198.18.0.1 to 198.18.0.253 only"),
+            ("198.18.0.0", "network and broadcast"),
+            ("198.18.0.255", "network and broadcast"),
+            ("198.18.0.254", "the node's address"),
+        ];
+        for (bad, expected) in cases {
+            let error = check_ip(bad.parse().unwrap()).unwrap_err().to_string();
+            assert!(error.contains(expected), "{bad}: {error}");
         }
     }
 
@@ -132,7 +149,7 @@ mod tests {
     fn pod_names_fit_in_a_namespace_name() {
         assert!(check_name("frontend").is_ok());
         assert!(check_name("cp-1").is_ok());
-        for bad in ["", "Front", "a b", "a/b", "x".repeat(21).as_str()] {
+        for bad in ["", "Front", "a b", "a/b", "node", "x".repeat(21).as_str()] {
             assert!(check_name(bad).is_err(), "{bad:?}");
         }
     }

@@ -1,4 +1,4 @@
-//! Packet capture on the switch's bridge ([`Capture`]): every frame between pods crosses it.
+//! Packet capture on the node's bridge ([`Capture`]): every frame between pods crosses it.
 //! `dumpcap` (Wireshark's capture tool) writes a pcap file; [`Pcap`] searches its raw bytes
 //! (is this text anywhere on the wire?) and asks `tshark` for dissected fields (which TLS
 //! version did the handshakes negotiate?).
@@ -14,11 +14,11 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use super::error::{Result, SandboxError, io_error};
-use super::http::python;
-use super::netns::Cmd;
-use super::process::{POLL, Process, Signal, tail};
-use super::{BRIDGE, Sandbox};
+use crate::error::{Result, SandboxError, io_error};
+use crate::http::python;
+use crate::netns::Cmd;
+use crate::process::{POLL, Process, Signal, tail};
+use crate::{BRIDGE, Sandbox};
 
 /// How long `dumpcap` may take to start capturing, and to finish its file.
 const CAPTURE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -42,7 +42,7 @@ static CAPTURES: AtomicU32 = AtomicU32::new(0);
 /// A capture running on the bridge.
 #[derive(Debug)]
 pub struct Capture<'a> {
-    /// The sandbox whose bridge is captured (probes are sent from its switch).
+    /// The sandbox whose bridge is captured (probes are sent from its node).
     sandbox: &'a Sandbox,
     /// `dumpcap`.
     process: Process,
@@ -59,7 +59,7 @@ impl<'a> Capture<'a> {
         let n = CAPTURES.fetch_add(1, Ordering::Relaxed);
         let file = sandbox.dir().join(format!("capture-{n}.pcap"));
         let filter = format!("({filter}) or ether proto {PROBE_ETHERTYPE}");
-        let process = sandbox.switch().spawn(
+        let process = sandbox.node().netns().spawn(
             &Cmd::new("dumpcap")
                 .args(["-i", BRIDGE, "-f", &filter, "-P", "-w"])
                 .arg(&file),
@@ -95,7 +95,7 @@ impl<'a> Capture<'a> {
         let probe = Cmd::new(python()).args(["-c", PROBE_PY, BRIDGE, &payload]);
         let deadline = Instant::now() + CAPTURE_TIMEOUT;
         loop {
-            self.sandbox.switch().exec_ok(&probe)?;
+            self.sandbox.node().netns().exec_ok(&probe)?;
             let resend = Instant::now() + PROBE_RESEND;
             while Instant::now() < resend {
                 let bytes = std::fs::read(&self.file).unwrap_or_default();

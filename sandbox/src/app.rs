@@ -4,12 +4,12 @@
 
 use std::time::Duration;
 
-use super::Sandbox;
-use super::error::Result;
-use super::http::{python, wait_http_ok};
-use super::netns::Cmd;
-use super::pod::Pod;
-use super::process::Process;
+use crate::Sandbox;
+use crate::error::Result;
+use crate::http::{python, wait_http_ok};
+use crate::netns::Cmd;
+use crate::pod::Pod;
+use crate::process::Process;
 
 /// The app's source.
 const APP_PY: &str = include_str!("app.py");

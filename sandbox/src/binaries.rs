@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 
-use super::error::{Result, SandboxError};
+use crate::error::{Result, SandboxError};
 
 /// The environment variable that names the directory holding the binaries.
 pub const BIN_DIR_ENV: &str = "TRELLIS_BIN_DIR";

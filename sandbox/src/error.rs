@@ -12,7 +12,7 @@ pub enum SandboxError {
     /// Network namespaces need root (CAP_SYS_ADMIN and CAP_NET_ADMIN).
     #[error("the sandbox needs root (network namespaces, iptables); this process is not root")]
     NotRoot,
-    /// A pod address outside 198.18.0.0/15, or otherwise unusable.
+    /// A pod address outside 198.18.0.1–198.18.0.253, or otherwise unusable.
     #[error("pod address {ip}: {reason}")]
     Address {
         /// The address given.
@@ -23,6 +23,30 @@ pub enum SandboxError {
     /// A pod name that cannot be used (empty, too long, or taken).
     #[error("pod name {name:?}: {reason}")]
     PodName {
+        /// The name given.
+        name: String,
+        /// What is expected.
+        reason: &'static str,
+    },
+    /// An interface name that cannot be used (empty, too long, odd characters).
+    #[error("interface name {name:?}: {reason}")]
+    Interface {
+        /// The name given.
+        name: String,
+        /// What is expected.
+        reason: &'static str,
+    },
+    /// A Service that cannot be installed on the node as given.
+    #[error("service {service:?}: {reason}")]
+    Service {
+        /// The Service's name.
+        service: String,
+        /// What is wrong and what is expected.
+        reason: String,
+    },
+    /// A host name that cannot go into a pod's `/etc/hosts`.
+    #[error("host name {name:?}: {reason}")]
+    HostName {
         /// The name given.
         name: String,
         /// What is expected.
