@@ -289,6 +289,31 @@ pub fn plan(spec: &PodSpec, layout: ProxyLayout) -> Plan {
     plan
 }
 
+/// The probes of `spec`'s app containers (and of the app's native sidecars) that kubelet sends
+/// straight to the app, in plaintext, as `container/field`: what STRICT mTLS refuses. Empty for
+/// a pod whose probes were all rewritten (or are exec probes).
+pub fn plaintext_probes(spec: &PodSpec) -> Vec<String> {
+    let sidecars = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .filter(|c| c.restart_policy.as_deref() == Some("Always"));
+    spec.containers
+        .iter()
+        .chain(sidecars)
+        .filter(|c| c.name != containers::PROXY_NAME)
+        .flat_map(|c| {
+            ProbeKind::ALL.into_iter().filter_map(move |kind| {
+                let plaintext = matches!(
+                    verdict(kind.of(c)?, c),
+                    Verdict::Rewrite(_) | Verdict::Cannot(_)
+                );
+                plaintext.then(|| format!("{}/{}", c.name, kind.field()))
+            })
+        })
+        .collect()
+}
+
 /// The proxy's `TRELLIS_APP_PROBES` variable for `originals`.
 pub fn env_var(originals: &BTreeMap<String, Value>) -> Result<EnvVar, serde_json::Error> {
     Ok(EnvVar {

@@ -226,6 +226,26 @@ fn injecting_an_injected_pod_again_changes_no_probe_and_reinvocation_has_nothing
 }
 
 #[test]
+fn plaintext_probes_are_those_left_on_the_app() {
+    let before = recorded_pod_with_probes();
+    let spec: PodSpec = serde_json::from_value(before["spec"].clone()).unwrap();
+    assert_eq!(
+        plaintext_probes(&spec),
+        [
+            "nginx/livenessProbe",
+            "nginx/readinessProbe",
+            "nginx/startupProbe"
+        ]
+    );
+    let (after, _) = inject(&before, &config(false));
+    let spec: PodSpec = serde_json::from_value(after["spec"].clone()).unwrap();
+    assert!(
+        plaintext_probes(&spec).is_empty(),
+        "the proxy's own probes do not count"
+    );
+}
+
+#[test]
 fn a_probe_added_by_a_later_webhook_is_rewritten_on_reinvocation() {
     for native in [false, true] {
         let (mut pod, _) = inject(&recorded_pod_with_probes(), &config(native));

@@ -1,8 +1,8 @@
-//! The data plane: which namespaces ask for the mesh, and which of their pods do not have it
-//! yet.
+//! The data plane: which namespaces ask for the mesh, which of their pods do not have it yet,
+//! and which meshed pods in STRICT namespaces still have app probes kubelet sends in plaintext.
 
 use super::{INJECTION_LABEL, plural, unreadable};
-use crate::check::facts::PodRef;
+use crate::check::facts::{PlaintextProbes, PodRef};
 use crate::check::report::Outcome;
 use crate::kube_access::Fetched;
 
@@ -96,5 +96,71 @@ pub fn restart_command(pod: &PodRef) -> String {
             owner.name
         ),
         _ => format!("kubectl -n {ns} delete pod {}", pod.name),
+    }
+}
+
+/// The namespace label or annotation that sets a namespace's mTLS mode (the annotation wins).
+pub const MTLS_KEY: &str = "trellis.dev/mtls";
+
+/// Whether a namespace is STRICT: its `trellis.dev/mtls` annotation, else its label, else the
+/// mesh's default (the control plane's `--mtls-mode`). Unknown values are ignored, as the
+/// control plane ignores them.
+pub fn is_strict(annotation: Option<&str>, label: Option<&str>, mesh_strict: bool) -> bool {
+    let known = |v: &&str| v.eq_ignore_ascii_case("strict") || v.eq_ignore_ascii_case("permissive");
+    match annotation.filter(known).or(label.filter(known)) {
+        Some(v) => v.eq_ignore_ascii_case("strict"),
+        None => mesh_strict,
+    }
+}
+
+/// Meshed pods in STRICT namespaces whose app probes go to the app in plaintext: ‼, since the
+/// proxy refuses them (the pod is never ready, or its liveness probe restarts it), with why
+/// and what to do.
+pub fn plaintext_probes(f: &Fetched<Vec<PlaintextProbes>>) -> Option<Outcome> {
+    match f {
+        Fetched::Found(pods) if pods.is_empty() => Some(Outcome::ok(
+            "app probes of meshed pods in STRICT namespaces go through their proxies",
+        )),
+        Fetched::Found(pods) => {
+            let mut listed: Vec<String> = pods
+                .iter()
+                .take(MAX_PODS_LISTED)
+                .map(|p| {
+                    let why = match p.marker.as_deref() {
+                        Some("kept") => "probe rewriting off for this pod",
+                        Some(_) => "the injector could not rewrite them (see its warnings)",
+                        None => "injected before probes were rewritten",
+                    };
+                    format!(
+                        "{}/{}: {} ({why})",
+                        p.pod.namespace,
+                        p.pod.name,
+                        p.probes.join(", ")
+                    )
+                })
+                .collect();
+            if pods.len() > MAX_PODS_LISTED {
+                listed.push(format!("and {} more", pods.len() - MAX_PODS_LISTED));
+            }
+            let mut commands: Vec<String> = pods.iter().map(|p| restart_command(&p.pod)).collect();
+            commands.sort();
+            commands.dedup();
+            Some(
+                Outcome::warn(
+                    format!(
+                        "{} in STRICT namespaces {} app probes the proxy refuses (plaintext from kubelet)",
+                        plural(pods.len(), "meshed pod"),
+                        if pods.len() == 1 { "has" } else { "have" }
+                    ),
+                    format!(
+                        "re-create them so the injector rewrites the probes to the proxy's 15020 (remove trellis.dev/rewrite-app-probes: \"false\" first): {}; or use exec probes, or set the namespace PERMISSIVE ({MTLS_KEY})",
+                        commands.join("; ")
+                    ),
+                )
+                .detail(listed.join("\n")),
+            )
+        }
+        Fetched::Missing => None,
+        other => unreadable("meshed pods", other),
     }
 }
