@@ -43,34 +43,40 @@ pub fn uninjected_pods(f: &Fetched<Vec<PodRef>>) -> Option<Outcome> {
             "every pod of the labelled namespaces is injected",
         )),
         Fetched::Found(pods) => {
-            let mut listed: Vec<String> = pods
-                .iter()
-                .take(MAX_PODS_LISTED)
-                .map(|p| format!("{}/{}", p.namespace, p.name))
-                .collect();
-            if pods.len() > MAX_PODS_LISTED {
-                listed.push(format!("and {} more", pods.len() - MAX_PODS_LISTED));
-            }
-            let mut commands: Vec<String> = pods.iter().map(restart_command).collect();
-            commands.sort();
-            commands.dedup();
+            let listed = listing(pods.iter().map(|p| format!("{}/{}", p.namespace, p.name)));
+            let commands = restart_commands(pods.iter());
             Some(
                 Outcome::warn(
                     format!(
                         "{} in labelled namespaces not injected yet",
                         plural(pods.len(), "pod")
                     ),
-                    format!(
-                        "re-create them so the injector sees them: {}",
-                        commands.join("; ")
-                    ),
+                    format!("re-create them so the injector sees them: {commands}"),
                 )
-                .detail(listed.join("\n")),
+                .detail(listed),
             )
         }
         Fetched::Missing => None,
         other => unreadable("pods of labelled namespaces", other),
     }
+}
+
+/// One line per pod, at most [`MAX_PODS_LISTED`], then how many more.
+fn listing(lines: impl ExactSizeIterator<Item = String>) -> String {
+    let total = lines.len();
+    let mut listed: Vec<String> = lines.take(MAX_PODS_LISTED).collect();
+    if total > MAX_PODS_LISTED {
+        listed.push(format!("and {} more", total - MAX_PODS_LISTED));
+    }
+    listed.join("\n")
+}
+
+/// The commands that re-create `pods`, one per workload.
+fn restart_commands<'a>(pods: impl Iterator<Item = &'a PodRef>) -> String {
+    let mut commands: Vec<String> = pods.map(restart_command).collect();
+    commands.sort();
+    commands.dedup();
+    commands.join("; ")
 }
 
 /// The command that re-creates `pod` through its controller: a Deployment's (its ReplicaSet
@@ -122,29 +128,20 @@ pub fn plaintext_probes(f: &Fetched<Vec<PlaintextProbes>>) -> Option<Outcome> {
             "app probes of meshed pods in STRICT namespaces go through their proxies",
         )),
         Fetched::Found(pods) => {
-            let mut listed: Vec<String> = pods
-                .iter()
-                .take(MAX_PODS_LISTED)
-                .map(|p| {
-                    let why = match p.marker.as_deref() {
-                        Some("kept") => "probe rewriting off for this pod",
-                        Some(_) => "the injector could not rewrite them (see its warnings)",
-                        None => "injected before probes were rewritten",
-                    };
-                    format!(
-                        "{}/{}: {} ({why})",
-                        p.pod.namespace,
-                        p.pod.name,
-                        p.probes.join(", ")
-                    )
-                })
-                .collect();
-            if pods.len() > MAX_PODS_LISTED {
-                listed.push(format!("and {} more", pods.len() - MAX_PODS_LISTED));
-            }
-            let mut commands: Vec<String> = pods.iter().map(|p| restart_command(&p.pod)).collect();
-            commands.sort();
-            commands.dedup();
+            let listed = listing(pods.iter().map(|p| {
+                let why = match p.marker.as_deref() {
+                    Some("kept") => "probe rewriting off for this pod",
+                    Some(_) => "the injector could not rewrite them (see its warnings)",
+                    None => "injected before probes were rewritten",
+                };
+                format!(
+                    "{}/{}: {} ({why})",
+                    p.pod.namespace,
+                    p.pod.name,
+                    p.probes.join(", ")
+                )
+            }));
+            let commands = restart_commands(pods.iter().map(|p| &p.pod));
             Some(
                 Outcome::warn(
                     format!(
@@ -153,11 +150,10 @@ pub fn plaintext_probes(f: &Fetched<Vec<PlaintextProbes>>) -> Option<Outcome> {
                         if pods.len() == 1 { "has" } else { "have" }
                     ),
                     format!(
-                        "re-create them so the injector rewrites the probes to the proxy's 15020 (remove trellis.dev/rewrite-app-probes: \"false\" first): {}; or use exec probes, or set the namespace PERMISSIVE ({MTLS_KEY})",
-                        commands.join("; ")
+                        "re-create them so the injector rewrites the probes to the proxy's 15020 (remove trellis.dev/rewrite-app-probes: \"false\" first): {commands}; or use exec probes, or set the namespace PERMISSIVE ({MTLS_KEY})"
                     ),
                 )
-                .detail(listed.join("\n")),
+                .detail(listed),
             )
         }
         Fetched::Missing => None,
