@@ -82,19 +82,43 @@ fn probe_until(kubelet: &Pod, url: &str, status: u16) -> HttpResponse {
     seen.unwrap_or_else(|| panic!("GET {url} never answered {status}; last {last:?}"))
 }
 
+/// The three pods, the control plane running; everything stops when dropped.
+struct Pods {
+    cp: ControlPlane,
+    web: Pod,
+    kubelet: Pod,
+    /// Last: dropped after the handles above.
+    sandbox: Sandbox,
+}
+
+impl Pods {
+    fn start() -> Pods {
+        let sandbox = Sandbox::new().expect("sandbox");
+        let cp_pod = sandbox
+            .add_pod("control-plane", CONTROL_PLANE_IP)
+            .expect("pod");
+        let web = sandbox.add_pod("web", WEB_IP).expect("pod");
+        let kubelet = sandbox.add_pod("kubelet", KUBELET_IP).expect("pod");
+        let cp = ControlPlane::start(&sandbox, &cp_pod, &[backend_identity()], &[]).expect("cp");
+        Pods {
+            cp,
+            web,
+            kubelet,
+            sandbox,
+        }
+    }
+}
+
 #[test]
 fn a_kubelet_outside_the_pod_sees_the_apps_health_through_a_strict_sidecar() {
     if !skip_unless_root("a_kubelet_outside_the_pod_sees_the_apps_health_through_a_strict_sidecar")
     {
         return;
     }
-    let sandbox = Sandbox::new().expect("sandbox");
-    let cp_pod = sandbox
-        .add_pod("control-plane", CONTROL_PLANE_IP)
-        .expect("pod");
-    let web = sandbox.add_pod("web", WEB_IP).expect("pod");
-    let kubelet = sandbox.add_pod("kubelet", KUBELET_IP).expect("pod");
-    let cp = ControlPlane::start(&sandbox, &cp_pod, &[backend_identity()], &[]).expect("cp");
+    let pods = Pods::start();
+    let Pods {
+        cp, web, kubelet, ..
+    } = &pods;
 
     // What the injector makes of the pod: three probes moved to 15020, their originals in the
     // proxy's variable (named ports resolved).
@@ -103,8 +127,8 @@ fn a_kubelet_outside_the_pod_sees_the_apps_health_through_a_strict_sidecar() {
     assert_eq!(plan.rewrites.len(), 3, "{plan:?}");
     let env = serde_json::to_string(&plan.originals()).expect("json");
     let _sidecar = Sidecar::start(
-        &cp,
-        &web,
+        cp,
+        web,
         SidecarSpec::new(backend_identity())
             .arg("--mtls-mode=strict")
             .arg(format!("--app-probes={env}")),
@@ -119,17 +143,17 @@ fn a_kubelet_outside_the_pod_sees_the_apps_health_through_a_strict_sidecar() {
     );
 
     // App down: the probes fail, saying why.
-    let r = probe(&kubelet, &ready);
+    let r = probe(kubelet, &ready);
     assert_eq!(r.status, 503, "{r:?}");
     assert!(
         r.body.contains(&format!("connect to {WEB_IP}:8080")),
         "{r:?}"
     );
-    assert_eq!(probe(&kubelet, &live).status, 503);
+    assert_eq!(probe(kubelet, &live).status, 503);
 
     // App up: they pass (the sidecar dials the app on the pod IP, as UID 1337: not redirected).
-    let app = App::start(&sandbox, &web, "web").expect("app");
-    let r = probe_until(&kubelet, &ready, 200);
+    let app = App::start(&pods.sandbox, web, "web").expect("app");
+    let r = probe_until(kubelet, &ready, 200);
     assert_eq!(r.body, "ok: HTTP 200\n");
     assert!(
         app.process()
@@ -138,8 +162,8 @@ fn a_kubelet_outside_the_pod_sees_the_apps_health_through_a_strict_sidecar() {
         "the app saw the original probe from the pod IP: {}",
         app.process().stdout()
     );
-    assert_eq!(probe(&kubelet, &live).body, "ok: TCP connected\n");
-    let r = probe(&kubelet, &startup);
+    assert_eq!(probe(kubelet, &live).body, "ok: TCP connected\n");
+    let r = probe(kubelet, &startup);
     assert_eq!(r.status, 503, "no gRPC server on 9091: {r:?}");
     assert!(
         r.body
@@ -148,7 +172,7 @@ fn a_kubelet_outside_the_pod_sees_the_apps_health_through_a_strict_sidecar() {
     );
     assert_eq!(
         probe(
-            &kubelet,
+            kubelet,
             &format!("http://{WEB_IP}:15020/app-health/other/readyz")
         )
         .status,
@@ -157,7 +181,7 @@ fn a_kubelet_outside_the_pod_sees_the_apps_health_through_a_strict_sidecar() {
 
     // The same probe, straight to the app in plaintext, is refused by STRICT.
     let direct = http_get(
-        &kubelet,
+        kubelet,
         &format!("http://{WEB_IP}:8080/healthz"),
         None,
         PROBE,
@@ -168,7 +192,7 @@ fn a_kubelet_outside_the_pod_sees_the_apps_health_through_a_strict_sidecar() {
     app.process()
         .stop(Duration::from_secs(3))
         .expect("app stops");
-    probe_until(&kubelet, &ready, 503);
+    probe_until(kubelet, &ready, 503);
 }
 
 /// The injector's proxy container in the classic layout, and its `postStart` command run the
@@ -244,17 +268,14 @@ fn the_classic_layout_starts_and_a_job_stops_its_sidecar_with_quitquitquit() {
     {
         return;
     }
-    let sandbox = Sandbox::new().expect("sandbox");
-    let cp_pod = sandbox
-        .add_pod("control-plane", CONTROL_PLANE_IP)
-        .expect("pod");
-    let web = sandbox.add_pod("web", WEB_IP).expect("pod");
-    let kubelet = sandbox.add_pod("kubelet", KUBELET_IP).expect("pod");
-    let cp = ControlPlane::start(&sandbox, &cp_pod, &[backend_identity()], &[]).expect("cp");
+    let pods = Pods::start();
+    let Pods {
+        cp, web, kubelet, ..
+    } = &pods;
 
     // The kubelet runs the hook as soon as the proxy container starts: before it is ready.
-    let hook = web.spawn(&post_start_hook(&web)).expect("hook starts");
-    let sidecar = Sidecar::start(&cp, &web, SidecarSpec::new(backend_identity())).expect("sidecar");
+    let hook = web.spawn(&post_start_hook(web)).expect("hook starts");
+    let sidecar = Sidecar::start(cp, web, SidecarSpec::new(backend_identity())).expect("sidecar");
     let status = hook.wait(Duration::from_secs(30)).expect("the hook ends");
     assert!(
         status.success(),
@@ -264,11 +285,11 @@ fn the_classic_layout_starts_and_a_job_stops_its_sidecar_with_quitquitquit() {
 
     // Not from outside the pod (the health port), not with GET: the sidecar keeps running.
     assert_eq!(
-        post(&kubelet, &format!("http://{WEB_IP}:15020/quitquitquit")),
+        post(kubelet, &format!("http://{WEB_IP}:15020/quitquitquit")),
         405
     );
     let get = http_get(
-        &web,
+        web,
         "http://127.0.0.1:15000/quitquitquit",
         Some(APP_UID),
         PROBE,
@@ -278,7 +299,7 @@ fn the_classic_layout_starts_and_a_job_stops_its_sidecar_with_quitquitquit() {
     assert!(sidecar.process().is_running());
 
     // The Job's app is done: it stops the sidecar, which drains and exits 0.
-    assert_eq!(post(&web, "http://127.0.0.1:15000/quitquitquit"), 200);
+    assert_eq!(post(web, "http://127.0.0.1:15000/quitquitquit"), 200);
     let exit = sidecar
         .process()
         .wait(Duration::from_secs(15))
