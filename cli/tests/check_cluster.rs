@@ -208,6 +208,8 @@ async fn fake_api_server(cluster: Cluster) -> String {
                     let target = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
                     let (path, query) = target.split_once('?').unwrap_or((&target, ""));
                     if head.to_ascii_lowercase().contains("upgrade: websocket") {
+                        // Refused upgrades say `connection: close`: this task closes the
+                        // connection, and a client must not reuse it for its next request.
                         match forward_target(&cluster, path, query) {
                             Some((port, to)) => port_forward(s, &head, port, to).await,
                             None => {
@@ -215,7 +217,7 @@ async fn fake_api_server(cluster: Cluster) -> String {
                                     "status": "Failure", "message": "no such pod port in the fake cluster",
                                     "reason": "BadRequest", "code": 400}).to_string();
                                 let _ = s.write_all(format!(
-                                    "HTTP/1.1 400 X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                                    "HTTP/1.1 400 X\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
                                     body.len()
                                 ).as_bytes()).await;
                             }
