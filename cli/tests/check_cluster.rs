@@ -41,6 +41,8 @@ struct Cluster {
     injector_available: i32,
     /// Where port-forwards to (namespace, pod, port) really go.
     forwards: HashMap<(&'static str, &'static str, u16), SocketAddr>,
+    /// Whether the meshed pod's readiness probe still goes to the app (not rewritten).
+    plaintext_probe: bool,
 }
 
 fn root_pem() -> String {
@@ -132,6 +134,32 @@ fn answer(cluster: &Cluster, path: &str, query: &str) -> (u16, Value) {
                 pod("legacy", json!({"trellis.dev/inject": "disabled"}), json!([]), json!({}), "Running"),
             ]}),
         ),
+        // Meshed pods of every namespace (label trellis.dev/mesh=true): the api pod, whose
+        // readiness probe is rewritten to the proxy, or not.
+        "/api/v1/pods" if query.contains("labelSelector=trellis.dev") => {
+            let probe = if cluster.plaintext_probe {
+                json!({"httpGet": {"path": "/ready", "port": 8080}})
+            } else {
+                json!({"httpGet": {"path": "/app-health/app/readyz", "port": 15020}})
+            };
+            let mut meshed = pod(
+                MESHED_POD,
+                json!({"trellis.dev/injected": "true"}),
+                rs("api-5f6b7"),
+                json!({"pod-template-hash": "5f6b7", "trellis.dev/mesh": "true"}),
+                "Running",
+            );
+            meshed["spec"]["containers"][0]["readinessProbe"] = probe;
+            (
+                200,
+                json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": [meshed]}),
+            )
+        }
+        "/api/v1/namespaces/shop" => (
+            200,
+            json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+                   "metadata": {"name": "shop", "labels": {"trellis-injection": "enabled"}}}),
+        ),
         "/api/v1/namespaces/shop/pods/web-7d9f8b7c5-x2x4q" => (
             200,
             pod(
@@ -180,6 +208,8 @@ async fn fake_api_server(cluster: Cluster) -> String {
                     let target = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
                     let (path, query) = target.split_once('?').unwrap_or((&target, ""));
                     if head.to_ascii_lowercase().contains("upgrade: websocket") {
+                        // Refused upgrades say `connection: close`: this task closes the
+                        // connection, and a client must not reuse it for its next request.
                         match forward_target(&cluster, path, query) {
                             Some((port, to)) => port_forward(s, &head, port, to).await,
                             None => {
@@ -187,7 +217,7 @@ async fn fake_api_server(cluster: Cluster) -> String {
                                     "status": "Failure", "message": "no such pod port in the fake cluster",
                                     "reason": "BadRequest", "code": 400}).to_string();
                                 let _ = s.write_all(format!(
-                                    "HTTP/1.1 400 X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                                    "HTTP/1.1 400 X\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
                                     body.len()
                                 ).as_bytes()).await;
                             }
@@ -334,6 +364,7 @@ async fn check_passes_on_a_healthy_cluster_and_reaches_the_control_plane_through
         ca_crt: root,
         injector_available: 1,
         forwards: HashMap::from([(("trellis-system", CP_POD, 15012), mesh.cp.grpc_addr)]),
+        plaintext_probe: false,
     })
     .await;
     let config = kubeconfig(dir.path(), &server);
@@ -354,6 +385,7 @@ async fn check_passes_on_a_healthy_cluster_and_reaches_the_control_plane_through
         "✔ no intermediate: the root signs workload certificates",
         "✔ 1 namespace labelled trellis-injection=enabled: shop",
         "‼ 1 pod in labelled namespaces not injected yet\n    shop/web-7d9f8b7c5-x2x4q\n    hint: re-create them so the injector sees them: kubectl -n shop rollout restart deployment/web\n",
+        "✔ app probes of meshed pods in STRICT namespaces go through their proxies",
         "Status check results are ‼ (1 warning)",
     ] {
         assert!(text.contains(line), "missing {line:?} in\n{text}");
@@ -370,6 +402,7 @@ async fn check_reports_what_is_broken_in_a_cluster() {
         ca_crt: root_pem(), // another root: the caBundle is stale
         injector_available: 0,
         forwards: HashMap::new(),
+        plaintext_probe: true,
     })
     .await;
     let config = kubeconfig(dir.path(), &server);
@@ -383,7 +416,8 @@ async fn check_reports_what_is_broken_in_a_cluster() {
         "✘ webhook caBundle matches ca.crt of Secret trellis-injector-tls\n    they differ",
         "✔ root certificate (from the webhook's caBundle) is valid until",
         "✘ control plane at deploy/trellis-control-plane accepts TLS and proves its identity\n    cannot port-forward to pod trellis-system/trellis-control-plane-5c6d7-abcde port 15012 through the API server: 400 BadRequest",
-        "Status check results are ✘ (3 failed checks, 1 warning)",
+        "‼ 1 meshed pod in STRICT namespaces has app probes the proxy refuses (plaintext from kubelet)\n    shop/api-5f6b7-k8s9d: app/readinessProbe (injected before probes were rewritten)\n    hint: re-create them so the injector rewrites the probes to the proxy's 15020",
+        "Status check results are ✘ (3 failed checks, 2 warnings)",
     ] {
         assert!(text.contains(line), "missing {line:?} in\n{text}");
     }
@@ -422,6 +456,7 @@ async fn inspect_reaches_a_pods_proxy_through_port_forward() {
             ("shop", MESHED_POD, 15000),
             mesh.backend.addrs.admin.unwrap(),
         )]),
+        plaintext_probe: false,
     })
     .await;
     let config = kubeconfig(dir.path(), &server);
@@ -473,6 +508,7 @@ async fn inspect_of_a_pod_checks_it_exists_and_is_meshed() {
         ca_crt: root,
         injector_available: 1,
         forwards: HashMap::new(),
+        plaintext_probe: false,
     })
     .await;
     let config = kubeconfig(dir.path(), &server);

@@ -88,7 +88,7 @@ pub async fn connect(
 }
 
 /// The error and its sources, joined: tonic's transport errors hide the cause otherwise.
-pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
+pub fn error_chain(err: &dyn std::error::Error) -> String {
     let mut out = err.to_string();
     let mut source = err.source();
     while let Some(s) = source {

@@ -24,6 +24,16 @@ pub const EXCLUDE_OUTBOUND_PORTS: &str = "trellis.dev/exclude-outbound-ports";
 pub const PROXY_CPU: &str = "trellis.dev/proxy-cpu";
 /// The proxy's memory request for this pod, overriding the injector's configured default.
 pub const PROXY_MEMORY: &str = "trellis.dev/proxy-memory";
+/// `"false"` keeps the pod's app probes as they are; `"true"` rewrites them to the proxy even
+/// when the injector's default (`--rewrite-app-probes`) is off.
+pub const REWRITE_APP_PROBES: &str = "trellis.dev/rewrite-app-probes";
+/// Set by the injector: [`APP_PROBES_REWRITTEN`] or [`APP_PROBES_KEPT`], so `trellis check`
+/// and a reinvoked webhook can tell what happened to the pod's probes.
+pub const APP_PROBES: &str = "trellis.dev/app-probes";
+/// [`APP_PROBES`]: the app's HTTP, TCP and gRPC probes go through the proxy's 15020.
+pub const APP_PROBES_REWRITTEN: &str = "rewritten";
+/// [`APP_PROBES`]: the app's probes were left as they are (opted out, or the default is off).
+pub const APP_PROBES_KEPT: &str = "kept";
 /// Label put on injected pods so that selectors (NetworkPolicies, `kubectl get -l`) find them.
 pub const MESH_LABEL: &str = "trellis.dev/mesh";
 /// `kubectl logs`/`exec` default container; set when the proxy becomes the first container.
@@ -79,6 +89,14 @@ pub enum AnnotationError {
         value: String,
         /// The entry that failed.
         entry: String,
+    },
+    /// A yes/no annotation has another value.
+    #[error("annotation {annotation}={value:?}: expected \"true\" or \"false\"")]
+    BadBool {
+        /// Which annotation.
+        annotation: &'static str,
+        /// Its value.
+        value: String,
     },
     /// A resource annotation is not a quantity.
     #[error("annotation {annotation}: {source}")]
@@ -151,6 +169,8 @@ pub struct PodOverrides {
     pub proxy_cpu: Option<Quantity>,
     /// From `trellis.dev/proxy-memory`: the proxy's memory request.
     pub proxy_memory: Option<Quantity>,
+    /// From `trellis.dev/rewrite-app-probes`; `None`: the injector's default.
+    pub rewrite_app_probes: Option<bool>,
 }
 
 impl PodOverrides {
@@ -161,7 +181,20 @@ impl PodOverrides {
             exclude_outbound_ports: ports(pod, EXCLUDE_OUTBOUND_PORTS)?,
             proxy_cpu: quantity(pod, PROXY_CPU)?,
             proxy_memory: quantity(pod, PROXY_MEMORY)?,
+            rewrite_app_probes: boolean(pod, REWRITE_APP_PROBES)?,
         })
+    }
+}
+
+fn boolean(pod: &Pod, annotation: &'static str) -> Result<Option<bool>, AnnotationError> {
+    match get(pod, annotation) {
+        None => Ok(None),
+        Some("true") => Ok(Some(true)),
+        Some("false") => Ok(Some(false)),
+        Some(other) => Err(AnnotationError::BadBool {
+            annotation,
+            value: other.to_owned(),
+        }),
     }
 }
 
@@ -249,6 +282,13 @@ mod tests {
 
         let err = PodOverrides::from_pod(&pod_with(&[(PROXY_MEMORY, "lots")])).unwrap_err();
         assert!(err.to_string().contains(PROXY_MEMORY), "{err}");
+
+        let err = PodOverrides::from_pod(&pod_with(&[(REWRITE_APP_PROBES, "no")])).unwrap_err();
+        assert!(err.to_string().contains(REWRITE_APP_PROBES), "{err}");
+        for (value, expected) in [("true", Some(true)), ("false", Some(false))] {
+            let o = PodOverrides::from_pod(&pod_with(&[(REWRITE_APP_PROBES, value)])).unwrap();
+            assert_eq!(o.rewrite_app_probes, expected);
+        }
 
         let ok = PodOverrides::from_pod(&pod_with(&[
             (EXCLUDE_INBOUND_PORTS, "9090"),

@@ -109,6 +109,12 @@ pub struct Config {
     #[arg(long, env = "TRELLIS_INJECTOR_NATIVE_SIDECARS", value_enum, default_value_t = NativeSidecars::Auto)]
     pub native_sidecars: NativeSidecars,
 
+    /// Rewrite app containers' HTTP, TCP and gRPC probes to the proxy's 15020 (so STRICT mTLS
+    /// does not refuse kubelet); a pod overrides it with `trellis.dev/rewrite-app-probes`.
+    #[arg(long, env = "TRELLIS_INJECTOR_REWRITE_APP_PROBES", default_value_t = true,
+          action = clap::ArgAction::Set)]
+    pub rewrite_app_probes: bool,
+
     /// Most connections served at once; more wait to be accepted.
     #[arg(long, env = "TRELLIS_INJECTOR_MAX_CONNECTIONS", default_value_t = 256,
           value_parser = clap::value_parser!(u32).range(1..=65536))]
@@ -209,6 +215,7 @@ impl Config {
             trust_bundle_pem,
             control_plane_namespace: self.control_plane_namespace.clone(),
             native_sidecars,
+            rewrite_app_probes: self.rewrite_app_probes,
         }
     }
 
@@ -232,6 +239,7 @@ impl Config {
             "controlPlaneNamespace": self.control_plane_namespace,
             "nativeSidecars": format!("{:?}", self.native_sidecars).to_lowercase(),
             "maxConnections": self.max_connections,
+            "rewriteAppProbes": self.rewrite_app_probes,
         })
     }
 }
@@ -269,6 +277,8 @@ pub struct InjectConfig {
     pub control_plane_namespace: String,
     /// Proxy as a native sidecar (true) or as the first regular container (false).
     pub native_sidecars: bool,
+    /// Rewrite app probes to the proxy unless the pod says otherwise.
+    pub rewrite_app_probes: bool,
 }
 
 impl InjectConfig {
@@ -294,6 +304,7 @@ impl InjectConfig {
             trust_bundle_pem: trust_bundle_pem.into(),
             control_plane_namespace: DEFAULT_CONTROL_PLANE_NAMESPACE.to_owned(),
             native_sidecars,
+            rewrite_app_probes: true,
         }
     }
 }
@@ -370,6 +381,12 @@ mod tests {
         assert_eq!(config.control_plane_namespace, "trellis-system");
         assert_eq!(config.trust_domain.as_str(), "cluster.local");
         assert_eq!(config.native_sidecars, NativeSidecars::Auto);
+        assert!(config.rewrite_app_probes);
+        assert!(
+            !parse(&["--rewrite-app-probes=false"])
+                .unwrap()
+                .rewrite_app_probes
+        );
         let inject = config.inject_config("pem".into(), false);
         let defaults = InjectConfig::with_defaults("trellis-proxy:dev", "pem", false);
         assert_eq!(inject.init_image, "trellis-proxy:dev");

@@ -14,6 +14,7 @@
 //! | [`decide`] | inject or not, and why ([`Decision`]) | none |
 //! | [`containers`] | the init container, the proxy container, the token volume | none |
 //! | [`patch`] | the JSON Patch that puts them in the pod | none |
+//! | [`probes`] | the app probe rewrite: HTTP/TCP/gRPC probes → the proxy's 15020 `/app-health/` | none |
 //! | [`review`] | AdmissionReview in → AdmissionReview out (or a [`ReviewError`]) | none |
 //! | [`version`] | the API server's `/version`: native sidecars from 1.29 | none |
 //! | [`tls`] | serving certificate from PEM, always-newest resolver, rustls config | none |
@@ -39,7 +40,8 @@
 //! The decision then needs only the review and the path ([`decide::decide`]); the control
 //! plane's namespace is refused by name as well, whatever the selectors say. Both webhooks
 //! should use `reinvocationPolicy: IfNeeded`: a reinvoked call sees `trellis.dev/injected`
-//! and answers without a patch.
+//! and answers without a patch, except to rewrite app probes a later webhook added
+//! ([`probes::reinvocation`]).
 //!
 //! # Where the proxy goes
 //!
@@ -65,6 +67,7 @@ pub mod config;
 pub mod containers;
 pub mod decide;
 pub mod patch;
+pub mod probes;
 pub mod quantity;
 pub mod reload;
 pub mod review;

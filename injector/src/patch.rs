@@ -4,7 +4,8 @@
 //! is `trellis.dev~1injected`).
 //!
 //! Pure: a pod and an [`InjectConfig`] in, a patch (or why not) out. Whether to inject at all
-//! is [`crate::decide`]'s call, made before this runs.
+//! is [`crate::decide`]'s call, made before this runs; which app probes move to the proxy is
+//! [`crate::probes`]'.
 
 use std::collections::BTreeMap;
 
@@ -16,6 +17,7 @@ use crate::{
     annotations::{self, AnnotationError, PodOverrides},
     config::InjectConfig,
     containers::{self, ProxyLayout},
+    probes,
 };
 
 /// Why a pod that should be injected cannot be; it is admitted unchanged, with this as a
@@ -44,17 +46,43 @@ pub enum PatchError {
     Encode(#[from] serde_json::Error),
 }
 
-/// The patch that injects `pod` with `config`, and the layout it used.
-pub fn build(pod: &Pod, config: &InjectConfig) -> Result<(Patch, ProxyLayout), PatchError> {
+/// What injecting one pod takes.
+#[derive(Debug, Clone)]
+pub struct Injection {
+    /// The JSON Patch.
+    pub patch: Patch,
+    /// Where the proxy went.
+    pub layout: ProxyLayout,
+    /// Admission warnings (probes that could not be rewritten).
+    pub warnings: Vec<String>,
+}
+
+/// The patch that injects `pod` with `config`.
+pub fn build(pod: &Pod, config: &InjectConfig) -> Result<Injection, PatchError> {
     let spec = pod.spec.as_ref().ok_or(PatchError::NoSpec)?;
     check_names_free(spec)?;
     let overrides = PodOverrides::from_pod(pod)?;
     let layout = ProxyLayout::of(config);
     let resources = containers::resources(&config.resources, &overrides);
     let init = containers::init_container(config, &overrides, resources.clone());
-    let proxy = containers::proxy_container(config, resources, layout);
+    let mut proxy = containers::proxy_container(config, resources, layout);
 
-    let mut ops = Vec::with_capacity(6);
+    // App probes first: their operations use the container indexes of the pod as sent.
+    let rewrite_probes = overrides
+        .rewrite_app_probes
+        .unwrap_or(config.rewrite_app_probes);
+    let probes = if rewrite_probes {
+        probes::plan(spec, layout)
+    } else {
+        probes::Plan::default()
+    };
+    if !probes.rewrites.is_empty() {
+        proxy
+            .env
+            .get_or_insert_with(Vec::new)
+            .push(probes::env_var(&probes.originals())?);
+    }
+    let mut ops = probes.operations()?;
 
     // Init containers: the redirection first, so that even the pod's own init containers run
     // with it; then, as a native sidecar, the proxy, so they can use the mesh.
@@ -82,7 +110,15 @@ pub fn build(pod: &Pod, config: &InjectConfig) -> Result<(Patch, ProxyLayout), P
         Some(_) => ops.push(add(&["spec", "volumes", "-"], &volume)?),
     }
 
-    let mut new_annotations = vec![(annotations::INJECTED, "true")];
+    let probes_marker = if rewrite_probes {
+        annotations::APP_PROBES_REWRITTEN
+    } else {
+        annotations::APP_PROBES_KEPT
+    };
+    let mut new_annotations = vec![
+        (annotations::INJECTED, "true"),
+        (annotations::APP_PROBES, probes_marker),
+    ];
     if layout == ProxyLayout::FirstContainer
         && annotations::get(pod, annotations::KUBECTL_DEFAULT_CONTAINER).is_none()
         && let Some(app) = spec.containers.first()
@@ -102,7 +138,11 @@ pub fn build(pod: &Pod, config: &InjectConfig) -> Result<(Patch, ProxyLayout), P
         &[(annotations::MESH_LABEL, "true")],
     )?;
 
-    Ok((Patch(ops), layout))
+    Ok(Injection {
+        patch: Patch(ops),
+        layout,
+        warnings: probes.warnings,
+    })
 }
 
 /// Refuses a pod that already has something named like what we add (it is not ours: a pod

@@ -26,7 +26,7 @@ use crate::{
     config::InjectConfig,
     containers::ProxyLayout,
     decide::{self, Decision, NamespaceScope},
-    patch,
+    patch, probes,
 };
 
 /// Why a body is not a usable admission review. The text says what was expected.
@@ -75,6 +75,8 @@ pub enum Outcome {
     Injected(ProxyLayout),
     /// Left alone for this reason.
     Skipped(Decision),
+    /// Already injected; app probes added since injection were rewritten.
+    ProbesRewritten,
     /// Should have been injected, but the pod has a problem (the text is in the warnings).
     NotInjectable,
     /// Not a Pod CREATE: allowed unchanged (the webhook's rules should not send these).
@@ -88,6 +90,7 @@ impl Outcome {
             Self::Injected(ProxyLayout::NativeSidecar) => "injected-native-sidecar",
             Self::Injected(ProxyLayout::FirstContainer) => "injected-first-container",
             Self::Skipped(decision) => decision.as_str(),
+            Self::ProbesRewritten => "reinvoked-probes-rewritten",
             Self::NotInjectable => "not-injectable",
             Self::NotApplicable => "not-applicable",
         }
@@ -202,12 +205,16 @@ pub fn review(
     let decision = decide::decide(pod, &namespace, scope, &config.control_plane_namespace);
     let (outcome, patch) = match decision {
         Decision::Inject => match patch::build(pod, config) {
-            Ok((patch, layout)) => (Outcome::Injected(layout), Some(patch)),
+            Ok(injection) => {
+                warnings.extend(injection.warnings);
+                (Outcome::Injected(injection.layout), Some(injection.patch))
+            }
             Err(err) => {
                 warnings.push(err.to_string());
                 (Outcome::NotInjectable, None)
             }
         },
+        Decision::AlreadyInjected => reinvoked(pod, &mut warnings),
         other => {
             warnings.extend(other.warning().map(str::to_owned));
             (Outcome::Skipped(other), None)
@@ -222,6 +229,25 @@ pub fn review(
         patch,
         warnings,
     )
+}
+
+/// A pod we injected, seen again (reinvocation after a later webhook): only app probes added
+/// since are rewritten, if the pod's were at injection.
+fn reinvoked(pod: &Pod, warnings: &mut Vec<String>) -> (Outcome, Option<json_patch::Patch>) {
+    let skipped = (Outcome::Skipped(Decision::AlreadyInjected), None);
+    let rewritten =
+        annotations::get(pod, annotations::APP_PROBES) == Some(annotations::APP_PROBES_REWRITTEN);
+    let Some(spec) = pod.spec.as_ref().filter(|_| rewritten) else {
+        return skipped;
+    };
+    match probes::reinvocation(spec) {
+        Ok(ops) if ops.is_empty() => skipped,
+        Ok(ops) => (Outcome::ProbesRewritten, Some(json_patch::Patch(ops))),
+        Err(err) => {
+            warnings.push(err.to_string());
+            skipped
+        }
+    }
 }
 
 fn answer(

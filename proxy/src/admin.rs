@@ -1,8 +1,10 @@
 //! The admin endpoint (127.0.0.1:15000 only): `/ready` `/live` `/identity` `/handshakes`
-//! `/metrics` `/config_dump`; and the health endpoint on the pod IP (15020) for kubelet and
-//! Prometheus, which serves only `/ready` `/live` `/metrics`.
+//! `/metrics` `/config_dump`, and `POST /quitquitquit` ([`crate::quit`]); and the health
+//! endpoint on the pod IP (15020) for kubelet and Prometheus, which serves only `/ready` `/live`
+//! `/metrics` and the app probes `/app-health/...` ([`crate::probe`]).
 //!
-//! Owns: routing and rendering of those pages. It reads shared state; it changes nothing.
+//! Owns: routing and rendering of those pages. It reads shared state; only `/quitquitquit`
+//! changes anything (it starts the drain).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -16,9 +18,11 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::context::ProxyContext;
+use crate::{probe, quit};
 
 /// Which set of pages a listener serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,19 +46,49 @@ pub async fn serve(listener: TcpListener, surface: Surface, ctx: Arc<ProxyContex
         let ctx = ctx.clone();
         tokio::spawn(async move {
             let ctx2 = ctx.clone();
+            // Cancelled by POST /quitquitquit: the proxy drains once the answer is out.
+            let quit = CancellationToken::new();
+            let quit2 = quit.clone();
             let svc = service_fn(move |req| {
-                let ctx = ctx2.clone();
-                async move { Ok::<_, Infallible>(respond(&req, surface, &ctx)) }
+                let (ctx, quit) = (ctx2.clone(), quit2.clone());
+                async move { Ok::<_, Infallible>(handle(req, surface, &ctx, &quit).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(5))
                 .serve_connection(TokioIo::new(tcp), svc);
-            tokio::select! {
-                _ = conn => {}
-                () = ctx.shutdown.cancelled() => {}
-            }
+            quit::after_answer(conn, &quit, &ctx.shutdown).await;
         });
+    }
+}
+
+/// The pages that are not plain reads of state: `POST /quitquitquit` (admin only) and the
+/// app probes (health only); everything else is [`respond`]'s.
+async fn handle(
+    req: Request<Incoming>,
+    surface: Surface,
+    ctx: &ProxyContext,
+    quit_requested: &CancellationToken,
+) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    match surface {
+        Surface::Admin if path == quit::PATH => {
+            let (status, body) = quit::answer(req.method(), quit_requested);
+            let mut r = text(status, body);
+            if status == StatusCode::OK {
+                r.headers_mut()
+                    .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+            }
+            r
+        }
+        Surface::Health if path.starts_with(probe::PATH_PREFIX) => {
+            if req.method() != Method::GET {
+                return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
+            }
+            let (status, body) = ctx.app_health.answer(path).await.response(path);
+            text(status, &body)
+        }
+        _ => respond(&req, surface, ctx),
     }
 }
 

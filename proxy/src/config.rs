@@ -240,6 +240,10 @@ pub struct RunArgs {
     /// connection tasks (bench/: ~25 % less CPU per request at 5,000 req/s than two).
     #[arg(long, env = "TRELLIS_WORKER_THREADS", default_value_t = 1)]
     pub worker_threads: usize,
+    /// The app's original probes, rewritten by the injector to 15020 /app-health/...: JSON
+    /// keyed by path (see the `probe::spec` module).
+    #[arg(long, env = "TRELLIS_APP_PROBES")]
+    pub app_probes: Option<String>,
     /// Log filter (tracing env-filter syntax).
     #[arg(long, env = "TRELLIS_LOG", default_value = "info")]
     pub log: String,
@@ -342,6 +346,8 @@ pub struct Config {
     pub drain: Duration,
     /// Handshake log size.
     pub handshake_log: usize,
+    /// The app's original probes, served at 15020 /app-health/... (header values not shown).
+    pub app_probes: crate::probe::AppProbes,
 }
 
 mod humantime_serde_compat {
@@ -448,6 +454,8 @@ impl RunArgs {
         if self.max_connections == 0 {
             return Err(invalid("--max-connections", 0, "must be at least 1"));
         }
+        let app_probes = crate::probe::spec::parse(self.app_probes.as_deref().unwrap_or(""))
+            .map_err(|e| invalid("--app-probes", "(JSON)", e.to_string()))?;
         let health_listen = self.health_listen.or_else(|| {
             self.pod_ip
                 .map(|ip| SocketAddr::new(ip, crate::ports::HEALTH))
@@ -481,6 +489,7 @@ impl RunArgs {
             cert_ttl: self.cert_ttl.map(|d| d.as_secs()),
             drain: self.drain,
             handshake_log: self.handshake_log.max(1),
+            app_probes,
         })
     }
 }
@@ -570,6 +579,28 @@ mod tests {
         assert!(err.to_string().starts_with("--trust-bundle"), "{err}");
         let err = parse(&["--trust-bundle", "not pem"]).unwrap_err();
         assert!(err.to_string().starts_with("--trust-bundle"), "{err}");
+    }
+
+    #[test]
+    fn app_probes_are_checked_before_the_start_and_name_the_probe() {
+        let bundle = format!("--trust-bundle={}", root());
+        let err = parse(&[
+            &bundle,
+            "--app-probes",
+            r#"{"/app-health/web/livez": {"tcpSocket": {"port": "http"}}}"#,
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("--app-probes"), "{err}");
+        assert!(err.contains("livenessProbe of container \"web\""), "{err}");
+        let ok = parse(&[
+            &bundle,
+            "--app-probes",
+            r#"{"/app-health/web/livez": {"tcpSocket": {"port": 8080}}}"#,
+        ])
+        .unwrap();
+        assert_eq!(ok.app_probes.len(), 1);
+        assert!(parse(&[&bundle]).unwrap().app_probes.is_empty());
     }
 
     #[test]

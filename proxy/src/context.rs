@@ -37,6 +37,8 @@ pub struct ProxyContext {
     pub shutdown: CancellationToken,
     /// The proxy's own listener addresses (loop prevention).
     pub own_addrs: Vec<SocketAddr>,
+    /// The app's original probes, run for kubelet on the health port.
+    pub app_health: crate::probe::AppHealth,
 }
 
 impl ProxyContext {

@@ -21,6 +21,9 @@
 //! | [`records`] | the connection log behind `/handshakes` |
 //! | [`metrics`] | `trellis_proxy_*` Prometheus metrics |
 //! | [`admin`] | 127.0.0.1:15000 admin pages and the pod-IP :15020 health/metrics |
+//! | [`probe`] | the app's original probes, run on kubelet's behalf at 15020 `/app-health/...` |
+//! | [`quit`] | `POST /quitquitquit` on the admin port: a Job's app stops its sidecar |
+//! | [`wait`] | `trellis-proxy wait`: the classic layout's postStart hook, until `/ready` |
 //! | [`orig_dst`] | `SO_ORIGINAL_DST` |
 //! | [`redirect`] | `trellis-proxy init`: the iptables rules that send a pod's TCP to the proxy |
 //! | [`context`] | the handles every listener shares |
@@ -48,6 +51,8 @@ pub mod orig_dst;
 pub mod outbound;
 pub mod policy;
 pub mod ports;
+pub mod probe;
+pub mod quit;
 pub mod records;
 pub mod redirect;
 pub mod route;
@@ -55,3 +60,4 @@ pub mod run;
 pub mod services;
 pub mod state;
 pub mod tunnel;
+pub mod wait;

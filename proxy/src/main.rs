@@ -1,8 +1,6 @@
 //! `trellis-proxy`: `run` (the sidecar), `init` (iptables, in the init container) and `wait`
-//! (block until the sidecar is ready; the app container's postStart hook on clusters without
+//! (block until the sidecar is ready: the proxy container's postStart hook on clusters without
 //! native sidecars).
-
-use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -23,15 +21,8 @@ enum Command {
     Run(Box<RunArgs>),
     /// Install the iptables rules that send the pod's TCP through the proxy (init container).
     Init(Box<trellis_proxy::redirect::InitArgs>),
-    /// Wait until the sidecar on this pod is ready (GET http://127.0.0.1:15020/ready).
-    Wait {
-        /// The readiness URL's host:port.
-        #[arg(long, default_value = "127.0.0.1:15020")]
-        health: String,
-        /// Give up after this long.
-        #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
-        timeout: Duration,
-    },
+    /// Wait until the sidecar in this pod is ready (GET http://127.0.0.1:15000/ready).
+    Wait(trellis_proxy::wait::WaitArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -46,7 +37,7 @@ fn main() -> anyhow::Result<()> {
                 .init();
             Ok(trellis_proxy::redirect::run(&args)?)
         }
-        Command::Wait { health, timeout } => wait(&health, timeout),
+        Command::Wait(args) => Ok(trellis_proxy::wait::wait(&args)?),
     }
 }
 
@@ -115,30 +106,5 @@ async fn terminated() {
     tokio::select! {
         () = ctrl_c => {}
         () = term => {}
-    }
-}
-
-fn wait(health: &str, timeout: Duration) -> anyhow::Result<()> {
-    use std::io::{Read, Write};
-    let deadline = Instant::now() + timeout;
-    loop {
-        let ok = std::net::TcpStream::connect(health)
-            .and_then(|mut s| {
-                s.set_read_timeout(Some(Duration::from_secs(2)))?;
-                s.write_all(
-                    b"GET /ready HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
-                )?;
-                let mut buf = [0u8; 16];
-                let n = s.read(&mut buf)?;
-                Ok(buf.get(..n).is_some_and(|b| b.starts_with(b"HTTP/1.1 200")))
-            })
-            .unwrap_or(false);
-        if ok {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            anyhow::bail!("sidecar not ready at {health} after {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(200));
     }
 }

@@ -21,6 +21,7 @@ use crate::context::ProxyContext;
 use crate::discovery::DiscoverySource;
 use crate::identity::{IdentityManager, IdentitySource, SvidWatch};
 use crate::metrics::Metrics;
+use crate::probe::AppHealth;
 use crate::records::HandshakeLog;
 use crate::state::MeshState;
 use crate::tunnel::pool::Pool;
@@ -228,7 +229,13 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     .flatten()
     .collect();
     own_addrs.extend(&addrs.explicit_outbound);
+    // Probes reach the app where kubelet would have: the pod's IP.
+    let app_health = AppHealth::new(
+        config.app_probes.clone(),
+        config.pod_ip.unwrap_or(config.app_host),
+    );
     let ctx = Arc::new(ProxyContext {
+        app_health,
         log: HandshakeLog::new(config.handshake_log),
         conn_limit: Arc::new(Semaphore::new(config.max_connections)),
         config,

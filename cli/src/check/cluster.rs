@@ -1,9 +1,12 @@
 //! Gathering the facts of `trellis check` from a cluster: the API server, the chart's objects
 //! (CRD, Deployments, webhook, Secret), the control plane's gRPC health through a port-forward
-//! to one of its pods, and the labelled namespaces with their not-yet-injected pods.
+//! to one of its pods, the labelled namespaces with their not-yet-injected pods, and meshed
+//! pods of STRICT namespaces with app probes that are not rewritten.
 //!
 //! Owns: the API calls. Every read is sorted into found / missing / denied / failed and passed
 //! on; what that means is decided in [`super::rules`].
+
+use std::collections::BTreeMap;
 
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -12,13 +15,17 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::ListParams;
 use kube::{Api, Client};
 use trellis_ca::{SpiffeId, TrustDomain};
+use trellis_injector::annotations::{APP_PROBES, MESH_LABEL};
 use trellis_injector::{Decision, NamespaceScope};
 
 use super::facts::{
-    ClusterFacts, CrdFacts, DeploymentFacts, Owner, PodRef, ProbeFacts, SecretFacts, WebhookFacts,
+    ClusterFacts, CrdFacts, DeploymentFacts, Owner, PlaintextProbes, PodRef, ProbeFacts,
+    SecretFacts, WebhookFacts,
 };
 use super::probe_facts;
-use super::rules::{CONTROL_PLANE, CRD, INJECTION_LABEL, INJECTOR, INJECTOR_SECRET, WEBHOOK};
+use super::rules::{
+    CONTROL_PLANE, CRD, INJECTION_LABEL, INJECTOR, INJECTOR_SECRET, MTLS_KEY, WEBHOOK, is_strict,
+};
 use crate::dial::Target;
 use crate::kube_access::{self, Fetched, fetch, fetch_value};
 use crate::{health_probe, x509};
@@ -59,6 +66,7 @@ pub async fn gather(
             probe: ProbeFacts::Skipped("the API server is unreachable".into()),
             namespaces: skipped(),
             uninjected: skipped(),
+            plaintext_probes: skipped(),
         };
     }
 
@@ -77,6 +85,7 @@ pub async fn gather(
     let trust_domain = trust_domain
         .or_else(|| control_plane.found().and_then(trust_domain_arg))
         .or_else(|| TrustDomain::new(DEFAULT_TRUST_DOMAIN).ok());
+    let mesh_strict = control_plane.found().is_none_or(mesh_default_strict);
     let control_plane = control_plane.map(|d| deployment_facts(&d));
     let injector = fetch(deployments.get_opt(INJECTOR))
         .await
@@ -148,6 +157,7 @@ pub async fn gather(
         Some(names) => uninjected_pods(&client, names, namespace).await,
         None => Fetched::Missing,
     };
+    let plaintext_probes = plaintext_probes(&client, mesh_strict).await;
 
     ClusterFacts {
         api,
@@ -161,6 +171,7 @@ pub async fn gather(
         probe,
         namespaces,
         uninjected,
+        plaintext_probes,
     }
 }
 
@@ -183,6 +194,19 @@ fn trust_domain_arg(d: &Deployment) -> Option<TrustDomain> {
         .flat_map(|c| c.args.iter().flatten())
         .find_map(|a| a.strip_prefix("--trust-domain="))
         .and_then(|td| TrustDomain::new(td).ok())
+}
+
+/// Whether the mesh's default mode is STRICT: the control plane's `--mtls-mode=` argument as
+/// the chart sets it; STRICT (its default) when absent.
+fn mesh_default_strict(d: &Deployment) -> bool {
+    let Some(spec) = d.spec.as_ref().and_then(|s| s.template.spec.as_ref()) else {
+        return true;
+    };
+    spec.containers
+        .iter()
+        .flat_map(|c| c.args.iter().flatten())
+        .find_map(|a| a.strip_prefix("--mtls-mode="))
+        .is_none_or(|mode| !mode.eq_ignore_ascii_case("permissive"))
 }
 
 /// Port-forwards to a ready control plane pod's 15012 and asks for its health.
@@ -235,23 +259,76 @@ async fn uninjected_pods(
             Fetched::Failed(m) => return Fetched::Failed(m),
         };
         for pod in &list.items {
-            let finished = pod
-                .status
-                .as_ref()
-                .and_then(|s| s.phase.as_deref())
-                .is_some_and(|p| p == "Succeeded" || p == "Failed");
             let decision = trellis_injector::decide::decide(
                 pod,
                 ns,
                 NamespaceScope::Labelled,
                 control_plane_namespace,
             );
-            if !finished && decision == Decision::Inject {
+            if !finished(pod) && decision == Decision::Inject {
                 out.push(pod_ref(ns, pod));
             }
         }
     }
     Fetched::Found(out)
+}
+
+/// Meshed pods (label `trellis.dev/mesh=true`, every namespace) in STRICT namespaces whose app
+/// probes kubelet sends in plaintext; finished pods are left out.
+async fn plaintext_probes(client: &Client, mesh_strict: bool) -> Fetched<Vec<PlaintextProbes>> {
+    let pods: Api<Pod> = Api::all(client.clone());
+    let selector = format!("{MESH_LABEL}=true");
+    let list = match fetch_value(pods.list(&ListParams::default().labels(&selector))).await {
+        Fetched::Found(list) => list,
+        Fetched::Missing => return Fetched::Missing,
+        Fetched::Denied(m) => return Fetched::Denied(m),
+        Fetched::Failed(m) => return Fetched::Failed(m),
+    };
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let mut strict: BTreeMap<String, bool> = BTreeMap::new();
+    let mut out = Vec::new();
+    for pod in &list.items {
+        let Some(spec) = pod.spec.as_ref().filter(|_| !finished(pod)) else {
+            continue;
+        };
+        let probes = trellis_injector::probes::plaintext_probes(spec);
+        if probes.is_empty() {
+            continue;
+        }
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        if !strict.contains_key(&ns) {
+            // Unreadable namespace: the mesh's default.
+            let meta = fetch(namespaces.get_metadata_opt(&ns)).await;
+            let meta = meta.found().map(|n| &n.metadata);
+            let is = is_strict(
+                mtls_value(meta.and_then(|m| m.annotations.as_ref())),
+                mtls_value(meta.and_then(|m| m.labels.as_ref())),
+                mesh_strict,
+            );
+            strict.insert(ns.clone(), is);
+        }
+        if strict.get(&ns).copied().unwrap_or(mesh_strict) {
+            out.push(PlaintextProbes {
+                pod: pod_ref(&ns, pod),
+                probes,
+                marker: trellis_injector::annotations::get(pod, APP_PROBES).map(str::to_owned),
+            });
+        }
+    }
+    Fetched::Found(out)
+}
+
+/// The `trellis.dev/mtls` entry of a label or annotation map.
+fn mtls_value(map: Option<&BTreeMap<String, String>>) -> Option<&str> {
+    map.and_then(|m| m.get(MTLS_KEY)).map(String::as_str)
+}
+
+/// A pod that has run to its end (Succeeded, Failed): nothing to fix there.
+fn finished(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .is_some_and(|p| p == "Succeeded" || p == "Failed")
 }
 
 fn pod_ref(ns: &str, pod: &Pod) -> PodRef {

@@ -109,6 +109,19 @@ pub struct PodRef {
     pub template_hash: Option<String>,
 }
 
+/// A meshed pod in a STRICT namespace whose app probes kubelet sends straight to the app, in
+/// plaintext: the proxy refuses them and the pod never becomes ready (or is restarted).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlaintextProbes {
+    /// The pod.
+    pub pod: PodRef,
+    /// Its probes, as `container/livenessProbe`.
+    pub probes: Vec<String>,
+    /// Its `trellis.dev/app-probes` annotation: `kept` (rewriting was off), `rewritten` (some
+    /// could not be), none (injected before probes were rewritten).
+    pub marker: Option<String>,
+}
+
 /// Everything `trellis check` learns from a cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterFacts {
@@ -135,6 +148,8 @@ pub struct ClusterFacts {
     pub namespaces: Fetched<Vec<String>>,
     /// Pods in those namespaces that the injector would mesh but that are not meshed.
     pub uninjected: Fetched<Vec<PodRef>>,
+    /// Meshed pods in STRICT namespaces with app probes that are not rewritten.
+    pub plaintext_probes: Fetched<Vec<PlaintextProbes>>,
 }
 
 /// Everything `trellis check --local` learns.

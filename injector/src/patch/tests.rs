@@ -21,7 +21,9 @@ fn minimal() -> Value {
 
 /// Applies the patch built for `pod` and returns the resulting pod's JSON.
 fn apply(pod_json: Value, native: bool) -> (Value, Patch) {
-    let (patch, _) = build(&pod(pod_json.clone()), &config(native)).unwrap();
+    let patch = build(&pod(pod_json.clone()), &config(native))
+        .unwrap()
+        .patch;
     let mut doc = pod_json;
     json_patch::patch(&mut doc, &patch).unwrap();
     // The result must still be a valid Pod.

@@ -6,7 +6,7 @@
 //! |---|---|
 //! | [`install`] | API server, CRD, Deployments, webhook and its caBundle |
 //! | [`identity`] | root and intermediate expiry, the control plane's TLS identity and health |
-//! | [`data_plane`] | labelled namespaces, pods not injected yet |
+//! | [`data_plane`] | labelled namespaces, pods not injected yet, app probes STRICT refuses |
 
 mod data_plane;
 mod identity;
@@ -79,6 +79,7 @@ pub fn evaluate_cluster(f: &ClusterFacts, now: SystemTime) -> Vec<Section> {
     identity.extend(intermediates(&f.probe, now));
     let mut data_plane = labelled_namespaces(ns, &f.namespaces);
     data_plane.extend(uninjected_pods(&f.uninjected));
+    data_plane.extend(plaintext_probes(&f.plaintext_probes));
     vec![
         api,
         install,

@@ -2,8 +2,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::*;
 use crate::check::facts::{
-    CertDates, CrdFacts, DeploymentFacts, Owner, PodRef, Probe, ProbeFacts, RootSummary,
-    SecretFacts, WebhookFacts,
+    CertDates, CrdFacts, DeploymentFacts, Owner, PlaintextProbes, PodRef, Probe, ProbeFacts,
+    RootSummary, SecretFacts, WebhookFacts,
 };
 use crate::check::report::{Status, passed};
 
@@ -77,6 +77,7 @@ fn healthy_cluster() -> ClusterFacts {
         probe: answered("SERVING", vec![]),
         namespaces: Fetched::Found(vec!["shop".into()]),
         uninjected: Fetched::Found(vec![]),
+        plaintext_probes: Fetched::Found(vec![]),
     }
 }
 
@@ -491,6 +492,73 @@ fn uninjected_pods_are_a_warning_with_the_commands_that_recreate_them() {
         Status::Ok
     );
     assert!(uninjected_pods(&Fetched::Missing).is_none());
+}
+
+#[test]
+fn a_namespaces_mode_is_its_annotation_then_its_label_then_the_meshs() {
+    let cases = [
+        (Some("PERMISSIVE"), Some("STRICT"), true, false),
+        (Some("strict"), None, false, true),
+        (None, Some("permissive"), true, false),
+        (None, Some("Strict"), false, true),
+        (Some("sometimes"), Some("PERMISSIVE"), true, false),
+        (Some("sometimes"), None, false, false),
+        (None, None, true, true),
+        (None, None, false, false),
+    ];
+    for (annotation, label, mesh, expected) in cases {
+        assert_eq!(
+            is_strict(annotation, label, mesh),
+            expected,
+            "{annotation:?} {label:?} {mesh}"
+        );
+    }
+}
+
+#[test]
+fn meshed_pods_with_plaintext_probes_in_strict_namespaces_are_a_warning_saying_why() {
+    let plaintext = |name: &str, marker: Option<&str>| PlaintextProbes {
+        pod: pod(name, Some(("ReplicaSet", "api-5f6b7")), Some("5f6b7")),
+        probes: vec!["api/readinessProbe".into(), "api/livenessProbe".into()],
+        marker: marker.map(Into::into),
+    };
+    let o = plaintext_probes(&Fetched::Found(vec![
+        plaintext("api-5f6b7-a", None),
+        plaintext("api-5f6b7-b", Some("kept")),
+        plaintext("api-5f6b7-c", Some("rewritten")),
+    ]))
+    .unwrap();
+    assert_eq!(o.status, Status::Warn);
+    assert_eq!(
+        o.title,
+        "3 meshed pods in STRICT namespaces have app probes the proxy refuses (plaintext from kubelet)"
+    );
+    assert_eq!(
+        o.detail.as_deref(),
+        Some(
+            "shop/api-5f6b7-a: api/readinessProbe, api/livenessProbe (injected before probes were rewritten)\n\
+             shop/api-5f6b7-b: api/readinessProbe, api/livenessProbe (probe rewriting off for this pod)\n\
+             shop/api-5f6b7-c: api/readinessProbe, api/livenessProbe (the injector could not rewrite them (see its warnings))"
+        )
+    );
+    let hint = o.hint.unwrap();
+    assert!(
+        hint.contains("kubectl -n shop rollout restart deployment/api"),
+        "{hint}"
+    );
+    assert_eq!(hint.matches("rollout restart").count(), 1, "{hint}");
+
+    assert_eq!(
+        plaintext_probes(&Fetched::Found(vec![])).unwrap().status,
+        Status::Ok
+    );
+    assert!(plaintext_probes(&Fetched::Missing).is_none());
+    assert_eq!(
+        plaintext_probes(&Fetched::Denied("403".into()))
+            .unwrap()
+            .status,
+        Status::Warn
+    );
 }
 
 #[test]
