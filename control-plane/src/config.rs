@@ -20,15 +20,6 @@ pub enum Mode {
     Local,
 }
 
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
-}
-
 /// Command-line flags of `trellis-control-plane`.
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -122,12 +113,9 @@ pub struct Args {
         default_value = "trellis-injector"
     )]
     pub injector_webhook: String,
-    /// Log format.
-    #[arg(long, env = "TRELLIS_LOG_FORMAT", value_enum, default_value = "text")]
-    pub log_format: LogFormat,
-    /// Log filter (tracing env-filter syntax).
-    #[arg(long, env = "TRELLIS_LOG", default_value = "info")]
-    pub log: String,
+    /// Logs: `--log <filter>`, `--log-format text|json` (shared by every Trellis binary).
+    #[command(flatten)]
+    pub log: trellis_telemetry::LogArgs,
     /// How long to let in-flight calls finish after SIGTERM.
     #[arg(long, env = "TRELLIS_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,

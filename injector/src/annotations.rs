@@ -24,6 +24,9 @@ pub const EXCLUDE_OUTBOUND_PORTS: &str = "trellis.dev/exclude-outbound-ports";
 pub const PROXY_CPU: &str = "trellis.dev/proxy-cpu";
 /// The proxy's memory request for this pod, overriding the injector's configured default.
 pub const PROXY_MEMORY: &str = "trellis.dev/proxy-memory";
+/// The proxy's log filter for this pod (`TRELLIS_LOG`), e.g. `debug` or
+/// `info,trellis_proxy::tunnel=debug`, overriding the injector's `--proxy-log`.
+pub const LOG_LEVEL: &str = "trellis.dev/log-level";
 /// Label put on injected pods so that selectors (NetworkPolicies, `kubectl get -l`) find them.
 pub const MESH_LABEL: &str = "trellis.dev/mesh";
 /// `kubectl logs`/`exec` default container; set when the proxy becomes the first container.
@@ -80,6 +83,9 @@ pub enum AnnotationError {
         /// The entry that failed.
         entry: String,
     },
+    /// The log-level annotation is not a usable log filter.
+    #[error("annotation {LOG_LEVEL}: {0}")]
+    BadLogLevel(trellis_telemetry::FilterError),
     /// A resource annotation is not a quantity.
     #[error("annotation {annotation}: {source}")]
     BadQuantity {
@@ -151,6 +157,8 @@ pub struct PodOverrides {
     pub proxy_cpu: Option<Quantity>,
     /// From `trellis.dev/proxy-memory`: the proxy's memory request.
     pub proxy_memory: Option<Quantity>,
+    /// From `trellis.dev/log-level`: the proxy's log filter, checked.
+    pub log_level: Option<String>,
 }
 
 impl PodOverrides {
@@ -161,6 +169,7 @@ impl PodOverrides {
             exclude_outbound_ports: ports(pod, EXCLUDE_OUTBOUND_PORTS)?,
             proxy_cpu: quantity(pod, PROXY_CPU)?,
             proxy_memory: quantity(pod, PROXY_MEMORY)?,
+            log_level: log_level(pod)?,
         })
     }
 }
@@ -174,6 +183,14 @@ fn ports(pod: &Pod, annotation: &'static str) -> Result<PortList, AnnotationErro
         value: value.to_owned(),
         entry,
     })
+}
+
+fn log_level(pod: &Pod) -> Result<Option<String>, AnnotationError> {
+    let Some(value) = get(pod, LOG_LEVEL) else {
+        return Ok(None);
+    };
+    trellis_telemetry::check_filter(value).map_err(AnnotationError::BadLogLevel)?;
+    Ok(Some(value.trim().to_owned()))
 }
 
 fn quantity(pod: &Pod, annotation: &'static str) -> Result<Option<Quantity>, AnnotationError> {
@@ -250,6 +267,10 @@ mod tests {
         let err = PodOverrides::from_pod(&pod_with(&[(PROXY_MEMORY, "lots")])).unwrap_err();
         assert!(err.to_string().contains(PROXY_MEMORY), "{err}");
 
+        let err = PodOverrides::from_pod(&pod_with(&[(LOG_LEVEL, "verbose")])).unwrap_err();
+        assert!(err.to_string().contains(LOG_LEVEL), "{err}");
+        assert!(err.to_string().contains("expected a level"), "{err}");
+
         let ok = PodOverrides::from_pod(&pod_with(&[
             (EXCLUDE_INBOUND_PORTS, "9090"),
             (PROXY_CPU, "250m"),
@@ -258,5 +279,9 @@ mod tests {
         assert_eq!(ok.exclude_inbound_ports.ports(), &[9090]);
         assert_eq!(ok.proxy_cpu.map(|q| q.to_string()).as_deref(), Some("250m"));
         assert!(ok.proxy_memory.is_none());
+        assert!(ok.log_level.is_none());
+        let ok = PodOverrides::from_pod(&pod_with(&[(LOG_LEVEL, " info,trellis_proxy=debug ")]))
+            .unwrap();
+        assert_eq!(ok.log_level.as_deref(), Some("info,trellis_proxy=debug"));
     }
 }

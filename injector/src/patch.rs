@@ -52,7 +52,7 @@ pub fn build(pod: &Pod, config: &InjectConfig) -> Result<(Patch, ProxyLayout), P
     let layout = ProxyLayout::of(config);
     let resources = containers::resources(&config.resources, &overrides);
     let init = containers::init_container(config, &overrides, resources.clone());
-    let proxy = containers::proxy_container(config, resources, layout);
+    let proxy = containers::proxy_container(config, &overrides, resources, layout);
 
     let mut ops = Vec::with_capacity(6);
 

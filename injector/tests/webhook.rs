@@ -172,6 +172,20 @@ fn assert_injected(before: &Value, after: &Pod, config: &InjectConfig) {
         Some("trellis-control-plane.trellis-system.svc:15012")
     );
     assert_eq!(
+        env_value(proxy, "TRELLIS_CONTROL_PLANE_ID")
+            .value
+            .as_deref(),
+        Some("spiffe://cluster.local/ns/trellis-system/sa/trellis-control-plane")
+    );
+    assert_eq!(
+        env_value(proxy, "TRELLIS_LOG").value.as_deref(),
+        Some("info")
+    );
+    assert_eq!(
+        env_value(proxy, "TRELLIS_LOG_FORMAT").value.as_deref(),
+        Some("text")
+    );
+    assert_eq!(
         env_value(proxy, "TRELLIS_TOKEN_FILE").value.as_deref(),
         Some("/var/run/secrets/trellis/tokens/trellis-token")
     );
@@ -389,6 +403,7 @@ async fn bad_annotations_allow_the_pod_uninjected_with_a_warning() {
         ("trellis.dev/exclude-outbound-ports", "99999"),
         ("trellis.dev/proxy-cpu", "a lot"),
         ("trellis.dev/proxy-memory", "12XB"),
+        ("trellis.dev/log-level", "verbose"),
     ] {
         let review = with_annotations(review_fixture(FIXTURES[0]), json!({key: value}));
         let response = webhook.review("/inject", &review).await;
@@ -408,6 +423,7 @@ async fn pod_annotations_set_exclusions_and_resources() {
             "trellis.dev/exclude-outbound-ports": "5432",
             "trellis.dev/proxy-cpu": "250m",
             "trellis.dev/proxy-memory": "256Mi",
+            "trellis.dev/log-level": "info,trellis_proxy=debug",
         }),
     );
     let (_, pod) = apply(
@@ -439,4 +455,10 @@ async fn pod_annotations_set_exclusions_and_resources() {
         .unwrap();
     assert_eq!(requests["cpu"].0, "250m");
     assert_eq!(requests["memory"].0, "256Mi");
+    assert_eq!(
+        env_value(find(&inits, "trellis-proxy"), "TRELLIS_LOG")
+            .value
+            .as_deref(),
+        Some("info,trellis_proxy=debug")
+    );
 }

@@ -1,8 +1,9 @@
 //! The admin endpoint (127.0.0.1:15000 only): `/ready` `/live` `/identity` `/handshakes`
-//! `/metrics` `/config_dump`; and the health endpoint on the pod IP (15020) for kubelet and
-//! Prometheus, which serves only `/ready` `/live` `/metrics`.
+//! `/metrics` `/config_dump` and `/logging`; and the health endpoint on the pod IP (15020) for
+//! kubelet and Prometheus, which serves only `/ready` `/live` `/metrics`.
 //!
-//! Owns: routing and rendering of those pages. It reads shared state; it changes nothing.
+//! Owns: routing and rendering of those pages. It reads shared state; the one page that
+//! changes something, `/logging`, is [`crate::log_level`].
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -44,7 +45,12 @@ pub async fn serve(listener: TcpListener, surface: Surface, ctx: Arc<ProxyContex
             let ctx2 = ctx.clone();
             let svc = service_fn(move |req| {
                 let ctx = ctx2.clone();
-                async move { Ok::<_, Infallible>(respond(&req, surface, &ctx)) }
+                async move {
+                    if surface == Surface::Admin && req.uri().path() == crate::log_level::PATH {
+                        return Ok::<_, Infallible>(crate::log_level::respond(req, &ctx).await);
+                    }
+                    Ok::<_, Infallible>(respond(&req, surface, &ctx))
+                }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -130,7 +136,8 @@ fn query_param<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
     })
 }
 
-fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+/// A plain-text response.
+pub(crate) fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body.to_owned())));
     *r.status_mut() = status;
     r.headers_mut().insert(

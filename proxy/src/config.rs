@@ -240,12 +240,9 @@ pub struct RunArgs {
     /// connection tasks (bench/: ~25 % less CPU per request at 5,000 req/s than two).
     #[arg(long, env = "TRELLIS_WORKER_THREADS", default_value_t = 1)]
     pub worker_threads: usize,
-    /// Log filter (tracing env-filter syntax).
-    #[arg(long, env = "TRELLIS_LOG", default_value = "info")]
-    pub log: String,
-    /// Log as JSON lines.
-    #[arg(long, env = "TRELLIS_LOG_JSON")]
-    pub log_json: bool,
+    /// Logs: `--log <filter>`, `--log-format text|json` (shared by every Trellis binary).
+    #[command(flatten)]
+    pub log: trellis_telemetry::LogArgs,
 }
 
 /// Why the configuration is unusable; each message names the flag.
@@ -342,6 +339,10 @@ pub struct Config {
     pub drain: Duration,
     /// Handshake log size.
     pub handshake_log: usize,
+    /// The process's log filter, read and changed at run time on the admin port's `/logging`.
+    /// Set by `main` once the subscriber is installed; `None` where nothing installed one.
+    #[serde(skip)]
+    pub log_control: Option<trellis_telemetry::LogHandle>,
 }
 
 mod humantime_serde_compat {
@@ -481,6 +482,7 @@ impl RunArgs {
             cert_ttl: self.cert_ttl.map(|d| d.as_secs()),
             drain: self.drain,
             handshake_log: self.handshake_log.max(1),
+            log_control: None,
         })
     }
 }

@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::identity::SvidWatch;
 use crate::metrics::{ConnLabels, Metrics, RefusalLabels};
 use crate::records::{ConnRecord, Direction, HandshakeLog, TlsFacts};
+use crate::refusals::{Refusal, RefusalLog};
 use crate::state::StateWatch;
 
 /// Shared by every listener and connection task.
@@ -37,6 +38,8 @@ pub struct ProxyContext {
     pub shutdown: CancellationToken,
     /// The proxy's own listener addresses (loop prevention).
     pub own_addrs: Vec<SocketAddr>,
+    /// Rate-limited `info` lines for refused connections.
+    pub refusals: RefusalLog,
 }
 
 impl ProxyContext {
@@ -82,8 +85,9 @@ impl ProxyContext {
             .inc();
     }
 
-    /// A refused connection: counted under `code` (the refusal metric's reason) and recorded
-    /// with decision `deny` and the human-readable `reason`.
+    /// A refused connection: counted under `code` (the refusal metric's reason), logged at
+    /// `info` (rate limited per code, see [`crate::refusals`]) and recorded with decision
+    /// `deny` and the human-readable `reason`.
     #[allow(clippy::too_many_arguments)]
     pub fn deny(
         &self,
@@ -96,6 +100,15 @@ impl ProxyContext {
         reason: impl Into<String>,
     ) {
         self.refuse(direction, code);
+        let reason = reason.into();
+        self.refusals.refused(&Refusal {
+            direction,
+            reason: code,
+            peer_addr,
+            peer_id: peer_id.as_deref(),
+            dst,
+            detail: &reason,
+        });
         self.record(direction, peer_addr, peer_id, dst, tls, "deny", reason);
     }
 }

@@ -16,8 +16,10 @@
 //! | [`tunnel`] | 15008 server (mTLS + HTTP/2 CONNECT) and the client pool (one connection per peer) |
 //! | [`copy`] | bytes both ways: half-close, backpressure, idle timeout, live counters |
 //! | [`records`] | the connection log behind `/handshakes` |
+//! | [`refusals`] | the rate-limited `info` line of every refused connection |
 //! | [`metrics`] | `trellis_proxy_*` Prometheus metrics |
 //! | [`admin`] | 127.0.0.1:15000 admin pages and the pod-IP :15020 health/metrics |
+//! | [`log_level`] | the admin page `/logging`: the log filter, read and changed at run time |
 //! | [`orig_dst`] | `SO_ORIGINAL_DST` |
 //! | [`redirect`] | `trellis-proxy init`: the iptables rules that send a pod's TCP to the proxy |
 //! | [`context`] | the handles every listener shares |
@@ -38,6 +40,7 @@ pub mod copy;
 pub mod discovery;
 pub mod identity;
 pub mod inbound;
+pub mod log_level;
 pub mod metrics;
 pub mod orig_dst;
 pub mod outbound;
@@ -45,6 +48,7 @@ pub mod policy;
 pub mod ports;
 pub mod records;
 pub mod redirect;
+pub mod refusals;
 pub mod route;
 pub mod run;
 pub mod state;

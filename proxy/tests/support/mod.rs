@@ -76,6 +76,16 @@ pub async fn proxy(
     token: &str,
     extra: &[String],
 ) -> trellis_proxy::run::Running {
+    proxy_with_logs(cp, token, extra, None).await
+}
+
+/// [`proxy`], with the handle of the log filter its admin `/logging` page controls.
+pub async fn proxy_with_logs(
+    cp: &ControlPlane,
+    token: &str,
+    extra: &[String],
+    log_control: Option<trellis_telemetry::LogHandle>,
+) -> trellis_proxy::run::Running {
     let mut argv = vec![
         "trellis-proxy".to_string(),
         "--mode=explicit".into(),
@@ -87,7 +97,8 @@ pub async fn proxy(
         "--drain=1s".into(),
     ];
     argv.extend(extra.iter().cloned());
-    let config = Cli::try_parse_from(argv).unwrap().run.validate().unwrap();
+    let mut config = Cli::try_parse_from(argv).unwrap().run.validate().unwrap();
+    config.log_control = log_control;
     let running = trellis_proxy::run::start(config).await.unwrap();
     assert!(
         running.ready(Duration::from_secs(10)).await,
