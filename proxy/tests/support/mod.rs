@@ -86,6 +86,21 @@ pub async fn proxy_with_logs(
     extra: &[String],
     log_control: Option<trellis_telemetry::LogHandle>,
 ) -> trellis_proxy::run::Running {
+    let running = proxy_started(cp, token, extra, log_control).await;
+    assert!(
+        running.ready(Duration::from_secs(10)).await,
+        "proxy got no certificate"
+    );
+    running
+}
+
+/// [`proxy_with_logs`] without waiting for its certificate.
+pub async fn proxy_started(
+    cp: &ControlPlane,
+    token: &str,
+    extra: &[String],
+    log_control: Option<trellis_telemetry::LogHandle>,
+) -> trellis_proxy::run::Running {
     let mut argv = vec![
         "trellis-proxy".to_string(),
         "--mode=explicit".into(),
@@ -99,12 +114,7 @@ pub async fn proxy_with_logs(
     argv.extend(extra.iter().cloned());
     let mut config = Cli::try_parse_from(argv).unwrap().run.validate().unwrap();
     config.log_control = log_control;
-    let running = trellis_proxy::run::start(config).await.unwrap();
-    assert!(
-        running.ready(Duration::from_secs(10)).await,
-        "proxy got no certificate"
-    );
-    running
+    trellis_proxy::run::start(config).await.unwrap()
 }
 
 /// A backend proxy (identity of `TOKENS[1]`) fronting `app`, and a frontend proxy (`TOKENS[0]`)
