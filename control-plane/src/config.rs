@@ -1,7 +1,7 @@
 //! The control plane's configuration: one clap struct (every flag also an environment
 //! variable), validated into a [`Config`] before any port is bound.
 //!
-//! Owns: flag names, defaults (matching DESIGN.md) and the checks that name the bad flag.
+//! Owns: flag names, defaults (matching docs/design.md) and the checks that name the bad flag.
 //! It leaves reading the files it names to the modules that own them.
 
 use std::net::SocketAddr;

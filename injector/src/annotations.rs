@@ -1,4 +1,4 @@
-//! The pod annotations Trellis reads and writes (names from DESIGN.md "Ports and names"),
+//! The pod annotations Trellis reads and writes (names from docs/design.md "Ports and names"),
 //! parsed into types. Reading them is the only place the injector looks at free-form user
 //! text on the pod, so every value is validated here and a bad one is reported with the
 //! annotation's name and the value.
@@ -20,6 +20,9 @@ pub const INJECTED: &str = "trellis.dev/injected";
 pub const EXCLUDE_INBOUND_PORTS: &str = "trellis.dev/exclude-inbound-ports";
 /// Comma-separated outbound ports the init step leaves alone.
 pub const EXCLUDE_OUTBOUND_PORTS: &str = "trellis.dev/exclude-outbound-ports";
+/// Comma-separated outbound networks (`10.0.0.0/8`, `fd00::/8`, or single addresses) the init
+/// step leaves alone: their traffic bypasses the proxy, in plain TCP.
+pub const EXCLUDE_OUTBOUND_CIDRS: &str = "trellis.dev/exclude-outbound-cidrs";
 /// The proxy's CPU request for this pod, overriding the injector's configured default.
 pub const PROXY_CPU: &str = "trellis.dev/proxy-cpu";
 /// The proxy's memory request for this pod, overriding the injector's configured default.
@@ -78,6 +81,16 @@ pub enum AnnotationError {
     BadPort {
         /// Which annotation.
         annotation: &'static str,
+        /// Its whole value.
+        value: String,
+        /// The entry that failed.
+        entry: String,
+    },
+    /// A CIDR list has an entry that is not an address or `address/prefix`.
+    #[error(
+        "annotation {EXCLUDE_OUTBOUND_CIDRS}={value:?}: {entry:?} is not a network; expected a comma-separated list like \"10.0.0.0/8,fd00::/8,192.0.2.7\""
+    )]
+    BadCidr {
         /// Its whole value.
         value: String,
         /// The entry that failed.
@@ -153,6 +166,8 @@ pub struct PodOverrides {
     pub exclude_inbound_ports: PortList,
     /// From `trellis.dev/exclude-outbound-ports`.
     pub exclude_outbound_ports: PortList,
+    /// From `trellis.dev/exclude-outbound-cidrs`: checked entries, in the order given.
+    pub exclude_outbound_cidrs: Vec<String>,
     /// From `trellis.dev/proxy-cpu`: the proxy's CPU request.
     pub proxy_cpu: Option<Quantity>,
     /// From `trellis.dev/proxy-memory`: the proxy's memory request.
@@ -167,6 +182,7 @@ impl PodOverrides {
         Ok(Self {
             exclude_inbound_ports: ports(pod, EXCLUDE_INBOUND_PORTS)?,
             exclude_outbound_ports: ports(pod, EXCLUDE_OUTBOUND_PORTS)?,
+            exclude_outbound_cidrs: cidrs(pod)?,
             proxy_cpu: quantity(pod, PROXY_CPU)?,
             proxy_memory: quantity(pod, PROXY_MEMORY)?,
             log_level: log_level(pod)?,
@@ -183,6 +199,41 @@ fn ports(pod: &Pod, annotation: &'static str) -> Result<PortList, AnnotationErro
         value: value.to_owned(),
         entry,
     })
+}
+
+fn cidrs(pod: &Pod) -> Result<Vec<String>, AnnotationError> {
+    let Some(value) = get(pod, EXCLUDE_OUTBOUND_CIDRS) else {
+        return Ok(Vec::new());
+    };
+    if value.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    value
+        .split(',')
+        .map(str::trim)
+        .map(|entry| {
+            is_network(entry)
+                .then(|| entry.to_owned())
+                .ok_or_else(|| AnnotationError::BadCidr {
+                    value: value.to_owned(),
+                    entry: entry.to_owned(),
+                })
+        })
+        .collect()
+}
+
+/// `address` or `address/prefix` with a prefix no longer than the address family's. The init
+/// step parses the list again (and clears host bits); this check turns a typo into an admission
+/// warning instead of a pod whose init container fails.
+fn is_network(entry: &str) -> bool {
+    let (address, prefix) = entry.split_once('/').unwrap_or((entry, "0"));
+    match address.parse::<std::net::IpAddr>() {
+        Ok(ip) => {
+            let max = if ip.is_ipv4() { 32 } else { 128 };
+            prefix.parse::<u8>().is_ok_and(|p| p <= max)
+        }
+        Err(_) => false,
+    }
 }
 
 fn log_level(pod: &Pod) -> Result<Option<String>, AnnotationError> {
@@ -237,6 +288,33 @@ mod tests {
                 *expected,
                 "{text:?}"
             );
+        }
+    }
+
+    #[test]
+    fn cidr_lists_accept_networks_and_single_addresses() {
+        let cases: &[(&str, Result<&[&str], &str>)] = &[
+            ("", Ok(&[])),
+            ("10.0.0.0/8", Ok(&["10.0.0.0/8"])),
+            (
+                " 10.0.0.0/8 , fd00::/8,192.0.2.7 ",
+                Ok(&["10.0.0.0/8", "fd00::/8", "192.0.2.7"]),
+            ),
+            ("10.0.0.0/33", Err("10.0.0.0/33")),
+            ("fd00::/129", Err("fd00::/129")),
+            ("10.0.0.0/", Err("10.0.0.0/")),
+            ("db.internal", Err("db.internal")),
+            ("10.0.0.0/8,,fd00::/8", Err("")),
+        ];
+        for (text, expected) in cases {
+            let got = cidrs(&pod_with(&[(EXCLUDE_OUTBOUND_CIDRS, text)]));
+            match (expected, got) {
+                (Ok(want), Ok(got)) => assert_eq!(got, *want, "{text:?}"),
+                (Err(entry), Err(AnnotationError::BadCidr { entry: got, .. })) => {
+                    assert_eq!(got, *entry, "{text:?}")
+                }
+                (want, got) => panic!("{text:?}: expected {want:?}, got {got:?}"),
+            }
         }
     }
 

@@ -1,6 +1,6 @@
 //! The injector's configuration: command-line flags (each also an environment variable),
 //! validated into typed values before any port is bound, and the [`InjectConfig`] the patch
-//! builder reads. Defaults live here, once, and match DESIGN.md.
+//! builder reads. Defaults live here, once, and match docs/design.md.
 //!
 //! Loading the files the flags name (serving certificate, trust bundle) is [`crate::reload`]'s
 //! job; asking the API server for its version is [`crate::apiserver`]'s.
@@ -14,7 +14,7 @@ use trellis_telemetry::{LogArgs, LogFormat, check_filter};
 
 use crate::quantity::Quantity;
 
-/// Default listen address: the webhook port of DESIGN.md.
+/// Default listen address: the webhook port of docs/design.md.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:15017";
 /// Default control plane address, as the proxy's own default (ARCHITECTURE.md).
 pub const DEFAULT_CONTROL_PLANE: &str = "trellis-control-plane.trellis-system.svc:15012";
@@ -25,7 +25,7 @@ pub const CONTROL_PLANE_SERVICE_ACCOUNT: &str = "trellis-control-plane";
 /// Default log filter of the proxies (`TRELLIS_LOG`); a pod overrides it with
 /// `trellis.dev/log-level`.
 pub const DEFAULT_PROXY_LOG: &str = "info";
-/// Default trust domain (DESIGN.md "Identity").
+/// Default trust domain (docs/design.md "Identity").
 pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
 /// Default CPU request of the proxy (and of the init step).
 pub const DEFAULT_PROXY_CPU_REQUEST: &str = "100m";

@@ -124,6 +124,10 @@ pub fn init_container(
         args.push("--exclude-outbound-ports".to_owned());
         args.push(overrides.exclude_outbound_ports.to_string());
     }
+    if !overrides.exclude_outbound_cidrs.is_empty() {
+        args.push("--exclude-outbound-cidrs".to_owned());
+        args.push(overrides.exclude_outbound_cidrs.join(","));
+    }
     Container {
         name: INIT_NAME.to_owned(),
         image: Some(config.init_image.clone()),
@@ -404,5 +408,13 @@ mod tests {
             .args
             .unwrap();
         assert_eq!(args[5..], ["--exclude-outbound-ports", "5432,6379"]);
+        overrides.exclude_outbound_cidrs = vec!["10.0.0.0/8".into(), "fd00::/8".into()];
+        let args = init_container(&c, &overrides, ResourceRequirements::default())
+            .args
+            .unwrap();
+        assert_eq!(
+            args[7..],
+            ["--exclude-outbound-cidrs", "10.0.0.0/8,fd00::/8"]
+        );
     }
 }

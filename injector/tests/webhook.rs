@@ -404,6 +404,7 @@ async fn bad_annotations_allow_the_pod_uninjected_with_a_warning() {
         ("trellis.dev/proxy-cpu", "a lot"),
         ("trellis.dev/proxy-memory", "12XB"),
         ("trellis.dev/log-level", "verbose"),
+        ("trellis.dev/exclude-outbound-cidrs", "10.0.0.0/40"),
     ] {
         let review = with_annotations(review_fixture(FIXTURES[0]), json!({key: value}));
         let response = webhook.review("/inject", &review).await;
@@ -421,6 +422,7 @@ async fn pod_annotations_set_exclusions_and_resources() {
         json!({
             "trellis.dev/exclude-inbound-ports": "9090, 9091",
             "trellis.dev/exclude-outbound-ports": "5432",
+            "trellis.dev/exclude-outbound-cidrs": "198.18.0.0/15",
             "trellis.dev/proxy-cpu": "250m",
             "trellis.dev/proxy-memory": "256Mi",
             "trellis.dev/log-level": "info,trellis_proxy=debug",
@@ -444,7 +446,9 @@ async fn pod_annotations_set_exclusions_and_resources() {
             "--exclude-inbound-ports",
             "9090,9091",
             "--exclude-outbound-ports",
-            "5432"
+            "5432",
+            "--exclude-outbound-cidrs",
+            "198.18.0.0/15"
         ]
     );
     let requests = find(&inits, "trellis-proxy")

@@ -1,7 +1,7 @@
 //! `trellis-proxy run` configuration: one clap struct (each flag also an env var, names as in
 //! ARCHITECTURE.md), validated into [`Config`] before any port is bound.
 //!
-//! Owns: flag names, defaults (DESIGN.md ports), and parsing of the explicit-mode and static
+//! Owns: flag names, defaults (docs/design.md ports), and parsing of the explicit-mode and static
 //! workload flags. Secrets (the token) are read later by `identity`, never printed here.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

@@ -5,7 +5,7 @@
 //! | module | owns |
 //! |---|---|
 //! | [`config`] | `run` flags (each an env var), validated before any port is bound |
-//! | [`ports`] | the well-known ports of DESIGN.md |
+//! | [`ports`] | the well-known ports of docs/design.md |
 //! | [`identity`] | key in memory, SVID from the control plane, renewal at half-life with jitter and backoff |
 //! | [`state`] | the mesh snapshot: which address is which workload (identity, tunnel) |
 //! | [`discovery`] | the control plane's `Watch` stream → new [`state`] snapshots (last one kept if it drops) |
