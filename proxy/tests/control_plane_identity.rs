@@ -39,7 +39,7 @@ async fn a_proxy_expecting_another_namespace_refuses_the_control_plane_and_says_
         ansi: false,
     };
     let (dispatch, _) = trellis_telemetry::subscriber(&settings, buffer.clone()).unwrap();
-    let _logs = tracing::dispatcher::set_default(&dispatch);
+    let _logs = trellis_telemetry::thread_default(&dispatch);
     let cp = ControlPlane::start(&["--namespace=mesh-system"]).await;
     // No --control-plane-id: the default, in trellis-system.
     let p = proxy_started(&cp, TOKENS[1].0, &[], None).await;

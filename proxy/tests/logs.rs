@@ -67,7 +67,7 @@ async fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, S
 #[tokio::test]
 async fn a_refused_connection_is_logged_at_info_with_peer_destination_and_reason() {
     let (dispatch, _, buffer) = json_logs("info");
-    let _logs = tracing::dispatcher::set_default(&dispatch);
+    let _logs = trellis_telemetry::thread_default(&dispatch);
     let cp = ControlPlane::start(&[]).await;
     let nobody = closed_port();
     let backend = proxy(&cp, TOKENS[1].0, &[]).await;
@@ -120,7 +120,7 @@ async fn a_refused_connection_is_logged_at_info_with_peer_destination_and_reason
 #[tokio::test]
 async fn the_admin_port_shows_and_changes_the_log_filter() {
     let (dispatch, handle, buffer) = json_logs("info");
-    let _logs = tracing::dispatcher::set_default(&dispatch);
+    let _logs = trellis_telemetry::thread_default(&dispatch);
     let cp = ControlPlane::start(&[]).await;
     let p = proxy_with_logs(
         &cp,

@@ -1,12 +1,29 @@
 //! Log lines kept in memory instead of written out: what tests read back to check that
 //! something was logged, and how.
 //!
-//! Owns: [`LogBuffer`], a cloneable `MakeWriter` for [`crate::subscriber`].
+//! Owns: [`LogBuffer`], a cloneable `MakeWriter` for [`crate::subscriber`], and
+//! [`thread_default`], which installs a subscriber for one test thread safely.
 
 use std::io;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
+use tracing::Dispatch;
+use tracing::dispatcher::DefaultGuard;
 use tracing_subscriber::fmt::MakeWriter;
+
+/// Makes `dispatch` this thread's subscriber until the guard is dropped, so that tests running
+/// in parallel each read their own logs.
+///
+/// Why not `tracing::dispatcher::set_default` alone: while only one dispatcher is registered,
+/// tracing-core decides whether a newly seen callsite is enabled by asking the *current
+/// thread's* subscriber. A parallel test thread without one would then switch that callsite off
+/// for every thread, and the test reading its logs would see nothing. One extra dispatcher,
+/// registered once and never dropped, makes tracing-core ask all of them.
+pub fn thread_default(dispatch: &Dispatch) -> DefaultGuard {
+    static ANCHOR: OnceLock<Dispatch> = OnceLock::new();
+    ANCHOR.get_or_init(|| Dispatch::new(tracing::subscriber::NoSubscriber::default()));
+    tracing::dispatcher::set_default(dispatch)
+}
 
 /// Everything the subscriber wrote, shared between clones.
 #[derive(Debug, Clone, Default)]

@@ -24,6 +24,6 @@ pub mod install;
 pub mod json;
 
 pub use args::{LogArgs, LogFormat, LogSettings};
-pub use capture::LogBuffer;
+pub use capture::{LogBuffer, thread_default};
 pub use filter::{FilterError, check_filter};
 pub use install::{LogError, LogHandle, init, subscriber};
