@@ -23,6 +23,9 @@ pub enum LogError {
     /// The filter text is unusable.
     #[error(transparent)]
     Filter(#[from] FilterError),
+    /// The filter given on the command line (or in the environment) is unusable.
+    #[error("--log (TRELLIS_LOG, RUST_LOG): {0}")]
+    Flag(FilterError),
     /// `init` was called when a global subscriber was already installed.
     #[error("a global log subscriber is already installed; expected init to be called once")]
     AlreadyInstalled,
@@ -87,7 +90,11 @@ where
 /// Installs the process-wide subscriber the flags ask for, on standard error. Call once, first
 /// thing in `main`.
 pub fn init(args: &LogArgs) -> Result<LogHandle, LogError> {
-    let (dispatch, handle) = subscriber(&args.settings(), std::io::stderr)?;
+    let (dispatch, handle) =
+        subscriber(&args.settings(), std::io::stderr).map_err(|e| match e {
+            LogError::Filter(e) => LogError::Flag(e),
+            other => other,
+        })?;
     tracing::dispatcher::set_global_default(dispatch).map_err(|_| LogError::AlreadyInstalled)?;
     Ok(handle)
 }

@@ -111,3 +111,17 @@ fn a_handle_outliving_its_subscriber_says_so() {
     drop(dispatch);
     assert!(matches!(handle.set("debug"), Err(LogError::Gone)));
 }
+
+#[test]
+fn a_bad_log_flag_is_named_and_installs_nothing() {
+    let args = LogArgs {
+        filter: Some("debgu".into()),
+        ..LogArgs::default()
+    };
+    let err = init(&args).unwrap_err();
+    assert!(err.to_string().starts_with("--log (TRELLIS_LOG"), "{err}");
+    assert!(
+        !tracing::dispatcher::has_been_set(),
+        "nothing was installed"
+    );
+}
