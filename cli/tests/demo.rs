@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use trellis::sandbox::binaries::{CONTROL_PLANE, PROXY, binary};
-use trellis::sandbox::netns;
+use trellis_sandbox::binaries::{CONTROL_PLANE, PROXY, binary};
+use trellis_sandbox::netns;
 
 const FRONTEND_ID: &str = "spiffe://cluster.local/ns/shop/sa/frontend";
 const BACKEND_ID: &str = "spiffe://cluster.local/ns/shop/sa/backend";
@@ -187,7 +187,7 @@ fn assert_nothing_left(run: &Run) {
     let users = processes_mentioning(&dir_text);
     assert!(users.is_empty(), "processes using {dir_text}: {users:?}");
     assert!(!dir.exists(), "{dir_text} left behind");
-    let prefix = format!("{}{}-", trellis::sandbox::NAME_PREFIX, run.pid);
+    let prefix = format!("{}{}-", trellis_sandbox::NAME_PREFIX, run.pid);
     let left: Vec<String> = netns::list()
         .into_iter()
         .filter(|n| n.starts_with(&prefix))
@@ -216,7 +216,7 @@ fn the_demo_tells_the_story_and_leaves_nothing_behind() {
         assert!(
             run.stdout.contains(&format!(
                 "sandbox {}{}-",
-                trellis::sandbox::NAME_PREFIX,
+                trellis_sandbox::NAME_PREFIX,
                 run.pid
             )),
             "the demo names its sandbox"

@@ -5,7 +5,8 @@
 //! the layout of the mesh.
 //!
 //! Needs root, python3, `dumpcap` and `tshark`, and the binaries built (`cargo build
-//! --workspace --bins`; or `TRELLIS_BIN_DIR`). Without root each test says it is skipped.
+//! --workspace --bins`; or `TRELLIS_BIN_DIR`). Without root each test fails, saying so;
+//! `cargo nextest run --profile unprivileged` leaves them out on purpose (CONTRIBUTING.md).
 
 mod support;
 
@@ -14,12 +15,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::*;
-use trellis::sandbox::app::{APP_UID, App};
-use trellis::sandbox::capture::Capture;
-use trellis::sandbox::control_plane::ControlPlane;
-use trellis::sandbox::http::{GET_TIMEOUT, http_get};
-use trellis::sandbox::sidecar::{Sidecar, SidecarSpec};
-use trellis::sandbox::{Cmd, Sandbox, netns};
+use trellis_sandbox::app::{APP_UID, App};
+use trellis_sandbox::capture::Capture;
+use trellis_sandbox::control_plane::ControlPlane;
+use trellis_sandbox::http::{GET_TIMEOUT, http_get};
+use trellis_sandbox::require_root;
+use trellis_sandbox::sidecar::{Sidecar, SidecarSpec};
+use trellis_sandbox::{Cmd, Sandbox, netns};
 
 const OPENED: &str = "trellis_proxy_tunnel_connections_opened_total";
 const RENEWALS: &str = "trellis_proxy_certificate_renewals_total";
@@ -31,9 +33,7 @@ fn backend_url(path: &str) -> String {
 
 #[test]
 fn an_app_request_crosses_both_sidecars_and_the_wire_carries_only_tls_1_3() {
-    if !skip_unless_root("an_app_request_crosses_both_sidecars_and_the_wire_carries_only_tls_1_3") {
-        return;
-    }
+    require_root();
     let mesh = Mesh::start(MeshSpec::default());
     let marker = marker("secret");
 
@@ -115,9 +115,7 @@ fn an_app_request_crosses_both_sidecars_and_the_wire_carries_only_tls_1_3() {
 
 #[test]
 fn many_app_connections_to_one_peer_share_one_tunnel_connection() {
-    if !skip_unless_root("many_app_connections_to_one_peer_share_one_tunnel_connection") {
-        return;
-    }
+    require_root();
     let mesh = Mesh::start(MeshSpec::default());
     let base = format!("http://{BACKEND_IP}:8080");
     let answer = mesh.client(&mesh.frontend, &["many", &base, "20"]);
@@ -152,11 +150,7 @@ fn many_app_connections_to_one_peer_share_one_tunnel_connection() {
 
 #[test]
 fn the_server_records_the_client_identity_and_the_client_refuses_a_server_with_another() {
-    if !skip_unless_root(
-        "the_server_records_the_client_identity_and_the_client_refuses_a_server_with_another",
-    ) {
-        return;
-    }
+    require_root();
     let mut mesh = Mesh::start(MeshSpec::default());
     let reply = http_get(
         &mesh.frontend,
@@ -209,10 +203,7 @@ fn the_server_records_the_client_identity_and_the_client_refuses_a_server_with_a
 
 #[test]
 fn strict_refuses_a_plaintext_client_and_permissive_passes_it_as_plaintext() {
-    if !skip_unless_root("strict_refuses_a_plaintext_client_and_permissive_passes_it_as_plaintext")
-    {
-        return;
-    }
+    require_root();
     let mut mesh = Mesh::start(MeshSpec {
         outsider: true,
         ..MeshSpec::default()
@@ -255,11 +246,7 @@ fn strict_refuses_a_plaintext_client_and_permissive_passes_it_as_plaintext() {
 
 #[test]
 fn certificates_rotate_under_continuous_traffic_without_dropping_a_connection() {
-    if !skip_unless_root(
-        "certificates_rotate_under_continuous_traffic_without_dropping_a_connection",
-    ) {
-        return;
-    }
+    require_root();
     let mesh = Mesh::start(MeshSpec::default().both(&["--cert-ttl=6s"]));
     let load_for = Duration::from_secs(15);
     let load = mesh.spawn_load(15);
@@ -303,11 +290,7 @@ fn certificates_rotate_under_continuous_traffic_without_dropping_a_connection() 
 
 #[test]
 fn traffic_flows_while_the_control_plane_is_down_and_renewals_resume_after_its_restart() {
-    if !skip_unless_root(
-        "traffic_flows_while_the_control_plane_is_down_and_renewals_resume_after_its_restart",
-    ) {
-        return;
-    }
+    require_root();
     // Renewal is due 8–10 s after issue; the control plane goes down right after the
     // sidecars got their certificates and stays down 12 s: past the renewal, within the
     // lifetime.
@@ -370,10 +353,7 @@ fn traffic_flows_while_the_control_plane_is_down_and_renewals_resume_after_its_r
 
 #[test]
 fn a_dropped_sandbox_leaves_no_namespace_and_no_process_even_after_a_panic() {
-    if !skip_unless_root("a_dropped_sandbox_leaves_no_namespace_and_no_process_even_after_a_panic")
-    {
-        return;
-    }
+    require_root();
     // Running, or exiting: anything but gone or a zombie (which init reaps when it can).
     let alive = |pid: &u32| {
         std::fs::read_to_string(format!("/proc/{pid}/stat"))

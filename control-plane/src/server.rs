@@ -86,6 +86,8 @@ pub struct Running {
     pub bundle: TrustBundle,
     /// How the CA was obtained.
     pub origin: Origin,
+    /// The proxies watching discovery.
+    pub watchers: Arc<crate::grpc::Watchers>,
     /// Cancels every task.
     shutdown: CancellationToken,
     /// The gRPC server task.
@@ -225,20 +227,21 @@ pub async fn start(config: &Config, kube: Option<kube::Client>) -> Result<Runnin
         shutdown.clone(),
     );
 
-    // 5. The mesh model: the cluster or the mesh file (an empty mesh if neither).
-    let (model_tx, model_rx) = tokio::sync::watch::channel(Arc::new(crate::mesh::MeshModel {
+    // 5. The mesh model: the cluster or the mesh file (an empty mesh if neither), published in
+    //    versions; and the trust bundle, both streamed to proxies by discovery.
+    let (publisher, views) = crate::mesh::Publisher::new(crate::mesh::MeshModel {
         trust_domain: td.clone(),
         default_mtls: args.mtls_mode,
         ..crate::mesh::MeshModel::default()
-    }));
+    });
     match (args.mode, &args.mesh_file, kube.clone()) {
         (Mode::Local, Some(path), _) => {
             // Refuse to start on a broken file; later breakage keeps the last good model.
-            crate::mesh::file::load(path, td)?;
+            publisher.publish(crate::mesh::file::load(path, td)?);
             tokio::spawn(crate::mesh::file::watch_file(
                 path.clone(),
                 td.clone(),
-                model_tx,
+                publisher,
                 shutdown.clone(),
             ));
         }
@@ -247,21 +250,32 @@ pub async fn start(config: &Config, kube: Option<kube::Client>) -> Result<Runnin
                 client,
                 td.clone(),
                 args.mtls_mode,
-                model_tx,
+                publisher,
                 shutdown.clone(),
             ));
         }
         _ => {
-            // No source: an empty mesh. Keep the sender alive, or every Watch stream would end
-            // after its first snapshot (a closed channel means "no more changes").
+            // No source: an empty mesh. Keep the publisher alive, or every Watch stream would
+            // end after its first update (a closed channel means "no more changes").
             let stop = shutdown.clone();
             tokio::spawn(async move {
                 stop.cancelled().await;
-                drop(model_tx);
+                drop(publisher);
             });
         }
     }
-    let discovery = DiscoveryServer::new(DiscoveryService::new(model_rx, shutdown.clone()));
+    let (bundle_tx, bundle_rx) = tokio::sync::watch::channel(Arc::new(ca.bundle().clone()));
+    {
+        // The roots do not change while the control plane runs (yet): keep the sender alive.
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            stop.cancelled().await;
+            drop(bundle_tx);
+        });
+    }
+    let discovery_service = DiscoveryService::new(views, bundle_rx, shutdown.clone());
+    let watchers = discovery_service.watchers();
+    let discovery = DiscoveryServer::new(discovery_service);
 
     // 6. gRPC services.
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -296,6 +310,7 @@ pub async fn start(config: &Config, kube: Option<kube::Client>) -> Result<Runnin
         metrics_addr,
         bundle: ca.bundle().clone(),
         origin,
+        watchers,
         shutdown,
         grpc,
     })

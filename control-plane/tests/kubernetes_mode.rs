@@ -340,3 +340,120 @@ async fn an_unreachable_api_server_makes_certify_unavailable_not_unauthenticated
     );
     stop(plane.running).await;
 }
+
+/// The items of a recorded list, as the API server listed them.
+fn recorded_items(file: &str) -> Vec<serde_json::Value> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../testdata/services")
+        .join(file);
+    let bytes = std::fs::read(&path).expect("the recorded list");
+    let list: serde_json::Value = serde_json::from_slice(&bytes).expect("JSON");
+    list["items"].as_array().expect("items").clone()
+}
+
+fn recorded_events(file: &str) -> Vec<serde_json::Value> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../testdata/services")
+        .join(file);
+    std::fs::read_to_string(&path)
+        .expect("the recorded watch stream")
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).expect("one JSON event per line"))
+        .collect()
+}
+
+/// `ip:target ready` of the endpoints of `service` port `port` a watcher holds.
+fn held_endpoints(m: &common::watcher::Mirror, service: &str, port: u32) -> Vec<String> {
+    let Some(s) = m.services.get(service) else {
+        return Vec::new();
+    };
+    s.ports
+        .iter()
+        .filter(|p| p.port == port)
+        .flat_map(|p| &p.endpoints)
+        .map(|e| {
+            let o: [u8; 4] = e.ip.as_slice().try_into().expect("IPv4");
+            let ready = if e.ready { "ready" } else { "not-ready" };
+            format!("{}:{} {ready}", std::net::Ipv4Addr::from(o), e.target_port)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn recorded_services_and_endpoint_slices_reach_proxies_and_follow_the_watch_stream() {
+    const SERVICES: &str = "/api/v1/services";
+    const SLICES: &str = "/apis/discovery.k8s.io/v1/endpointslices";
+    const PODS: &str = "/api/v1/pods";
+    let api = FakeApiServer::start().await;
+    for item in recorded_items("services-list.json") {
+        api.collections().put(SERVICES, item);
+    }
+    for item in recorded_items("endpointslices-list.json") {
+        api.collections().put(SLICES, item);
+    }
+    // The backend pods, as injected pods are: annotated by the webhook.
+    for mut pod in recorded_items("pods-list.json") {
+        if pod["spec"]["serviceAccountName"] == "backend" {
+            pod["metadata"]["annotations"] = serde_json::json!({"trellis.dev/injected": "true"});
+        }
+        api.collections().put(PODS, pod);
+    }
+    let plane = KubePlane::start(&api, &[]).await;
+    let svid =
+        common::watcher::certified(&plane.running, &plane.config, &token("valid"), FRONTEND).await;
+    let mut w =
+        common::watcher::Watcher::open(&plane.running, &plane.config, &svid, Default::default())
+            .await;
+    let wanted = [
+        "198.18.0.21:8080 ready",
+        "198.18.0.22:8080 ready",
+        "198.18.0.23:8080 not-ready",
+    ];
+    // The first update may come before the reflectors have listed everything.
+    while held_endpoints(&w.mirror, "shop/backend", 80) != wanted {
+        w.next().await;
+    }
+    assert_eq!(
+        held_endpoints(&w.mirror, "shop/external-db", 5432),
+        ["198.18.0.99:5432 ready"],
+        "the selector-less Service's hand-made slice"
+    );
+    assert!(
+        !w.mirror.services.contains_key("shop/backend-headless")
+            && !w.mirror.services.contains_key("shop/docs"),
+        "headless and ExternalName Services are not routed"
+    );
+    assert_eq!(
+        w.mirror.ips(),
+        ["198.18.0.21", "198.18.0.22", "198.18.0.23"],
+        "the injected pods are meshed workloads"
+    );
+
+    // The recorded watch stream: scale-up, readiness, graceful and forced deletion.
+    for event in recorded_events("endpointslices-watch.jsonl") {
+        api.collections().replay(SLICES, &event);
+    }
+    let wanted = [
+        "198.18.0.22:8080 ready",
+        "198.18.0.23:8080 ready",
+        "198.18.0.24:8080 ready",
+    ];
+    while held_endpoints(&w.mirror, "shop/backend", 80) != wanted {
+        w.next().await;
+    }
+    // The targetPort edit: `http` now resolves to 8081 through the slice.
+    for event in recorded_events("endpointslices-watch-targetport.jsonl")
+        .iter()
+        .take(1)
+    {
+        api.collections().replay(SLICES, event);
+    }
+    while !held_endpoints(&w.mirror, "shop/backend", 80)
+        .iter()
+        .all(|e| e.contains(":8081 "))
+    {
+        w.next().await;
+    }
+    stop(plane.running).await;
+}

@@ -9,7 +9,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use rand_core::jitter_fraction;
 use rustls::{ClientConfig, ServerConfig};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -99,11 +98,6 @@ pub struct IdentityManager {
     metrics: Arc<Metrics>,
 }
 
-/// Backoff after a failed request: starts here...
-const BACKOFF_MIN: Duration = Duration::from_millis(250);
-/// ...and doubles up to this.
-const BACKOFF_MAX: Duration = Duration::from_secs(30);
-
 impl IdentityManager {
     /// A manager and the watch its SVIDs are published on.
     pub fn new(source: IdentitySource, metrics: Arc<Metrics>) -> (Self, SvidWatch) {
@@ -136,7 +130,7 @@ impl IdentityManager {
                 Some(c) if failures == 0 => {
                     let start = installed_at.max(c.svid.not_before());
                     let life = c.svid.not_after().duration_since(start).unwrap_or_default();
-                    let renew_at = start + life.mul_f64(0.5 - 0.1 * jitter_fraction());
+                    let renew_at = start + life.mul_f64(0.5 - 0.1 * fastrand::f64());
                     renew_at
                         .duration_since(SystemTime::now())
                         .unwrap_or(Duration::ZERO)
@@ -176,7 +170,7 @@ impl IdentityManager {
                 }
                 Err(e) => {
                     failures = failures.saturating_add(1);
-                    retry_in = backoff(failures);
+                    retry_in = crate::backoff::delay(failures);
                     self.metrics
                         .renewals
                         .get_or_create(&ResultLabels { result: "error" })
@@ -223,45 +217,8 @@ impl IdentityManager {
     }
 }
 
-fn backoff(failures: u32) -> Duration {
-    let exp = BACKOFF_MIN.saturating_mul(1u32 << failures.min(8));
-    exp.min(BACKOFF_MAX).mul_f64(0.75 + 0.5 * jitter_fraction())
-}
-
 fn unix_secs(t: SystemTime) -> f64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0)
-}
-
-/// A tiny source of jitter from the OS RNG.
-mod rand_core {
-    use ring::rand::{SecureRandom, SystemRandom};
-
-    /// A number in [0, 1).
-    pub fn jitter_fraction() -> f64 {
-        let mut b = [0u8; 4];
-        if SystemRandom::new().fill(&mut b).is_err() {
-            return 0.5;
-        }
-        f64::from(u32::from_le_bytes(b)) / (f64::from(u32::MAX) + 1.0)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        let first = backoff(1);
-        assert!(
-            first >= Duration::from_millis(375) && first <= Duration::from_millis(750),
-            "{first:?}"
-        );
-        for n in 8..40 {
-            assert!(backoff(n) <= BACKOFF_MAX.mul_f64(1.25));
-            assert!(backoff(n) >= BACKOFF_MAX.mul_f64(0.75));
-        }
-    }
 }

@@ -7,9 +7,12 @@
 //! | [`config`] | `run` flags (each an env var), validated before any port is bound |
 //! | [`ports`] | the well-known ports of docs/design.md |
 //! | [`identity`] | key in memory, SVID from the control plane, renewal at half-life with jitter and backoff |
-//! | [`state`] | the mesh snapshot: which address is which workload (identity, tunnel) |
-//! | [`discovery`] | the control plane's `Watch` stream → new [`state`] snapshots (last one kept if it drops) |
-//! | [`route`] | the outbound decision (pure): tunnel, passthrough or refuse |
+//! | [`state`] | the mesh snapshot: which address is which workload (identity, tunnel), which ClusterIP:port is which Service |
+//! | [`services`] | Services as held: endpoints with their health and live load |
+//! | [`discovery`] | the control plane's `Watch` stream: full state, then only changes, applied to a copy of [`state`] and acknowledged (last state kept if it drops) |
+//! | [`route`] | the outbound decision (pure): tunnel, Service, passthrough or refuse |
+//! | [`balance`] | which endpoint of a Service takes a connection (pure): power of two choices |
+//! | [`backoff`] | the retry delay of every reconnect loop |
 //! | [`policy`] | the inbound decision (pure): may this identity reach this port |
 //! | [`outbound`] | 15001 / explicit listeners: original destination → route → tunnel or passthrough |
 //! | [`inbound`] | 15006: plaintext at an app port: STRICT refuses, PERMISSIVE passes and records |
@@ -34,6 +37,8 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod backoff;
+pub mod balance;
 pub mod config;
 pub mod context;
 pub mod copy;
@@ -51,5 +56,6 @@ pub mod redirect;
 pub mod refusals;
 pub mod route;
 pub mod run;
+pub mod services;
 pub mod state;
 pub mod tunnel;

@@ -77,6 +77,8 @@ pub struct Metrics {
     pub control_plane_unreachable: Gauge,
     /// Discovery snapshots applied.
     pub discovery_updates: Counter,
+    /// Version of the mesh state applied last.
+    pub discovery_version: Gauge,
     /// 1 while the discovery stream is up.
     pub discovery_connected: Gauge,
 }
@@ -146,8 +148,14 @@ impl Metrics {
         let discovery_updates = Counter::default();
         registry.register(
             "discovery_updates",
-            "Discovery snapshots applied",
+            "Discovery updates applied",
             discovery_updates.clone(),
+        );
+        let discovery_version = Gauge::default();
+        registry.register(
+            "discovery_version",
+            "Version of the control plane's mesh state this proxy applied last",
+            discovery_version.clone(),
         );
         let discovery_connected = Gauge::default();
         registry.register(
@@ -157,6 +165,7 @@ impl Metrics {
         );
         Self {
             discovery_updates,
+            discovery_version,
             discovery_connected,
             registry,
             connections,

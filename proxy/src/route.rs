@@ -1,13 +1,16 @@
 //! The outbound routing decision, as a pure function: given an original destination and the
-//! mesh snapshot, tunnel to a peer, pass through in plain TCP, or refuse.
+//! mesh snapshot, tunnel to a peer, balance over a Service's endpoints, pass through in plain
+//! TCP, or refuse.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use crate::config::Unmeshed;
+use crate::services::{ServiceEntry, ServicePort};
 use crate::state::{MeshState, Peer};
 
 /// Where an outbound connection goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Route {
     /// Through the tunnel to `peer`, asking it for `target`.
     Tunnel {
@@ -16,20 +19,55 @@ pub enum Route {
         /// The address named in the CONNECT authority.
         target: SocketAddr,
     },
+    /// To one endpoint of a Service, chosen per connection by [`crate::balance::pick`]; each
+    /// endpoint goes through the tunnel when meshed, in plain TCP to its pod IP otherwise.
+    Service(ServiceRoute),
     /// Directly, in plain TCP.
     Passthrough(SocketAddr),
     /// Nowhere.
     Refuse(&'static str),
 }
 
+/// A Service port a connection was addressed to.
+#[derive(Debug, Clone)]
+pub struct ServiceRoute {
+    /// The Service.
+    pub service: Arc<ServiceEntry>,
+    /// Which of its ports.
+    pub index: usize,
+}
+
+impl ServiceRoute {
+    /// The port and its endpoints.
+    pub fn port(&self) -> &ServicePort {
+        // `index` comes from the state that indexed this Service's own ports.
+        &self.service.ports[self.index]
+    }
+
+    /// `namespace/name:port`, for records.
+    pub fn name(&self) -> String {
+        format!("{}:{}", self.service.name, self.port().port)
+    }
+}
+
 /// Decides the route for `dst`. `own` lists the proxy's own listener addresses: a connection
 /// that would loop back into the proxy is refused.
+///
+/// A ClusterIP:port of a Service with at least one meshed endpoint is balanced by this proxy
+/// (kube-proxy never sees it); a Service none of whose endpoints is meshed is left to
+/// kube-proxy (passthrough to the ClusterIP), like any destination outside the mesh.
 pub fn route(dst: SocketAddr, state: &MeshState, own: &[SocketAddr], unmeshed: Unmeshed) -> Route {
     let loops = own
         .iter()
         .any(|o| o.port() == dst.port() && (o.ip() == dst.ip() || o.ip().is_unspecified()));
     if loops {
         return Route::Refuse("destination is the proxy itself");
+    }
+    if let Some(service) = state.service_at(dst) {
+        let endpoints = &service.port().endpoints;
+        if endpoints.is_empty() || endpoints.iter().any(|e| state.lookup(e.addr).is_some()) {
+            return Route::Service(service);
+        }
     }
     match state.lookup(dst) {
         Some(peer) => Route::Tunnel {
@@ -44,80 +82,5 @@ pub fn route(dst: SocketAddr, state: &MeshState, own: &[SocketAddr], unmeshed: U
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::StaticWorkload;
-
-    fn state() -> MeshState {
-        let ws: Vec<StaticWorkload> = [
-            "198.18.0.3=spiffe://cluster.local/ns/shop/sa/backend",
-            "127.0.0.1:8081=spiffe://cluster.local/ns/shop/sa/local@127.0.0.1:25008",
-        ]
-        .iter()
-        .map(|s| s.parse().unwrap())
-        .collect();
-        MeshState::from_static(&ws)
-    }
-
-    fn a(s: &str) -> SocketAddr {
-        s.parse().unwrap()
-    }
-
-    #[test]
-    fn routing_table() {
-        let own = [a("0.0.0.0:15001"), a("0.0.0.0:15006"), a("127.0.0.1:15000")];
-        let st = state();
-        let cases: &[(&str, Unmeshed, &str)] = &[
-            (
-                "198.18.0.3:8080",
-                Unmeshed::Allow,
-                "tunnel backend 198.18.0.3:15008",
-            ),
-            (
-                "198.18.0.3:9999",
-                Unmeshed::Deny,
-                "tunnel backend 198.18.0.3:15008",
-            ),
-            (
-                "127.0.0.1:8081",
-                Unmeshed::Deny,
-                "tunnel local 127.0.0.1:25008",
-            ),
-            ("127.0.0.1:8082", Unmeshed::Allow, "passthrough"),
-            ("198.18.0.9:80", Unmeshed::Allow, "passthrough"),
-            (
-                "198.18.0.9:80",
-                Unmeshed::Deny,
-                "refuse: destination is not in the mesh",
-            ),
-            (
-                "198.18.0.2:15001",
-                Unmeshed::Allow,
-                "refuse: destination is the proxy itself",
-            ),
-            (
-                "127.0.0.1:15000",
-                Unmeshed::Allow,
-                "refuse: destination is the proxy itself",
-            ),
-        ];
-        for (dst, unmeshed, want) in cases {
-            let got = match route(a(dst), &st, &own, *unmeshed) {
-                Route::Tunnel { peer, target } => {
-                    assert_eq!(target, a(dst));
-                    format!(
-                        "tunnel {} {}",
-                        peer.id.service_account().unwrap(),
-                        peer.tunnel
-                    )
-                }
-                Route::Passthrough(d) => {
-                    assert_eq!(d, a(dst));
-                    "passthrough".into()
-                }
-                Route::Refuse(r) => format!("refuse: {r}"),
-            };
-            assert_eq!(&got, want, "{dst} {unmeshed:?}");
-        }
-    }
-}
+#[path = "route_tests.rs"]
+mod tests;

@@ -1,9 +1,11 @@
 //! What the proxy knows about the mesh: which addresses are meshed workloads (with their
-//! identity and tunnel endpoint). Swapped whole through a `watch` channel, so listeners always
-//! read one consistent snapshot and updates never touch open connections.
+//! identity and tunnel endpoint), which ClusterIP:ports are Services (and their endpoints), the
+//! inbound policy of our own workload, and the roots the mesh trusts. Swapped whole through a
+//! `watch` channel, so listeners always read one consistent snapshot and updates never touch
+//! open connections.
 //!
-//! Owns: [`MeshState`] and address lookup. Filled from static flags today; the discovery stream
-//! replaces the snapshot when it arrives.
+//! Owns: [`MeshState`], address and Service lookup, and the edits discovery applies to a copy
+//! (upsert and remove by key). Static flags fill it before discovery does.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -14,6 +16,8 @@ use trellis_ca::SpiffeId;
 
 use crate::config::{MtlsMode, StaticWorkload, WorkloadAddr};
 use crate::policy::InboundPolicy;
+use crate::route::ServiceRoute;
+use crate::services::ServiceEntry;
 
 /// A meshed destination.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -24,6 +28,15 @@ pub struct Peer {
     pub tunnel: SocketAddr,
 }
 
+/// Where the control plane's state comes from, for acknowledgements and resuming.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Version {
+    /// The control plane's epoch (0: nothing from a control plane yet).
+    pub epoch: u64,
+    /// The version within the epoch.
+    pub version: u64,
+}
+
 /// One snapshot of the mesh.
 #[derive(Debug, Default, Clone)]
 pub struct MeshState {
@@ -31,12 +44,18 @@ pub struct MeshState {
     by_socket: HashMap<SocketAddr, Peer>,
     /// Workloads reachable on every port of an IP (a pod).
     by_ip: HashMap<IpAddr, Peer>,
+    /// Services by `namespace/name`.
+    services: HashMap<String, Arc<ServiceEntry>>,
+    /// ClusterIP:port → (Service, index of the port in it).
+    vips: HashMap<SocketAddr, (Arc<ServiceEntry>, usize)>,
     /// The inbound policy of our own workload.
     pub policy: InboundPolicy,
     /// STRICT/PERMISSIVE as the control plane says; `None` until it does (the flag applies).
     pub mtls_mode: Option<MtlsMode>,
-    /// Version of the control plane's snapshot (0: static configuration).
-    pub version: u64,
+    /// The roots the mesh trusts, PEM, as discovery last sent them (`None`: not sent yet).
+    pub trust_bundle: Option<Arc<Vec<String>>>,
+    /// Which control plane state this is (0/0: static configuration).
+    pub version: Version,
 }
 
 impl MeshState {
@@ -53,7 +72,7 @@ impl MeshState {
         state
     }
 
-    /// Adds a workload reachable at `addr`.
+    /// Adds (or replaces) a workload reachable at `addr`.
     pub fn insert(&mut self, addr: WorkloadAddr, peer: Peer) {
         match addr {
             WorkloadAddr::Ip(ip) => self.by_ip.insert(ip, peer),
@@ -61,11 +80,73 @@ impl MeshState {
         };
     }
 
+    /// Removes the workload at `addr`.
+    pub fn remove(&mut self, addr: WorkloadAddr) {
+        match addr {
+            WorkloadAddr::Ip(ip) => self.by_ip.remove(&ip),
+            WorkloadAddr::Socket(s) => self.by_socket.remove(&s),
+        };
+    }
+
+    /// Adds (or replaces) a Service.
+    pub fn insert_service(&mut self, service: ServiceEntry) {
+        self.remove_service(&service.name.clone());
+        let service = Arc::new(service);
+        for ip in &service.addresses {
+            for (i, p) in service.ports.iter().enumerate() {
+                self.vips
+                    .insert(SocketAddr::new(*ip, p.port), (service.clone(), i));
+            }
+        }
+        self.services.insert(service.name.clone(), service);
+    }
+
+    /// Removes the Service `name`.
+    pub fn remove_service(&mut self, name: &str) {
+        if let Some(old) = self.services.remove(name) {
+            for ip in &old.addresses {
+                for p in &old.ports {
+                    let vip = SocketAddr::new(*ip, p.port);
+                    // Only if it is still this Service's (another may have taken the address).
+                    if self
+                        .vips
+                        .get(&vip)
+                        .is_some_and(|(s, _)| Arc::ptr_eq(s, &old))
+                    {
+                        self.vips.remove(&vip);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Forgets every workload and Service (a full update follows).
+    pub fn clear_mesh(&mut self) {
+        self.by_ip.clear();
+        self.by_socket.clear();
+        self.services.clear();
+        self.vips.clear();
+    }
+
     /// The meshed workload at `dst`, if any (an exact IP:port entry wins over an IP entry).
     pub fn lookup(&self, dst: SocketAddr) -> Option<&Peer> {
         self.by_socket
             .get(&dst)
             .or_else(|| self.by_ip.get(&dst.ip()))
+    }
+
+    /// The Service port `dst` is a ClusterIP:port of, if any.
+    pub fn service_at(&self, dst: SocketAddr) -> Option<ServiceRoute> {
+        let (service, index) = self.vips.get(&dst)?;
+        Some(ServiceRoute {
+            service: service.clone(),
+            index: *index,
+        })
+    }
+
+    /// The Services, for `/config_dump`.
+    pub fn services(&self) -> impl Iterator<Item = &ServiceEntry> {
+        self.services.values().map(AsRef::as_ref)
     }
 
     /// Number of known workloads.
@@ -76,6 +157,11 @@ impl MeshState {
     /// Whether no workload is known.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Number of known Services.
+    pub fn service_count(&self) -> usize {
+        self.services.len()
     }
 }
 

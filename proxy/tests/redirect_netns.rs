@@ -2,20 +2,21 @@
 //! install the rules with [`redirect::run`], read them back with `iptables-save`, run it twice,
 //! clean up, and send real TCP connections to see where they land.
 //!
-//! They need root; without it each prints why it is skipped. CI runs them as root.
+//! The namespaces come from `trellis_sandbox` (a sandbox's namespaces not plugged into its
+//! node, linked with a veth pair where a peer is needed), so they are deleted even when a test
+//! fails.
+//!
+//! They need root: each calls `require_root()` first and fails without it. Leave them out on
+//! purpose with `cargo nextest run --profile unprivileged` (CONTRIBUTING.md). CI runs them.
 
-mod netns;
-
-use std::{collections::BTreeMap, path::Path, time::Duration};
+use std::{collections::BTreeMap, net::Ipv4Addr, sync::Arc, time::Duration};
 
 use clap::Parser;
-use netns::{Netns, skip_unless_root};
 use trellis_proxy::redirect::{
     self, InitArgs,
     rules::{self, Family},
 };
-
-const PREFIX: &str = "trellis-t-";
+use trellis_sandbox::{Cmd, Netns, Sandbox, http::python, require_root};
 
 #[derive(Debug, Parser)]
 struct Cli {
@@ -23,9 +24,21 @@ struct Cli {
     args: InitArgs,
 }
 
+/// A sandbox with one namespace of its own (`lo` only), where the rules are installed.
+fn sandbox_and_namespace() -> (Sandbox, Arc<Netns>) {
+    let sandbox = Sandbox::new().expect("sandbox");
+    let ns = sandbox.add_namespace("pod").expect("namespace");
+    (sandbox, ns)
+}
+
+/// Runs `program ARGS` inside `ns`; its standard output, or the error naming the command.
+fn exec(ns: &Netns, program: &str, args: &[&str]) -> trellis_sandbox::Result<String> {
+    ns.exec_ok(&Cmd::new(program).args(args))
+}
+
 /// `InitArgs` for `flags`, with iptables run inside `ns`.
 fn init_args(ns: &Netns, flags: &[&str]) -> InitArgs {
-    let prefix = ns.prefix().join(" ");
+    let prefix = format!("ip netns exec {}", ns.name());
     let all = ["init", "--command-prefix", &prefix]
         .into_iter()
         .chain(flags.iter().copied());
@@ -55,9 +68,7 @@ fn nat_table(ns: &Netns, family: Family) -> String {
         Family::V4 => "iptables-save",
         Family::V6 => "ip6tables-save",
     };
-    let text = ns
-        .exec_stdout(&[save, "-t", "nat"])
-        .expect("iptables-save runs");
+    let text = exec(ns, save, &["-t", "nat"]).expect("iptables-save runs");
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .collect::<Vec<_>>()
@@ -75,10 +86,8 @@ fn built(args: &InitArgs, family: Family) -> BTreeMap<String, Vec<String>> {
 
 #[test]
 fn init_installs_exactly_the_built_rules_for_both_families() {
-    if !skip_unless_root("init_installs_exactly_the_built_rules_for_both_families") {
-        return;
-    }
-    let ns = Netns::new(PREFIX).unwrap();
+    require_root();
+    let (_sandbox, ns) = sandbox_and_namespace();
     let args = init_args(
         &ns,
         &[
@@ -108,10 +117,8 @@ fn init_installs_exactly_the_built_rules_for_both_families() {
 
 #[test]
 fn running_init_twice_leaves_one_set_of_rules() {
-    if !skip_unless_root("running_init_twice_leaves_one_set_of_rules") {
-        return;
-    }
-    let ns = Netns::new(PREFIX).unwrap();
+    require_root();
+    let (_sandbox, ns) = sandbox_and_namespace();
     let args = init_args(&ns, &["--exclude-outbound-ports", "5432"]);
     redirect::run(&args).unwrap();
     let once = (nat_table(&ns, Family::V4), nat_table(&ns, Family::V6));
@@ -131,40 +138,34 @@ fn running_init_twice_leaves_one_set_of_rules() {
 
 #[test]
 fn cleanup_removes_every_trellis_chain_and_jump_and_nothing_else() {
-    if !skip_unless_root("cleanup_removes_every_trellis_chain_and_jump_and_nothing_else") {
-        return;
-    }
-    let ns = Netns::new(PREFIX).unwrap();
+    require_root();
+    let (_sandbox, ns) = sandbox_and_namespace();
     // Someone else's rules, before and after ours.
-    ns.exec(&["iptables", "-t", "nat", "-N", "OTHER_MESH"])
-        .unwrap();
-    ns.exec(&[
+    exec(&ns, "iptables", &["-t", "nat", "-N", "OTHER_MESH"]).unwrap();
+    exec(
+        &ns,
         "iptables",
-        "-t",
-        "nat",
-        "-A",
-        "OUTPUT",
-        "-p",
-        "udp",
-        "-j",
-        "OTHER_MESH",
-    ])
+        &["-t", "nat", "-A", "OUTPUT", "-p", "udp", "-j", "OTHER_MESH"],
+    )
     .unwrap();
     let before = nat_table(&ns, Family::V4);
     redirect::run(&init_args(&ns, &[])).unwrap();
-    ns.exec(&[
+    exec(
+        &ns,
         "iptables",
-        "-t",
-        "nat",
-        "-A",
-        "PREROUTING",
-        "-p",
-        "tcp",
-        "--dport",
-        "9",
-        "-j",
-        "RETURN",
-    ])
+        &[
+            "-t",
+            "nat",
+            "-A",
+            "PREROUTING",
+            "-p",
+            "tcp",
+            "--dport",
+            "9",
+            "-j",
+            "RETURN",
+        ],
+    )
     .unwrap();
     let with_ours = nat_table(&ns, Family::V4);
     assert!(with_ours.contains("TRELLIS_"));
@@ -195,10 +196,8 @@ fn cleanup_removes_every_trellis_chain_and_jump_and_nothing_else() {
 
 #[test]
 fn a_failing_iptables_is_reported_with_its_command() {
-    if !skip_unless_root("a_failing_iptables_is_reported_with_its_command") {
-        return;
-    }
-    let ns = Netns::new(PREFIX).unwrap();
+    require_root();
+    let (_sandbox, ns) = sandbox_and_namespace();
     let args = init_args(
         &ns,
         &["--iptables", "/nonexistent/iptables", "--ipv6", "off"],
@@ -262,14 +261,6 @@ except OSError as e:
     print("ERROR %s" % e)
 "#;
 
-/// A Python every user can run (pyenv's shims live in root's home, closed to UID 1337).
-fn python() -> &'static str {
-    ["/usr/bin/python3", "/usr/local/bin/python3"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .unwrap_or("python3")
-}
-
 /// Who opens a connection: `setpriv` arguments, empty for root.
 const ROOT: &[&str] = &[];
 const PROXY: &[&str] = &[
@@ -300,20 +291,27 @@ const PROXY_GROUP_ONLY: &[&str] = &[
 /// Connects from `ns` as `user` over `proto` to `addr:port`; the listener's answer.
 fn connect(ns: &Netns, user: &[&str], proto: &str, addr: &str, port: u16) -> String {
     let port = port.to_string();
-    let mut command: Vec<&str> = user.to_vec();
-    command.extend([python(), "-c", CLIENT, proto, addr, &port]);
-    ns.exec_stdout(&command)
+    let client = [python(), "-c", CLIENT, proto, addr, &port];
+    let mut command = user.iter().chain(&client);
+    let program = command.next().expect("a command has a program");
+    exec(ns, program, &command.copied().collect::<Vec<_>>())
         .expect("the client runs")
         .trim()
         .to_owned()
 }
 
 /// A pod (198.18.0.1) with listeners standing in for the proxy and the application, linked
-/// to a peer (198.18.0.99) with listeners standing in for a remote server.
-fn pod_and_peer() -> anyhow::Result<(Netns, Netns)> {
-    let pod = Netns::new(PREFIX)?;
-    let peer = Netns::new(PREFIX)?;
-    pod.veth_to(&peer, ("eth0", "198.18.0.1/24"), ("eth0", "198.18.0.99/24"))?;
+/// to a peer (198.18.0.99) with listeners standing in for a remote server; the sandbox they
+/// live in comes first.
+fn pod_and_peer() -> trellis_sandbox::Result<(Sandbox, Arc<Netns>, Arc<Netns>)> {
+    let sandbox = Sandbox::new()?;
+    let pod = sandbox.add_namespace("pod")?;
+    let peer = sandbox.add_namespace("peer")?;
+    pod.veth_to(
+        &peer,
+        ("eth0", Ipv4Addr::new(198, 18, 0, 1)),
+        ("eth0", Ipv4Addr::new(198, 18, 0, 99)),
+    )?;
     let listeners = [
         (
             &pod,
@@ -335,12 +333,10 @@ fn pod_and_peer() -> anyhow::Result<(Netns, Netns)> {
         ),
     ];
     for (ns, specs) in listeners {
-        let mut command = vec![python(), "-c", LISTENER];
-        command.extend(specs);
-        let output = ns.spawn(&command)?;
-        output.wait_for(Duration::from_secs(10), |l| l == "ready")?;
+        let listener = ns.spawn(&Cmd::new(python()).args(["-c", LISTENER]).args(specs))?;
+        listener.wait_for_output("ready", Duration::from_secs(10))?;
     }
-    Ok((pod, peer))
+    Ok((sandbox, pod, peer))
 }
 
 /// Where a connection is opened from.
@@ -356,10 +352,8 @@ type Case<'a> = (Side, &'a [&'a str], &'a str, &'a str, u16, &'a str);
 
 #[test]
 fn tcp_lands_on_the_proxy_unless_it_is_the_proxys_own_or_excluded() {
-    if !skip_unless_root("tcp_lands_on_the_proxy_unless_it_is_the_proxys_own_or_excluded") {
-        return;
-    }
-    let (pod, peer) = pod_and_peer().unwrap();
+    require_root();
+    let (_sandbox, pod, peer) = pod_and_peer().unwrap();
     redirect::run(&init_args(
         &pod,
         &[

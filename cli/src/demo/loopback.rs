@@ -22,10 +22,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use trellis::sandbox::Process;
-use trellis::sandbox::binaries::{CONTROL_PLANE, PROXY, binary};
-use trellis::sandbox::control_plane::TRUST_DOMAIN;
-use trellis::sandbox::process::stop_all;
+use trellis_sandbox::Process;
+use trellis_sandbox::binaries::{CONTROL_PLANE, PROXY, binary};
+use trellis_sandbox::control_plane::TRUST_DOMAIN;
+use trellis_sandbox::process::stop_all;
 
 use super::loopback_app::BackendApp;
 use super::mesh_file::{self, Endpoint, Layout};

@@ -155,7 +155,8 @@ mod tests {
                 parse(&text, Path::new("mesh.yaml"), &td).unwrap_or_else(|e| panic!("{e}\n{text}"));
             assert_eq!(model.workloads.len(), 3, "{text}");
             let backend = layout.backend.ip;
-            let snapshot = model.snapshot_for(&id(Role::Backend), Some(backend));
+            let snapshot =
+                model.inbound_for(&model.identity_index(), &id(Role::Backend), Some(backend));
             assert_eq!(snapshot.rules.len(), 1, "{text}");
             let rule = &snapshot.rules[0];
             assert_eq!(rule.name, "shop/backend-allow");
@@ -170,7 +171,12 @@ mod tests {
             // The callers are selected by no policy.
             for caller in [Role::Frontend, Role::Intruder] {
                 let ip = layout.endpoint(caller).ip;
-                assert!(model.snapshot_for(&id(caller), Some(ip)).rules.is_empty());
+                assert!(
+                    model
+                        .inbound_for(&model.identity_index(), &id(caller), Some(ip))
+                        .rules
+                        .is_empty()
+                );
             }
         }
     }
@@ -181,7 +187,7 @@ mod tests {
         let model = parse(&text, Path::new("mesh.yaml"), &TrustDomain::default()).unwrap();
         let backend = model
             .workloads
-            .iter()
+            .values()
             .find(|w| w.service_account == "backend")
             .unwrap();
         assert_eq!(backend.port, 21080);

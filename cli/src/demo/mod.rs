@@ -13,7 +13,7 @@
 //! | module | owns |
 //! |---|---|
 //! | here | the flags, choosing the mode, the order of things, signals, clean-up, output |
-//! | [`namespaced`] | as root: pods in network namespaces with the real init rules (`trellis::sandbox`) |
+//! | [`namespaced`] | as root: pods in network namespaces with the real init rules (`trellis_sandbox`) |
 //! | [`loopback`] | without root: processes on 127.0.0.1, proxies in explicit mode |
 //! | [`loopback_app`] | the backend's app in loopback mode: a small HTTP server in this process |
 //! | [`mesh_file`] | the mesh file's YAML for each step of the policy story |
@@ -37,9 +37,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
-use trellis::sandbox::binaries::{self, CONTROL_PLANE, PROXY};
-use trellis::sandbox::control_plane::TRUST_DOMAIN;
-use trellis::sandbox::netns;
+use trellis_sandbox::binaries::{self, CONTROL_PLANE, PROXY};
+use trellis_sandbox::control_plane::TRUST_DOMAIN;
+use trellis_sandbox::netns;
 
 use crate::style::{self, Palette, Style};
 

@@ -1,5 +1,5 @@
 //! The demo as root: every workload in a network namespace of its own on a bridge
-//! (`trellis::sandbox`), the control plane in a fourth, sidecars installed as in a cluster —
+//! (`trellis_sandbox`), the control plane in a fourth, sidecars installed as in a cluster —
 //! `trellis-proxy init`'s iptables rules, then `trellis-proxy run` as UID 1337 in transparent
 //! mode — and the backend's app a real process (python3, UID 1000) that knows nothing of the
 //! mesh. The sidecars learn endpoints and the backend's policy from discovery only.
@@ -15,11 +15,11 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use trellis::sandbox::app::{App, HTTP_PORT};
-use trellis::sandbox::control_plane::{ControlPlane, Identity};
-use trellis::sandbox::netns;
-use trellis::sandbox::sidecar::{Sidecar, SidecarSpec};
-use trellis::sandbox::{Process, Sandbox};
+use trellis_sandbox::app::{App, HTTP_PORT};
+use trellis_sandbox::control_plane::{ControlPlane, Identity};
+use trellis_sandbox::netns;
+use trellis_sandbox::sidecar::{Sidecar, SidecarSpec};
+use trellis_sandbox::{Process, Sandbox};
 
 use super::mesh_file::{self, Endpoint, Layout};
 use super::observer::SiteSpec;

@@ -16,8 +16,8 @@ use std::time::{Duration, SystemTime};
 use http::StatusCode;
 use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior};
-use trellis::sandbox::netns;
-use trellis::sandbox::sidecar::metric_value;
+use trellis_sandbox::netns;
+use trellis_sandbox::sidecar::metric_value;
 
 use super::Role;
 use crate::admin_api::{Handshake, Identity};

@@ -1,4 +1,4 @@
-//! The mesh the end-to-end tests stand on, built with `trellis::sandbox`:
+//! The mesh the end-to-end tests stand on, built with `trellis_sandbox`:
 //!
 //! ```text
 //!   control-plane 198.18.0.1   trellis-control-plane (local mode, join tokens)
@@ -11,16 +11,15 @@
 
 #![allow(dead_code)]
 
-use std::io::Write as _;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use trellis::sandbox::app::{APP_UID, App, ECHO_PORT, HTTP_PORT};
-use trellis::sandbox::control_plane::{ControlPlane, Identity};
-use trellis::sandbox::http::python;
-use trellis::sandbox::sidecar::{Sidecar, SidecarSpec};
-use trellis::sandbox::{Cmd, Pod, Process, Sandbox, netns};
+use trellis_sandbox::app::{APP_UID, App, ECHO_PORT, HTTP_PORT};
+use trellis_sandbox::control_plane::{ControlPlane, Identity};
+use trellis_sandbox::http::python;
+use trellis_sandbox::sidecar::{Sidecar, SidecarSpec};
+use trellis_sandbox::{Cmd, Pod, Process, Sandbox};
 
 pub const CONTROL_PLANE_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 pub const FRONTEND_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
@@ -39,19 +38,6 @@ pub fn frontend_identity() -> Identity {
 
 pub fn backend_identity() -> Identity {
     Identity::new("shop", "backend")
-}
-
-/// `true` when the test can run; otherwise says why it is skipped (on stderr, which the
-/// harness shows) and returns `false`.
-pub fn skip_unless_root(test: &str) -> bool {
-    if netns::is_root() {
-        return true;
-    }
-    let _ = writeln!(
-        std::io::stderr(),
-        "SKIPPED {test}: needs root for network namespaces and iptables (CI runs as root)"
-    );
-    false
 }
 
 /// What to vary between meshes.

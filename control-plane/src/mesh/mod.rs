@@ -1,12 +1,16 @@
-//! The mesh model behind discovery: what workloads exist, which policies select them, which
-//! namespaces are PERMISSIVE — from the cluster or from a file — and the per-proxy snapshot.
+//! The mesh model behind discovery: what workloads and Services exist, which policies select
+//! which workloads, which namespaces are PERMISSIVE — from the cluster or from a file — and
+//! what changed from one version to the next.
 //!
 //! Owns: [`crd`] (the AuthorizationPolicy resource), [`model`] (the model and the pure
-//! snapshot cut), [`file`] and [`kubernetes`] (the two sources behind one `watch` channel).
+//! per-proxy inbound cut), [`publish`] (versions, changes, "what changed since v"), [`file`]
+//! and [`kubernetes`] (the two sources, each handing whole models to the [`Publisher`]).
 
 pub mod crd;
 pub mod file;
 pub mod kubernetes;
 pub mod model;
+pub mod publish;
 
-pub use model::{MeshModel, MtlsMode, Snapshot};
+pub use model::{MeshModel, MtlsMode};
+pub use publish::{Change, MeshView, Publisher, Since};

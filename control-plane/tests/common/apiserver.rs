@@ -13,6 +13,9 @@
 //! - `GET|PUT /api/v1/namespaces/trellis-system/secrets/<name>` and `POST .../secrets`: a
 //!   Secret store with 404 until created, 409 on a second create, and resourceVersion checks
 //!   on replace.
+//! - `GET` of the cluster-wide collections the control plane reflects (pods, namespaces,
+//!   services, endpointslices, authorizationpolicies): list and watch from
+//!   [`FakeApiServer::collections`], which tests fill and edit (`collections.rs`).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -23,6 +26,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -31,6 +35,8 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+use super::collections::Collections;
 
 /// The namespace the control plane runs in (its default `--namespace`).
 pub const NAMESPACE: &str = "trellis-system";
@@ -124,7 +130,23 @@ struct State {
     secret_writes: Mutex<Vec<String>>,
     /// The last resourceVersion handed out.
     resource_version: AtomicU64,
+    /// Listed and watched collections.
+    collections: Arc<Collections>,
+    /// Ends open watches when the fake stops.
+    stop: CancellationToken,
 }
+
+/// Cluster-wide collection paths the fake lists and watches, and their kinds.
+pub const COLLECTIONS: &[(&str, &str)] = &[
+    ("/api/v1/pods", "Pod"),
+    ("/api/v1/namespaces", "Namespace"),
+    ("/api/v1/services", "Service"),
+    ("/apis/discovery.k8s.io/v1/endpointslices", "EndpointSlice"),
+    (
+        "/apis/trellis.dev/v1alpha1/authorizationpolicies",
+        "AuthorizationPolicy",
+    ),
+];
 
 /// A running fake API server; stops when dropped.
 #[derive(Debug)]
@@ -153,12 +175,13 @@ impl FakeApiServer {
             .await
             .expect("bind the fake API server");
         let addr = listener.local_addr().expect("its address");
+        let stop = CancellationToken::new();
         let state = Arc::new(State {
             exchanges: exchanges(),
+            stop: stop.clone(),
             ..State::default()
         });
         let shared = state.clone();
-        let stop = CancellationToken::new();
         let stopped = stop.clone();
         let task = tokio::spawn(async move {
             loop {
@@ -192,6 +215,11 @@ impl FakeApiServer {
             .parse()
             .expect("a valid URL");
         kube::Client::try_from(kube::Config::new(url)).expect("a kube client")
+    }
+
+    /// The listed and watched collections (see [`COLLECTIONS`]).
+    pub fn collections(&self) -> &Collections {
+        &self.state.collections
     }
 
     /// Answer every TokenReview with HTTP 403 (the control plane lacks RBAC), or not.
@@ -250,12 +278,17 @@ impl FakeApiServer {
     }
 }
 
-async fn handle(
-    state: Arc<State>,
-    req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+type Body = BoxBody<Bytes, Infallible>;
+
+async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
+    let query = req.uri().query().unwrap_or_default().to_owned();
+    if method == Method::GET
+        && let Some((_, kind)) = COLLECTIONS.iter().find(|(p, _)| *p == path)
+    {
+        return Ok(list_or_watch(&state, &path, kind, &query));
+    }
     let body = match req.into_body().collect().await {
         Ok(body) => body.to_bytes(),
         Err(e) => return Ok(reply(400, status(400, "BadRequest", &e.to_string()))),
@@ -280,8 +313,38 @@ async fn handle(
     Ok(reply(code, answer))
 }
 
-fn reply(code: u16, body: Value) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+/// A list, or a watch stream when the query says `watch`.
+fn list_or_watch(state: &Arc<State>, path: &str, kind: &str, query: &str) -> Response<Body> {
+    let param = |name: &str| {
+        query
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.to_owned())
+    };
+    let watching = param("watch").is_some_and(|v| v == "true" || v == "1");
+    if !watching {
+        return reply(200, state.collections.list(path, kind));
+    }
+    let after = param("resourceVersion")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let timeout = param("timeoutSeconds")
+        .and_then(|v| v.parse().ok())
+        .map(std::time::Duration::from_secs);
+    let body = state
+        .collections
+        .watch(path.to_owned(), after, timeout, state.stop.clone());
+    let mut response = Response::new(BodyExt::boxed(body));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn reply(code: u16, body: Value) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())).boxed());
     *response.status_mut() =
         StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     response.headers_mut().insert(

@@ -10,7 +10,9 @@
 #![allow(dead_code)]
 
 pub mod apiserver;
+pub mod collections;
 pub mod openssl;
+pub mod watcher;
 
 use std::future::Future;
 use std::io::Write as _;

@@ -2,41 +2,149 @@
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct WatchRequest {
-    /// Free-form node name for logs (pod name). Not trusted for anything.
+    /// First message: the pod name, for logs and status. Not trusted for anything.
     #[prost(string, tag = "1")]
     pub node: ::prost::alloc::string::String,
+    /// First message: the proxy's build version, for status.
+    #[prost(string, tag = "2")]
+    pub proxy_version: ::prost::alloc::string::String,
+    /// The epoch of the control plane the proxy's state came from (0: it holds nothing).
+    #[prost(uint64, tag = "3")]
+    pub epoch: u64,
+    /// The version the proxy holds now: in the first message the state it resumes from; later, the
+    /// version it just applied (an acknowledgement).
+    #[prost(uint64, tag = "4")]
+    pub version: u64,
+    /// Non-empty: the update after `version` could not be applied, and why. The control plane
+    /// answers with the full state.
+    #[prost(string, tag = "5")]
+    pub error: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, ::prost::Message)]
-pub struct MeshSnapshot {
-    /// Monotonic version of the control plane's state.
+pub struct MeshUpdate {
+    /// Chosen at random when the control plane starts: versions compare only within one epoch.
     #[prost(uint64, tag = "1")]
+    pub epoch: u64,
+    /// The version the proxy holds once it applied this update.
+    #[prost(uint64, tag = "2")]
     pub version: u64,
-    /// Meshed endpoints this proxy may dial.
-    #[prost(message, repeated, tag = "2")]
-    pub endpoints: ::prost::alloc::vec::Vec<Endpoint>,
-    /// The inbound rules that apply to the calling workload (empty: no policy selects it).
-    #[prost(message, repeated, tag = "3")]
-    pub rules: ::prost::alloc::vec::Vec<PolicyRule>,
-    /// STRICT or PERMISSIVE for the calling workload's namespace.
-    #[prost(enumeration = "MtlsMode", tag = "4")]
-    pub mtls_mode: i32,
+    /// The version this update applies on top of. Ignored when `full` is set.
+    #[prost(uint64, tag = "3")]
+    pub base_version: u64,
+    /// Replace everything held (the first update, and a resync).
+    #[prost(bool, tag = "4")]
+    pub full: bool,
+    /// Workloads added or changed, keyed by (ip, port).
+    #[prost(message, repeated, tag = "5")]
+    pub workloads: ::prost::alloc::vec::Vec<Workload>,
+    /// Workloads gone.
+    #[prost(message, repeated, tag = "6")]
+    pub removed_workloads: ::prost::alloc::vec::Vec<WorkloadAddress>,
+    /// Services added or changed, keyed by name; each replaces the whole Service.
+    #[prost(message, repeated, tag = "7")]
+    pub services: ::prost::alloc::vec::Vec<Service>,
+    /// Names of Services gone.
+    #[prost(string, repeated, tag = "8")]
+    pub removed_services: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// The calling workload's inbound policy and mTLS mode; present when it changed (always in a
+    /// full update).
+    #[prost(message, optional, tag = "9")]
+    pub inbound: ::core::option::Option<Inbound>,
+    /// The roots the mesh trusts; present when they changed (always in a full update).
+    #[prost(message, optional, tag = "10")]
+    pub trust_bundle: ::core::option::Option<TrustBundle>,
+    /// More messages of this same update follow (a large update is split so that no message grows
+    /// with the mesh). The proxy applies the update, and acknowledges it, once the last message
+    /// (more = false) has arrived; the later messages carry the same epoch and versions.
+    #[prost(bool, tag = "11")]
+    pub more: bool,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
-pub struct Endpoint {
-    /// IP address of the workload (pod IP), textual.
-    #[prost(string, tag = "1")]
-    pub ip: ::prost::alloc::string::String,
-    /// 0: every port of the IP; otherwise only this port (explicit mode on a shared loopback IP).
+pub struct WorkloadAddress {
+    /// 4 (IPv4) or 16 (IPv6) bytes.
+    #[prost(bytes = "vec", tag = "1")]
+    pub ip: ::prost::alloc::vec::Vec<u8>,
+    /// 0: every port of the IP (a pod); otherwise only this port (explicit mode on a shared IP).
+    #[prost(uint32, tag = "2")]
+    pub port: u32,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Workload {
+    /// 4 (IPv4) or 16 (IPv6) bytes.
+    #[prost(bytes = "vec", tag = "1")]
+    pub ip: ::prost::alloc::vec::Vec<u8>,
+    /// 0: every port of the IP (a pod); otherwise only this port (explicit mode on a shared IP).
     #[prost(uint32, tag = "2")]
     pub port: u32,
     /// The identity the workload presents.
     #[prost(string, tag = "3")]
     pub spiffe_id: ::prost::alloc::string::String,
-    /// Its tunnel endpoint, "ip:port".
+    /// Its tunnel endpoint "ip:port"; empty: the IP's port 15008.
     #[prost(string, tag = "4")]
     pub tunnel: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct Service {
+    /// "namespace/name".
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    /// Its ClusterIPs (4 or 16 bytes each); a connection to any of them at a port below is routed.
+    #[prost(bytes = "vec", repeated, tag = "2")]
+    pub addresses: ::prost::alloc::vec::Vec<::prost::alloc::vec::Vec<u8>>,
+    #[prost(message, repeated, tag = "3")]
+    pub ports: ::prost::alloc::vec::Vec<ServicePort>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ServicePort {
+    /// The Service port the client connects to.
+    #[prost(uint32, tag = "1")]
+    pub port: u32,
+    /// Its name, for records.
+    #[prost(string, tag = "2")]
+    pub name: ::prost::alloc::string::String,
+    /// The endpoints behind it, with the target port each resolves to.
+    #[prost(message, repeated, tag = "3")]
+    pub endpoints: ::prost::alloc::vec::Vec<ServiceEndpoint>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ServiceEndpoint {
+    /// The pod's IP (4 or 16 bytes). Whether it is meshed, and as whom, the proxy reads from the
+    /// workloads.
+    #[prost(bytes = "vec", tag = "1")]
+    pub ip: ::prost::alloc::vec::Vec<u8>,
+    /// The target port on that pod (named target ports already resolved for this endpoint).
+    #[prost(uint32, tag = "2")]
+    pub target_port: u32,
+    /// EndpointSlice conditions.
+    #[prost(bool, tag = "3")]
+    pub ready: bool,
+    #[prost(bool, tag = "4")]
+    pub serving: bool,
+    #[prost(bool, tag = "5")]
+    pub terminating: bool,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct Inbound {
+    /// The inbound rules that apply to the calling workload (empty: no policy selects it).
+    #[prost(message, repeated, tag = "1")]
+    pub rules: ::prost::alloc::vec::Vec<PolicyRule>,
+    /// STRICT or PERMISSIVE for the calling workload's namespace.
+    #[prost(enumeration = "MtlsMode", tag = "2")]
+    pub mtls_mode: i32,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct TrustBundle {
+    /// Every root the mesh trusts, PEM, one certificate each.
+    #[prost(string, repeated, tag = "1")]
+    pub roots_pem: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -189,12 +297,13 @@ pub mod discovery_client {
             self.inner = self.inner.max_encoding_message_size(limit);
             self
         }
-        /// Watch sends a full snapshot first, then a new full snapshot after every change.
+        /// The proxy sends a WatchRequest first, then one after every update it applied (or could not
+        /// apply). The control plane sends updates.
         pub async fn watch(
             &mut self,
-            request: impl tonic::IntoRequest<super::WatchRequest>,
+            request: impl tonic::IntoStreamingRequest<Message = super::WatchRequest>,
         ) -> std::result::Result<
-            tonic::Response<tonic::codec::Streaming<super::MeshSnapshot>>,
+            tonic::Response<tonic::codec::Streaming<super::MeshUpdate>>,
             tonic::Status,
         > {
             self.inner
@@ -209,10 +318,10 @@ pub mod discovery_client {
             let path = http::uri::PathAndQuery::from_static(
                 "/trellis.discovery.v1.Discovery/Watch",
             );
-            let mut req = request.into_request();
+            let mut req = request.into_streaming_request();
             req.extensions_mut()
                 .insert(GrpcMethod::new("trellis.discovery.v1.Discovery", "Watch"));
-            self.inner.server_streaming(req, path, codec).await
+            self.inner.streaming(req, path, codec).await
         }
     }
 }
@@ -232,14 +341,15 @@ pub mod discovery_server {
     pub trait Discovery: std::marker::Send + std::marker::Sync + 'static {
         /// Server streaming response type for the Watch method.
         type WatchStream: tonic::codegen::tokio_stream::Stream<
-                Item = std::result::Result<super::MeshSnapshot, tonic::Status>,
+                Item = std::result::Result<super::MeshUpdate, tonic::Status>,
             >
             + std::marker::Send
             + 'static;
-        /// Watch sends a full snapshot first, then a new full snapshot after every change.
+        /// The proxy sends a WatchRequest first, then one after every update it applied (or could not
+        /// apply). The control plane sends updates.
         async fn watch(
             &self,
-            request: tonic::Request<super::WatchRequest>,
+            request: tonic::Request<tonic::Streaming<super::WatchRequest>>,
         ) -> std::result::Result<tonic::Response<Self::WatchStream>, tonic::Status>;
     }
     #[derive(Debug)]
@@ -323,9 +433,9 @@ pub mod discovery_server {
                     struct WatchSvc<T: Discovery>(pub Arc<T>);
                     impl<
                         T: Discovery,
-                    > tonic::server::ServerStreamingService<super::WatchRequest>
+                    > tonic::server::StreamingService<super::WatchRequest>
                     for WatchSvc<T> {
-                        type Response = super::MeshSnapshot;
+                        type Response = super::MeshUpdate;
                         type ResponseStream = T::WatchStream;
                         type Future = BoxFuture<
                             tonic::Response<Self::ResponseStream>,
@@ -333,7 +443,9 @@ pub mod discovery_server {
                         >;
                         fn call(
                             &mut self,
-                            request: tonic::Request<super::WatchRequest>,
+                            request: tonic::Request<
+                                tonic::Streaming<super::WatchRequest>,
+                            >,
                         ) -> Self::Future {
                             let inner = Arc::clone(&self.0);
                             let fut = async move {
@@ -359,7 +471,7 @@ pub mod discovery_server {
                                 max_decoding_message_size,
                                 max_encoding_message_size,
                             );
-                        let res = grpc.server_streaming(method, req).await;
+                        let res = grpc.streaming(method, req).await;
                         Ok(res)
                     };
                     Box::pin(fut)

@@ -1,0 +1,379 @@
+//! `trellis.discovery.v1.Discovery/Watch`: for the calling proxy — identified by its client
+//! certificate, never by the request — the full state first, then only what changed (see
+//! `discovery.proto` for the protocol).
+//!
+//! Owns: one task per stream that follows the published [`MeshView`]s and the trust bundle,
+//! reads the proxy's acknowledgements, and sends updates. A slow proxy holds at most one
+//! update in its queue: while it is full the task waits, and the next update it sends covers
+//! every change since the last one sent (changes coalesce; memory does not grow). A proxy that
+//! reports it could not apply an update, or that fell behind the history, gets the full state.
+//! Large updates are split into messages of at most [`MESSAGE_BYTES`].
+
+mod watchers;
+mod wire;
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use prost::Message;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{Instrument, debug, info, info_span, warn};
+use trellis_ca::{SpiffeId, TrustBundle};
+use trellis_proto::discovery::discovery_server::Discovery;
+use trellis_proto::discovery::{MeshUpdate, WatchRequest};
+
+pub use watchers::{WatcherInfo, Watchers};
+use wire::GlobalPart;
+
+use crate::mesh::model::InboundView;
+use crate::mesh::{MeshView, Since};
+use crate::tls_listener::PeerInfo;
+
+/// Time a proxy has to send its first request.
+const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest update message sent (a larger update is split).
+pub const MESSAGE_BYTES: usize = 1024 * 1024;
+/// Longest node name or proxy version kept (they are for display only).
+const MAX_LABEL: usize = 253;
+
+/// The discovery service.
+#[derive(Debug, Clone)]
+pub struct DiscoveryService {
+    /// The published mesh.
+    views: watch::Receiver<Arc<MeshView>>,
+    /// The roots the mesh trusts.
+    bundle: watch::Receiver<Arc<TrustBundle>>,
+    /// Open streams.
+    watchers: Arc<Watchers>,
+    /// Global parts already built, shared by the streams that need the same one.
+    parts: Arc<PartCache>,
+    /// Ends every stream on shutdown.
+    shutdown: CancellationToken,
+}
+
+impl DiscoveryService {
+    /// A service publishing `views` and `bundle`.
+    pub fn new(
+        views: watch::Receiver<Arc<MeshView>>,
+        bundle: watch::Receiver<Arc<TrustBundle>>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            views,
+            bundle,
+            watchers: Arc::new(Watchers::default()),
+            parts: Arc::new(PartCache::default()),
+            shutdown,
+        }
+    }
+
+    /// The open streams.
+    pub fn watchers(&self) -> Arc<Watchers> {
+        self.watchers.clone()
+    }
+}
+
+#[tonic::async_trait]
+impl Discovery for DiscoveryService {
+    type WatchStream = ReceiverStream<Result<MeshUpdate, Status>>;
+
+    async fn watch(
+        &self,
+        request: Request<Streaming<WatchRequest>>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let peer = request
+            .extensions()
+            .get::<PeerInfo>()
+            .cloned()
+            .ok_or_else(|| Status::internal("connection information missing"))?;
+        let caller = peer.id.clone().ok_or_else(|| {
+            Status::unauthenticated("Watch needs a client certificate (the proxy's SVID)")
+        })?;
+        let mut requests = request.into_inner();
+        let first = match tokio::time::timeout(FIRST_REQUEST_TIMEOUT, requests.message()).await {
+            Ok(Ok(Some(first))) => first,
+            Ok(Ok(None)) => {
+                return Err(Status::invalid_argument(
+                    "the stream ended before its first request",
+                ));
+            }
+            Ok(Err(status)) => return Err(status),
+            Err(_) => {
+                return Err(Status::deadline_exceeded(
+                    "no WatchRequest within 10s of opening the stream",
+                ));
+            }
+        };
+        let (tx, rx) = mpsc::channel(1);
+        let info = WatcherInfo {
+            id: caller.clone(),
+            node: truncated(&first.node),
+            peer: peer.remote,
+            proxy_version: truncated(&first.proxy_version),
+            connected_at: SystemTime::now(),
+            sent: (0, 0),
+            acked: (first.epoch, first.version),
+            resyncs: 0,
+        };
+        let span =
+            info_span!("watch", peer.id = %caller, peer.addr = %peer.remote, node = %info.node);
+        let stream = WatchStream {
+            caller,
+            peer_ip: peer.remote.ip(),
+            held: (first.epoch, first.version),
+            last_inbound: None,
+            last_bundle: None,
+            resync: false,
+            handle: self.watchers.register(info),
+            parts: self.parts.clone(),
+        };
+        tokio::spawn(
+            stream
+                .run(
+                    self.views.clone(),
+                    self.bundle.clone(),
+                    requests,
+                    tx,
+                    self.shutdown.clone(),
+                )
+                .instrument(span),
+        );
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+fn truncated(s: &str) -> String {
+    s.chars().take(MAX_LABEL).collect()
+}
+
+/// One proxy's stream.
+struct WatchStream {
+    /// The proxy's identity.
+    caller: SpiffeId,
+    /// Its address (picks its workload among several with its identity).
+    peer_ip: std::net::IpAddr,
+    /// Epoch and version the proxy holds once it applied what was sent.
+    held: (u64, u64),
+    /// The inbound view last sent.
+    last_inbound: Option<InboundView>,
+    /// The bundle last sent.
+    last_bundle: Option<Arc<TrustBundle>>,
+    /// The proxy asked for the full state.
+    resync: bool,
+    /// Its entry among the open streams.
+    handle: watchers::WatcherHandle,
+    /// Shared global parts.
+    parts: Arc<PartCache>,
+}
+
+impl WatchStream {
+    async fn run(
+        mut self,
+        mut views: watch::Receiver<Arc<MeshView>>,
+        mut bundles: watch::Receiver<Arc<TrustBundle>>,
+        mut requests: Streaming<WatchRequest>,
+        tx: mpsc::Sender<Result<MeshUpdate, Status>>,
+        shutdown: CancellationToken,
+    ) {
+        let mut first = true;
+        loop {
+            let view = views.borrow_and_update().clone();
+            let bundle = bundles.borrow_and_update().clone();
+            let messages = self.next_update(&view, &bundle, first);
+            first = false;
+            for message in messages {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    sent = tx.send(Ok(message)) => if sent.is_err() { return },
+                }
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tx.closed() => return,
+                changed = views.changed() => if changed.is_err() { return },
+                changed = bundles.changed() => if changed.is_err() { return },
+                request = requests.message() => match request {
+                    Ok(Some(r)) => self.on_request(&r),
+                    Ok(None) => return,
+                    Err(e) => {
+                        debug!(error = %e, "watch stream ended");
+                        return;
+                    }
+                },
+            }
+        }
+    }
+
+    fn on_request(&mut self, r: &WatchRequest) {
+        if r.error.is_empty() {
+            self.handle.update(|i| i.acked = (r.epoch, r.version));
+        } else {
+            warn!(
+                error = %truncated(&r.error),
+                held = ?(r.epoch, r.version),
+                "the proxy could not apply an update; sending the full state"
+            );
+            self.resync = true;
+            self.handle.update(|i| i.resyncs += 1);
+        }
+    }
+
+    /// The messages that bring the proxy from what it holds to `view` and `bundle`; empty when
+    /// it is current. The first update of a stream always carries the inbound view and bundle;
+    /// later ones carry them when they changed.
+    fn next_update(
+        &mut self,
+        view: &MeshView,
+        bundle: &Arc<TrustBundle>,
+        first: bool,
+    ) -> Vec<MeshUpdate> {
+        let since = if std::mem::take(&mut self.resync) {
+            Since::Everything
+        } else {
+            view.since(self.held.0, self.held.1)
+        };
+        let inbound_may_differ = match &since {
+            Since::Nothing => false,
+            Since::Everything => true,
+            Since::Changed(c) => c.inbound || c.identities.contains(&self.caller),
+        };
+        let inbound = (first || inbound_may_differ)
+            .then(|| {
+                view.model
+                    .inbound_for(&view.index, &self.caller, Some(self.peer_ip))
+            })
+            .filter(|v| first || self.last_inbound.as_ref() != Some(v));
+        let bundle_changed = self
+            .last_bundle
+            .as_ref()
+            .is_none_or(|last| last.roots() != bundle.roots());
+        if since == Since::Nothing && inbound.is_none() && !bundle_changed && !first {
+            return Vec::new();
+        }
+        // Sent even when it carries nothing for this proxy (a change elsewhere): the version
+        // moves on, so every proxy's acknowledged version says exactly what it holds.
+        let global = self.parts.get(view, &since, self.held.1);
+        let base_version = self.held.1;
+        let mut messages = split(&global, MESSAGE_BYTES)
+            .into_iter()
+            .map(|part| MeshUpdate {
+                epoch: view.epoch,
+                version: view.version,
+                base_version,
+                full: part.full,
+                workloads: part.workloads,
+                removed_workloads: part.removed_workloads,
+                services: part.services,
+                removed_services: part.removed_services,
+                inbound: None,
+                trust_bundle: None,
+                more: true,
+            })
+            .collect::<Vec<_>>();
+        if let Some(head) = messages.first_mut() {
+            head.inbound = inbound.as_ref().map(wire::inbound);
+            head.trust_bundle = bundle_changed.then(|| wire::bundle(bundle));
+        }
+        if let Some(last) = messages.last_mut() {
+            last.more = false;
+        }
+        if matches!(since, Since::Everything) && !first {
+            info!(version = view.version, "sending the full state again");
+        }
+        if let Some(v) = inbound {
+            self.last_inbound = Some(v);
+        }
+        self.last_bundle = Some(bundle.clone());
+        self.held = (view.epoch, view.version);
+        self.handle.update(|i| i.sent = (view.epoch, view.version));
+        messages
+    }
+}
+
+/// Splits `part` into parts whose entries encode to at most about `limit` bytes each (one
+/// entry larger than `limit` still goes, alone). Always at least one part; only the first
+/// keeps `full`.
+fn split(part: &GlobalPart, limit: usize) -> Vec<GlobalPart> {
+    let mut out = vec![GlobalPart {
+        full: part.full,
+        ..GlobalPart::default()
+    }];
+    let mut size = 0usize;
+    let mut room = |out: &mut Vec<GlobalPart>, len: usize| {
+        if size + len > limit && size > 0 {
+            out.push(GlobalPart::default());
+            size = 0;
+        }
+        size += len;
+    };
+    for w in &part.removed_workloads {
+        room(&mut out, w.encoded_len());
+        if let Some(p) = out.last_mut() {
+            p.removed_workloads.push(w.clone());
+        }
+    }
+    for w in &part.workloads {
+        room(&mut out, w.encoded_len());
+        if let Some(p) = out.last_mut() {
+            p.workloads.push(w.clone());
+        }
+    }
+    for s in &part.removed_services {
+        room(&mut out, s.len() + 2);
+        if let Some(p) = out.last_mut() {
+            p.removed_services.push(s.clone());
+        }
+    }
+    for s in &part.services {
+        room(&mut out, s.encoded_len());
+        if let Some(p) = out.last_mut() {
+            p.services.push(s.clone());
+        }
+    }
+    out
+}
+
+/// Global parts recently built, by (epoch, base version, version); base 0 is the full state.
+/// Most streams are at the same version, so each part is built once per change, not once per
+/// stream.
+#[derive(Debug, Default)]
+struct PartCache {
+    /// A few recent parts.
+    entries: Mutex<VecDeque<(PartKey, Arc<GlobalPart>)>>,
+}
+
+/// (epoch, base version or 0 for the full state, version).
+type PartKey = (u64, u64, u64);
+
+impl PartCache {
+    /// Parts kept.
+    const SIZE: usize = 4;
+
+    /// The part for a proxy at version `held` of `view`'s epoch, given `since`.
+    fn get(&self, view: &MeshView, since: &Since, held: u64) -> Arc<GlobalPart> {
+        let base = match since {
+            Since::Nothing => return Arc::new(GlobalPart::default()),
+            Since::Everything => 0,
+            Since::Changed(_) => held,
+        };
+        let key = (view.epoch, base, view.version);
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, part)) = entries.iter().find(|(k, _)| *k == key) {
+            return part.clone();
+        }
+        let part = Arc::new(GlobalPart::of(&view.model, since));
+        entries.push_back((key, part.clone()));
+        if entries.len() > Self::SIZE {
+            entries.pop_front();
+        }
+        part
+    }
+}
+
+#[cfg(test)]
+#[path = "tests.rs"]
+mod tests;

@@ -1,0 +1,182 @@
+//! Services as the proxy holds them: a ClusterIP:port stands for a list of endpoints (pod IP
+//! and resolved target port, with their EndpointSlice conditions). Each endpoint carries the
+//! live load of its address ([`EndpointLoad`]: connections in flight and how fast tunnels to it
+//! open), shared by every Service that lists the address and kept across discovery updates, so
+//! the balancer ([`crate::balance`]) reads it without a lookup.
+//!
+//! Owns: [`ServiceEntry`], [`ServicePort`], [`Endpoint`], [`Health`], [`EndpointLoad`] and the
+//! [`Loads`] registry that hands out one load per address.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+/// Whether an endpoint may take new connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// Ready: takes new connections.
+    Ready,
+    /// Terminating but still serving: takes new connections only when no endpoint is ready.
+    Draining,
+    /// Not serving: takes none.
+    Unavailable,
+}
+
+impl Health {
+    /// From EndpointSlice conditions.
+    pub fn from_conditions(ready: bool, serving: bool, terminating: bool) -> Health {
+        if ready {
+            Health::Ready
+        } else if serving && terminating {
+            Health::Draining
+        } else {
+            Health::Unavailable
+        }
+    }
+}
+
+/// The live load of one endpoint address.
+#[derive(Debug, Default)]
+pub struct EndpointLoad {
+    /// Connections opening or open to it now.
+    active: AtomicU32,
+    /// Exponentially weighted moving average of the time to open a tunnel stream to it, in
+    /// microseconds (0: not measured yet).
+    open_ewma_us: AtomicU32,
+}
+
+impl EndpointLoad {
+    /// Weight of a new sample in the moving average (a short memory: ~3 samples).
+    const ALPHA: f64 = 0.3;
+
+    /// Connections in flight.
+    pub fn active(&self) -> u32 {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// The moving average of tunnel open latency, in microseconds (0: none yet).
+    pub fn open_ewma_us(&self) -> u32 {
+        self.open_ewma_us.load(Ordering::Relaxed)
+    }
+
+    /// Counts a connection until the guard drops.
+    pub fn start(self: &Arc<Self>) -> LoadGuard {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        LoadGuard { load: self.clone() }
+    }
+
+    /// Folds in how long opening a connection took.
+    pub fn observe_open(&self, took: Duration) {
+        let sample = u32::try_from(took.as_micros()).unwrap_or(u32::MAX);
+        let old = self.open_ewma_us.load(Ordering::Relaxed);
+        let new = if old == 0 {
+            sample
+        } else {
+            (f64::from(old) * (1.0 - Self::ALPHA) + f64::from(sample) * Self::ALPHA) as u32
+        };
+        self.open_ewma_us.store(new.max(1), Ordering::Relaxed);
+    }
+}
+
+/// A connection counted in an [`EndpointLoad`]; uncounts it on drop.
+#[derive(Debug)]
+pub struct LoadGuard {
+    /// The load it counts in.
+    load: Arc<EndpointLoad>,
+}
+
+impl Drop for LoadGuard {
+    fn drop(&mut self) {
+        self.load.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One endpoint of a Service port.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// Pod IP and resolved target port: the CONNECT target (or the passthrough destination).
+    pub addr: SocketAddr,
+    /// Whether it takes new connections.
+    pub health: Health,
+    /// Its live load.
+    pub load: Arc<EndpointLoad>,
+}
+
+/// One port of a Service, with its endpoints grouped by health for the balancer.
+#[derive(Debug, Clone)]
+pub struct ServicePort {
+    /// The Service port.
+    pub port: u16,
+    /// Its name ("" for a single unnamed port).
+    pub name: String,
+    /// Every endpoint, in the control plane's order.
+    pub endpoints: Vec<Endpoint>,
+    /// Indexes of the ready endpoints.
+    pub ready: Vec<usize>,
+    /// Indexes of the terminating-but-serving endpoints.
+    pub draining: Vec<usize>,
+}
+
+impl ServicePort {
+    /// A port with `endpoints`, indexed by health.
+    pub fn new(port: u16, name: String, endpoints: Vec<Endpoint>) -> ServicePort {
+        let with = |h: Health| {
+            endpoints
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| e.health == h)
+                .map(|(i, _)| i)
+                .collect()
+        };
+        ServicePort {
+            port,
+            name,
+            ready: with(Health::Ready),
+            draining: with(Health::Draining),
+            endpoints,
+        }
+    }
+}
+
+/// A Service: its ClusterIPs and ports.
+#[derive(Debug, Clone)]
+pub struct ServiceEntry {
+    /// `namespace/name`.
+    pub name: String,
+    /// Its ClusterIPs.
+    pub addresses: Vec<IpAddr>,
+    /// Its ports.
+    pub ports: Vec<ServicePort>,
+}
+
+/// Hands out one [`EndpointLoad`] per endpoint address, so that every Service listing the
+/// address, and every discovery update, shares it.
+#[derive(Debug, Default)]
+pub struct Loads {
+    /// Loads by address.
+    by_addr: HashMap<SocketAddr, Arc<EndpointLoad>>,
+}
+
+impl Loads {
+    /// The load of `addr`.
+    pub fn of(&mut self, addr: SocketAddr) -> Arc<EndpointLoad> {
+        self.by_addr.entry(addr).or_default().clone()
+    }
+
+    /// Forgets loads that no Service holds any more and no connection counts in.
+    pub fn prune(&mut self) {
+        self.by_addr.retain(|_, l| Arc::strong_count(l) > 1);
+    }
+
+    /// Addresses known.
+    pub fn len(&self) -> usize {
+        self.by_addr.len()
+    }
+
+    /// Whether none is known.
+    pub fn is_empty(&self) -> bool {
+        self.by_addr.is_empty()
+    }
+}
