@@ -11,7 +11,7 @@ use crate::admin_api::{Handshake, Identity};
 use crate::dial::Target;
 use crate::http1::{Http1Client, HttpError};
 
-/// The proxy admin's port (DESIGN.md, "Ports and names").
+/// The proxy admin's port (docs/design.md, "Ports and names").
 pub const ADMIN_PORT: u16 = 15000;
 /// Where a local proxy's admin endpoint listens by default.
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:15000";

@@ -200,6 +200,7 @@ fn post_start_hook(pod: &Pod) -> Cmd {
     let config = InjectConfig::with_defaults("proxy:test", "PEM", false);
     let proxy: Container = containers::proxy_container(
         &config,
+        &trellis_injector::annotations::PodOverrides::default(),
         ResourceRequirements::default(),
         ProxyLayout::FirstContainer,
     );

@@ -87,14 +87,92 @@ pub async fn connect(
         })
 }
 
-/// The error and its sources, joined: tonic's transport errors hide the cause otherwise.
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
+/// The error and its sources, joined: tonic's transport errors hide the cause otherwise. A
+/// source that only repeats the text before it is left out, and a certificate refused by our
+/// verifier is told by its own message ("server presented X but Y was expected"), not by
+/// rustls' debug form of it.
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(err);
+    while let Some(e) = next {
+        let text = describe(e);
+        if !parts.last().is_some_and(|last| last.ends_with(&text)) {
+            parts.push(text);
+        }
+        next = e.source();
     }
-    out
+    parts.join(": ")
+}
+
+/// One error's text; a rustls certificate error carrying one of ours is shown by ours.
+fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+    use tokio_rustls::rustls::{CertificateError, Error as TlsError};
+    let tls = e.downcast_ref::<TlsError>().or_else(|| {
+        e.downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+            .and_then(|inner| inner.downcast_ref::<TlsError>())
+    });
+    match tls {
+        Some(TlsError::InvalidCertificate(CertificateError::Other(other))) => {
+            format!("invalid peer certificate: {}", other.0)
+        }
+        _ => e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tokio_rustls::rustls::{CertificateError, Error as TlsError, OtherError};
+    use trellis_ca::SpiffeId;
+    use trellis_ca::tls::UnexpectedIdentity;
+
+    use super::error_chain;
+
+    /// An error with a message and an optional source, as transport layers nest them.
+    #[derive(Debug)]
+    struct Layer(&'static str, Option<std::io::Error>);
+
+    impl std::fmt::Display for Layer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Layer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_ref().map(|e| e as _)
+        }
+    }
+
+    #[test]
+    fn a_control_plane_with_the_wrong_identity_is_named_plainly() {
+        let refused = TlsError::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(
+            UnexpectedIdentity {
+                expected: SpiffeId::parse("spiffe://td/ns/trellis-system/sa/cp").unwrap(),
+                got: SpiffeId::parse("spiffe://td/ns/mesh-system/sa/cp").unwrap(),
+            },
+        ))));
+        let io = std::io::Error::new(std::io::ErrorKind::InvalidData, refused);
+        let text = error_chain(&Layer("transport error", Some(io)));
+        assert_eq!(
+            text,
+            "transport error: invalid peer certificate: server presented spiffe://td/ns/mesh-system/sa/cp but spiffe://td/ns/trellis-system/sa/cp was expected"
+        );
+    }
+
+    #[test]
+    fn other_errors_keep_their_text_and_repeats_are_dropped() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+        assert_eq!(
+            error_chain(&Layer("connection refused", Some(io))),
+            "connection refused"
+        );
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+        assert_eq!(
+            error_chain(&Layer("client error (Connect)", Some(io))),
+            "client error (Connect): connection refused"
+        );
+    }
 }

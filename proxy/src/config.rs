@@ -1,7 +1,7 @@
 //! `trellis-proxy run` configuration: one clap struct (each flag also an env var, names as in
 //! ARCHITECTURE.md), validated into [`Config`] before any port is bound.
 //!
-//! Owns: flag names, defaults (DESIGN.md ports), and parsing of the explicit-mode and static
+//! Owns: flag names, defaults (docs/design.md ports), and parsing of the explicit-mode and static
 //! workload flags. Secrets (the token) are read later by `identity`, never printed here.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -244,12 +244,9 @@ pub struct RunArgs {
     /// keyed by path (see the `probe::spec` module).
     #[arg(long, env = "TRELLIS_APP_PROBES")]
     pub app_probes: Option<String>,
-    /// Log filter (tracing env-filter syntax).
-    #[arg(long, env = "TRELLIS_LOG", default_value = "info")]
-    pub log: String,
-    /// Log as JSON lines.
-    #[arg(long, env = "TRELLIS_LOG_JSON")]
-    pub log_json: bool,
+    /// Logs: `--log <filter>`, `--log-format text|json` (shared by every Trellis binary).
+    #[command(flatten)]
+    pub log: trellis_telemetry::LogArgs,
 }
 
 /// Why the configuration is unusable; each message names the flag.
@@ -348,6 +345,10 @@ pub struct Config {
     pub handshake_log: usize,
     /// The app's original probes, served at 15020 /app-health/... (header values not shown).
     pub app_probes: crate::probe::AppProbes,
+    /// The process's log filter, read and changed at run time on the admin port's `/logging`.
+    /// Set by `main` once the subscriber is installed; `None` where nothing installed one.
+    #[serde(skip)]
+    pub log_control: Option<trellis_telemetry::LogHandle>,
 }
 
 mod humantime_serde_compat {
@@ -490,6 +491,7 @@ impl RunArgs {
             drain: self.drain,
             handshake_log: self.handshake_log.max(1),
             app_probes,
+            log_control: None,
         })
     }
 }

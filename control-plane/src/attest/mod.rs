@@ -14,7 +14,7 @@ pub use join_tokens::{JoinTokenError, JoinTokens};
 pub use tokenreview::TokenReviewer;
 use trellis_ca::SpiffeId;
 
-/// Token audience every Trellis token must carry (DESIGN.md).
+/// Token audience every Trellis token must carry (docs/design.md).
 pub const AUDIENCE: &str = "trellis-ca";
 
 /// A caller whose token was accepted.
