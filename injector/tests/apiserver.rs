@@ -85,8 +85,8 @@ async fn fake_api_server(status: StatusCode, body: Vec<u8>) -> FakeApiServer {
 }
 
 fn recorded_version() -> Vec<u8> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../testdata/apiserver-version.json");
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/apiserver-version.json");
     std::fs::read(path).unwrap()
 }
 

@@ -368,6 +368,8 @@ impl RunArgs {
     pub fn validate(self) -> Result<Config, ConfigError> {
         let trust_domain = TrustDomain::new(&self.trust_domain)
             .map_err(|e| invalid("--trust-domain", &self.trust_domain, e.to_string()))?;
+        trellis_client::parse_address(&self.control_plane)
+            .map_err(|e| invalid("--control-plane", &self.control_plane, e.to_string()))?;
         let control_plane_id = match &self.control_plane_id {
             Some(s) => {
                 SpiffeId::parse(s).map_err(|e| invalid("--control-plane-id", s, e.to_string()))?
