@@ -567,6 +567,19 @@ mod tests {
     }
 
     #[test]
+    fn a_control_plane_address_without_a_port_is_refused_naming_the_flag() {
+        let err = parse(&[
+            &format!("--trust-bundle={}", root()),
+            "--control-plane",
+            "trellis-control-plane.trellis-system.svc",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("--control-plane"), "{err}");
+        assert!(err.contains("has no port; give host:port"), "{err}");
+    }
+
+    #[test]
     fn a_trust_bundle_is_required_and_must_be_pem() {
         let err = parse(&[]).unwrap_err();
         assert!(err.to_string().starts_with("--trust-bundle"), "{err}");

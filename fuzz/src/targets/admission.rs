@@ -5,6 +5,7 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use k8s_openapi::api::core::v1::Pod;
 use serde_json::Value;
 use trellis_injector::config::InjectConfig;
 use trellis_injector::decide::NamespaceScope;
@@ -64,17 +65,26 @@ impl Default for Admission {
     }
 }
 
+/// The request's pod, read the way the injector reads it (serde skips the fields it does not
+/// need without checking them, so a body may be a valid review but not a valid JSON value).
+#[derive(serde::Deserialize)]
+struct Body {
+    request: Request,
+}
+
+#[derive(serde::Deserialize)]
+struct Request {
+    object: Pod,
+}
+
 /// Applies the answer's JSON Patch to the request's pod as the injector typed it (the API
 /// server never sends the `null`s a raw body may hold): it must apply cleanly.
 fn check_patch_applies(body: &[u8], patch_b64: &str) {
     let patch_json = BASE64.decode(patch_b64).expect("the patch is base64");
     let patch: json_patch::Patch =
         serde_json::from_slice(&patch_json).expect("the patch is a JSON Patch");
-    let request: Value = serde_json::from_slice(body).expect("an answered body is JSON");
-    let pod: k8s_openapi::api::core::v1::Pod =
-        serde_json::from_value(request["request"]["object"].clone())
-            .expect("an injected pod was read as a Pod");
-    let mut doc = serde_json::to_value(&pod).expect("a Pod serializes");
+    let body: Body = serde_json::from_slice(body).expect("an injected pod was read as a Pod");
+    let mut doc = serde_json::to_value(&body.request.object).expect("a Pod serializes");
     json_patch::patch(&mut doc, &patch)
         .unwrap_or_else(|e| panic!("the patch does not apply to the pod: {e}"));
 }
