@@ -68,7 +68,9 @@ pub struct Args {
         value_delimiter = ','
     )]
     pub extra_roots: Vec<PathBuf>,
-    /// Local mode: the join-token file (`<token> <identity>` per line), reloaded on change.
+    /// Local mode: the join-token file, reloaded on change: `<token> <identity>
+    /// [expires=<RFC 3339 UTC time>] [single-use]` per line; other users must not be able to
+    /// read or write it (mode 0600).
     #[arg(long, env = "TRELLIS_JOIN_TOKENS")]
     pub join_tokens: Option<PathBuf>,
     /// Local mode: the YAML mesh file (workloads, policies), reloaded on change.

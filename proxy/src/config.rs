@@ -375,6 +375,8 @@ impl RunArgs {
     pub fn validate(self) -> Result<Config, ConfigError> {
         let trust_domain = TrustDomain::new(&self.trust_domain)
             .map_err(|e| invalid("--trust-domain", &self.trust_domain, e.to_string()))?;
+        trellis_client::parse_address(&self.control_plane)
+            .map_err(|e| invalid("--control-plane", &self.control_plane, e.to_string()))?;
         let control_plane_id = match &self.control_plane_id {
             Some(s) => {
                 SpiffeId::parse(s).map_err(|e| invalid("--control-plane-id", s, e.to_string()))?
@@ -573,6 +575,19 @@ mod tests {
         ])
         .unwrap_err();
         assert!(err.to_string().starts_with("--admin-listen"), "{err}");
+    }
+
+    #[test]
+    fn a_control_plane_address_without_a_port_is_refused_naming_the_flag() {
+        let err = parse(&[
+            &format!("--trust-bundle={}", root()),
+            "--control-plane",
+            "trellis-control-plane.trellis-system.svc",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("--control-plane"), "{err}");
+        assert!(err.contains("has no port; give host:port"), "{err}");
     }
 
     #[test]

@@ -5,8 +5,10 @@
 //! join tokens) — and the errors they report. The identity always comes from here, never from
 //! the CSR; comparing the two is the CA's job.
 
+pub mod join_token_file;
 mod join_tokens;
 mod tokenreview;
+pub mod used_tokens;
 
 use std::time::Duration;
 
@@ -69,7 +71,7 @@ impl Attestor {
         }
         match self {
             Attestor::Kubernetes(reviewer) => reviewer.review(token).await,
-            Attestor::Local(tokens) => tokens.lookup(token),
+            Attestor::Local(tokens) => tokens.lookup(token, std::time::SystemTime::now()),
         }
     }
 
