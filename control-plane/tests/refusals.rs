@@ -275,3 +275,24 @@ async fn an_expired_join_token_is_unauthenticated_saying_when_it_expired() {
         &["join token expired at 2020-01-01T00:00:00Z"],
     );
 }
+
+#[tokio::test]
+async fn a_flood_of_bad_join_tokens_does_not_lock_out_a_good_caller_of_the_same_address() {
+    let plane = LocalPlane::start(&[]).await;
+    let channel = plane.channel().await;
+    // More failures than the per-source budget (100) allows for costly attempts.
+    for i in 0..150 {
+        let (_, csr) = key_and_csr(None);
+        let bad = format!("not-a-join-token-{i:08}");
+        assert_refused(
+            raw_certify(&channel, bearer(&bad).as_deref(), csr, 0).await,
+            Code::Unauthenticated,
+            &["token refused"],
+        );
+    }
+    // Checking a join token costs nothing: the good caller is checked, and issued.
+    let (_, csr) = key_and_csr(None);
+    raw_certify(&channel, bearer(FRONTEND_TOKEN).as_deref(), csr, 0)
+        .await
+        .expect("a valid join token from the flooding address is still issued");
+}

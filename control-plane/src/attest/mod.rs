@@ -75,6 +75,16 @@ impl Attestor {
         }
     }
 
+    /// Whether checking `token` costs nothing but this process's time: a join-token lookup,
+    /// or a token the TokenReview cache holds. Only attempts that would cost an API call need
+    /// the per-source limit on failed attempts.
+    pub fn is_cheap(&self, token: &str) -> bool {
+        match self {
+            Attestor::Kubernetes(reviewer) => reviewer.knows(token),
+            Attestor::Local(_) => true,
+        }
+    }
+
     /// A label for metrics and logs.
     pub fn kind(&self) -> &'static str {
         match self {
