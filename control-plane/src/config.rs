@@ -9,7 +9,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use trellis_ca::{SpiffeId, TrustDomain};
+use trellis_ca::{ServerNames, SpiffeId, TrustDomain};
+
+use crate::serving_cert::{Reachable, server_names};
 
 /// Where the control plane runs: decides the attestation kind and where CA state is kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -51,6 +53,18 @@ pub struct Args {
         default_value = "trellis-control-plane"
     )]
     pub service_account: String,
+    /// Kubernetes mode: the control plane's Service; its DNS names (`<svc>`, `<svc>.<ns>`,
+    /// `<svc>.<ns>.svc`, `<svc>.<ns>.svc.<cluster domain>`) go in the serving certificate, so
+    /// clients that verify by host name (ztunnel, grpcurl, Go and Java gRPC) accept it.
+    #[arg(long, env = "TRELLIS_SERVICE", default_value = "trellis-control-plane")]
+    pub service: String,
+    /// Kubernetes mode: the cluster's DNS domain (the last of the Service's names).
+    #[arg(long, env = "TRELLIS_CLUSTER_DOMAIN", default_value = "cluster.local")]
+    pub cluster_domain: String,
+    /// More DNS names or IP addresses for the serving certificate (comma-separated), e.g. a
+    /// load balancer's name. Local mode always names the listen address.
+    #[arg(long, env = "TRELLIS_EXTRA_SERVER_NAMES", value_delimiter = ',')]
+    pub extra_server_names: Vec<String>,
     /// Local mode: directory holding the CA (ca-cert.pem, ca-key.pem 0600, ...).
     #[arg(long, env = "TRELLIS_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
@@ -163,6 +177,14 @@ pub enum ConfigError {
         /// What is expected.
         reason: &'static str,
     },
+    /// A name for the serving certificate is not a DNS name or an IP address.
+    #[error("{flag}: {reason}")]
+    ServerName {
+        /// The flag (or flags) the name came from.
+        flag: &'static str,
+        /// What is wrong with it.
+        reason: trellis_ca::ServerNameError,
+    },
     /// The rate limit is not a positive number.
     #[error("--rate-limit-per-second {0}: must be a positive number")]
     RateLimit(f64),
@@ -177,6 +199,8 @@ pub struct Config {
     pub trust_domain: TrustDomain,
     /// The control plane's own SPIFFE ID (its serving certificate).
     pub own_id: SpiffeId,
+    /// The host names on its serving certificate, beside `own_id`.
+    pub server_names: ServerNames,
 }
 
 impl Args {
@@ -225,9 +249,26 @@ impl Args {
         if !(self.rate_limit_per_second.is_finite() && self.rate_limit_per_second > 0.0) {
             return Err(ConfigError::RateLimit(self.rate_limit_per_second));
         }
+        let reachable = Reachable {
+            mode: self.mode,
+            listen: self.listen,
+            service: &self.service,
+            namespace: &self.namespace,
+            cluster_domain: &self.cluster_domain,
+        };
+        let server_names = server_names(reachable, &self.extra_server_names).map_err(|reason| {
+            let extra_names = self.extra_server_names.iter();
+            let flag = if extra_names.clone().any(|n| n.contains(&reason.value)) {
+                "--extra-server-names"
+            } else {
+                "--service / --namespace / --cluster-domain"
+            };
+            ConfigError::ServerName { flag, reason }
+        })?;
         Ok(Config {
             trust_domain,
             own_id,
+            server_names,
             args: self,
         })
     }
@@ -280,6 +321,10 @@ mod tests {
         assert!(err.to_string().starts_with("--trust-domain"), "{err}");
         let err = parse(&["--default-ttl", "30d"]).unwrap_err();
         assert!(err.to_string().starts_with("--default-ttl"), "{err}");
+        let err = parse(&["--extra-server-names", "ok.example,bad name"]).unwrap_err();
+        assert!(err.to_string().starts_with("--extra-server-names"), "{err}");
+        let err = parse(&["--cluster-domain", "bad_domain."]).unwrap_err();
+        assert!(err.to_string().starts_with("--service"), "{err}");
         let err = parse(&["--rate-limit-per-second", "0"]).unwrap_err();
         assert!(
             err.to_string().starts_with("--rate-limit-per-second"),

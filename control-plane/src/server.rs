@@ -217,8 +217,17 @@ pub async fn start(config: &Config, kube: Option<kube::Client>) -> Result<Runnin
     }
 
     // 4. TLS: our own SVID; clients may come without a certificate (they are here to get one).
-    let serving = Arc::new(ServingCert::issue(&ca, &config.own_id)?);
-    serving.spawn_renewal(ca.clone(), config.own_id.clone(), shutdown.clone());
+    let serving = Arc::new(ServingCert::issue(
+        &ca,
+        &config.own_id,
+        &config.server_names,
+    )?);
+    serving.spawn_renewal(
+        ca.clone(),
+        config.own_id.clone(),
+        config.server_names.clone(),
+        shutdown.clone(),
+    );
     let mut tls = ServerConfig::builder_with_provider(trellis_ca::tls::provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(Arc::new(SpiffeClientVerifier::optional(
@@ -308,7 +317,13 @@ pub async fn start(config: &Config, kube: Option<kube::Client>) -> Result<Runnin
             .instrument(info_span!("grpc", addr = %grpc_addr)),
     );
     tokio::spawn(metrics::serve(metrics_listener, metrics, shutdown.clone()));
-    info!(grpc = %grpc_addr, metrics = %metrics_addr, id = %config.own_id, "control plane serving");
+    info!(
+        grpc = %grpc_addr,
+        metrics = %metrics_addr,
+        id = %config.own_id,
+        server_names = %config.server_names,
+        "control plane serving"
+    );
 
     Ok(Running {
         grpc_addr,
