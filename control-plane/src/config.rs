@@ -65,6 +65,11 @@ pub struct Args {
     /// load balancer's name. Local mode always names the listen address.
     #[arg(long, env = "TRELLIS_EXTRA_SERVER_NAMES", value_delimiter = ',')]
     pub extra_server_names: Vec<String>,
+    /// Kubernetes mode: node agents (e.g. Istio's ztunnel) that may ask for the identity of a pod
+    /// on their own node with `ImpersonatedIdentity`, as istiod's `CA_TRUSTED_NODE_ACCOUNTS`:
+    /// `<namespace>/<service account>` or a SPIFFE ID, comma-separated. Empty: nobody may.
+    #[arg(long, env = "TRELLIS_NODE_AGENTS", value_delimiter = ',')]
+    pub node_agents: Vec<String>,
     /// Local mode: directory holding the CA (ca-cert.pem, ca-key.pem 0600, ...).
     #[arg(long, env = "TRELLIS_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
@@ -185,6 +190,21 @@ pub enum ConfigError {
         /// What is wrong with it.
         reason: trellis_ca::ServerNameError,
     },
+    /// A `--node-agents` entry is not `<namespace>/<service account>` or a SPIFFE ID.
+    #[error(
+        "--node-agents {value:?}: expected <namespace>/<service account> or spiffe://<trust domain>/ns/<ns>/sa/<sa> of this trust domain ({reason})"
+    )]
+    NodeAgent {
+        /// The entry.
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// `--node-agents` needs the pods of a cluster.
+    #[error(
+        "--node-agents: only in --mode kubernetes (a node agent's node comes from the cluster's pods)"
+    )]
+    NodeAgentsNeedKubernetes,
     /// The rate limit is not a positive number.
     #[error("--rate-limit-per-second {0}: must be a positive number")]
     RateLimit(f64),
@@ -201,6 +221,8 @@ pub struct Config {
     pub own_id: SpiffeId,
     /// The host names on its serving certificate, beside `own_id`.
     pub server_names: ServerNames,
+    /// The node agents (`--node-agents`).
+    pub node_agents: Vec<SpiffeId>,
 }
 
 impl Args {
@@ -265,13 +287,40 @@ impl Args {
             };
             ConfigError::ServerName { flag, reason }
         })?;
+        let node_agents = self
+            .node_agents
+            .iter()
+            .map(|v| node_agent(v.trim(), &trust_domain))
+            .collect::<Result<Vec<_>, _>>()?;
+        if !node_agents.is_empty() && self.mode != Mode::Kubernetes {
+            return Err(ConfigError::NodeAgentsNeedKubernetes);
+        }
         Ok(Config {
             trust_domain,
             own_id,
             server_names,
+            node_agents,
             args: self,
         })
     }
+}
+
+/// A `--node-agents` entry: `<namespace>/<service account>` (istiod's form) or a SPIFFE ID.
+fn node_agent(value: &str, td: &TrustDomain) -> Result<SpiffeId, ConfigError> {
+    let bad = |reason: String| ConfigError::NodeAgent {
+        value: value.to_owned(),
+        reason,
+    };
+    let id = match value.split_once('/') {
+        Some((ns, sa)) if !value.starts_with("spiffe:") => {
+            SpiffeId::for_service_account(td, ns, sa).map_err(|e| bad(e.to_string()))?
+        }
+        _ => SpiffeId::parse(value).map_err(|e| bad(e.to_string()))?,
+    };
+    if id.trust_domain() != td || id.service_account().is_none() {
+        return Err(bad(format!("{id} is not a service account of {td}")));
+    }
+    Ok(id)
 }
 
 #[cfg(test)]
@@ -294,6 +343,36 @@ mod tests {
             "spiffe://cluster.local/ns/trellis-system/sa/trellis-control-plane"
         );
         assert_eq!(c.args.default_ttl, Duration::from_secs(24 * 3600));
+    }
+
+    #[test]
+    fn node_agents_are_namespace_and_service_account_or_spiffe_ids_in_kubernetes_mode() {
+        let c = parse(&[
+            "--node-agents",
+            "istio-system/ztunnel, spiffe://cluster.local/ns/kube-system/sa/ztunnel",
+        ])
+        .unwrap();
+        let agents: Vec<String> = c.node_agents.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            agents,
+            [
+                "spiffe://cluster.local/ns/istio-system/sa/ztunnel",
+                "spiffe://cluster.local/ns/kube-system/sa/ztunnel"
+            ]
+        );
+        assert!(parse(&[]).unwrap().node_agents.is_empty());
+        let err = parse(&[
+            "--mode",
+            "local",
+            "--state-dir",
+            "/s",
+            "--join-tokens",
+            "/t",
+            "--node-agents",
+            "istio-system/ztunnel",
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("--mode kubernetes"), "{err}");
     }
 
     #[test]
@@ -325,6 +404,13 @@ mod tests {
         assert!(err.to_string().starts_with("--extra-server-names"), "{err}");
         let err = parse(&["--cluster-domain", "bad_domain."]).unwrap_err();
         assert!(err.to_string().starts_with("--service"), "{err}");
+        let err = parse(&["--node-agents", "istio-system/ztunnel,ztunnel"]).unwrap_err();
+        assert!(
+            err.to_string().starts_with("--node-agents \"ztunnel\""),
+            "{err}"
+        );
+        let err = parse(&["--node-agents", "spiffe://other.example/ns/a/sa/b"]).unwrap_err();
+        assert!(err.to_string().starts_with("--node-agents"), "{err}");
         let err = parse(&["--rate-limit-per-second", "0"]).unwrap_err();
         assert!(
             err.to_string().starts_with("--rate-limit-per-second"),

@@ -26,6 +26,7 @@ use crate::certify::Certifier;
 use crate::config::{Config, Mode};
 use crate::grpc::{DiscoveryService, IdentityService, IstioCaService, MAX_MESSAGE_BYTES};
 use crate::metrics::{self, Metrics};
+use crate::node_agent::NodeAgents;
 use crate::rate_limit::RateLimiter;
 use crate::serving_cert::ServingCert;
 use crate::tls_listener;
@@ -190,13 +191,24 @@ pub async fn start(config: &Config, kube: Option<kube::Client>) -> Result<Runnin
         .earliest_expiry()
         .unwrap_or(ca.issuer_not_after());
     let metrics = Arc::new(Metrics::new(root_not_after, ca.issuer_not_after()));
-    let certifier = Arc::new(Certifier::new(
+    // The cluster's pods, filled by the cluster source (step 5): node agents' nodes.
+    let (pods, pods_writer) = crate::mesh::kubernetes::pod_index();
+    let mut certifier = Certifier::new(
         ca.clone(),
         attestor,
         RateLimiter::new(args.rate_limit_per_second, args.rate_limit_burst),
         metrics.clone(),
         args.default_ttl,
-    ));
+    );
+    if args.mode == Mode::Kubernetes && !config.node_agents.is_empty() {
+        info!(node_agents = ?config.node_agents, "node agents may ask for identities of pods on their node");
+        certifier = certifier.with_node_agents(NodeAgents::new(
+            config.node_agents.clone(),
+            td.clone(),
+            Some(pods),
+        ));
+    }
+    let certifier = Arc::new(certifier);
     spawn_join_token_reloader(certifier.clone(), shutdown.clone());
     // Kubernetes mode: keep the webhook's serving certificate and caBundle current.
     if let (Mode::Kubernetes, Some(client), false) =
@@ -265,6 +277,7 @@ pub async fn start(config: &Config, kube: Option<kube::Client>) -> Result<Runnin
                 td.clone(),
                 args.mtls_mode,
                 publisher,
+                pods_writer,
                 shutdown.clone(),
             ));
         }

@@ -24,8 +24,12 @@ pub const AUDIENCE: &str = "trellis-ca";
 pub struct Attested {
     /// The identity to issue.
     pub id: SpiffeId,
-    /// The pod the token is bound to, when the token says so (audit only).
+    /// The pod the token is bound to, when the token says so (audit; node agents' pods).
     pub pod: Option<String>,
+    /// That pod's UID, when the token says so.
+    pub pod_uid: Option<String>,
+    /// The node of that pod, when the token says so (Kubernetes >= 1.30).
+    pub node: Option<String>,
 }
 
 /// Why a caller was not authenticated.

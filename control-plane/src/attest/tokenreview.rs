@@ -20,6 +20,8 @@ const CACHE_CAPACITY: usize = 50_000;
 /// How long one TokenReview call may take.
 const REVIEW_TIMEOUT: Duration = Duration::from_secs(5);
 const POD_NAME_EXTRA: &str = "authentication.kubernetes.io/pod-name";
+const POD_UID_EXTRA: &str = "authentication.kubernetes.io/pod-uid";
+const NODE_NAME_EXTRA: &str = "authentication.kubernetes.io/node-name";
 
 /// Checks ServiceAccount tokens with the TokenReview API.
 pub struct TokenReviewer {
@@ -151,9 +153,18 @@ pub(crate) fn interpret(
         .ok_or_else(|| AttestError::NotAServiceAccount(username.clone()))?;
     let id = SpiffeId::for_service_account(trust_domain, namespace, service_account)
         .map_err(AttestError::InvalidIdentity)?;
-    let pod = user
-        .and_then(|u| u.extra.as_ref())
-        .and_then(|extra| extra.get(POD_NAME_EXTRA))
-        .and_then(|names| names.first().cloned());
-    Ok(Attested { id, pod })
+    // What the API server says the token is bound to: one value per key, or it is not used.
+    let extra = |key: &str| {
+        let values = user.and_then(|u| u.extra.as_ref())?.get(key)?;
+        match values.as_slice() {
+            [one] if !one.is_empty() => Some(one.clone()),
+            _ => None,
+        }
+    };
+    Ok(Attested {
+        id,
+        pod: extra(POD_NAME_EXTRA),
+        pod_uid: extra(POD_UID_EXTRA),
+        node: extra(NODE_NAME_EXTRA),
+    })
 }
