@@ -48,7 +48,7 @@ impl CertifyError {
     pub fn reason(&self) -> &'static str {
         match self {
             CertifyError::Attest(AttestError::MissingToken) => "missing_token",
-            CertifyError::Attest(AttestError::WrongAudience(_)) => "wrong_audience",
+            CertifyError::Attest(AttestError::WrongAudience { .. }) => "wrong_audience",
             CertifyError::Attest(AttestError::NotAServiceAccount(_)) => "not_service_account",
             CertifyError::Attest(AttestError::Unavailable(_)) => "attestation_unavailable",
             CertifyError::Attest(_) => "token_rejected",

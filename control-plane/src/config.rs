@@ -98,6 +98,15 @@ pub struct Args {
     /// Mesh-wide mTLS mode (namespaces may override; a mesh file's `mtls` takes precedence).
     #[arg(long, env = "TRELLIS_MTLS_MODE", value_enum, default_value = "strict")]
     pub mtls_mode: crate::mesh::MtlsMode,
+    /// Kubernetes mode: token audiences accepted (comma-separated), checked by TokenReview.
+    /// Istio's clients (ztunnel, istio-agent) send tokens for `istio-ca`.
+    #[arg(
+        long,
+        env = "TRELLIS_TOKEN_AUDIENCES",
+        value_delimiter = ',',
+        default_value = "trellis-ca"
+    )]
+    pub token_audiences: Vec<String>,
     /// Kubernetes mode: how long a positive TokenReview is cached.
     #[arg(long, env = "TRELLIS_TOKEN_CACHE_TTL", default_value = "10s", value_parser = humantime::parse_duration)]
     pub token_cache_ttl: Duration,
@@ -200,6 +209,11 @@ pub enum ConfigError {
         /// What is wrong with it.
         reason: String,
     },
+    /// `--token-audiences` is empty or has an empty entry.
+    #[error(
+        "--token-audiences {0:?}: expected one or more non-empty audiences, e.g. trellis-ca,istio-ca"
+    )]
+    TokenAudiences(Vec<String>),
     /// `--node-agents` needs the pods of a cluster.
     #[error(
         "--node-agents: only in --mode kubernetes (a node agent's node comes from the cluster's pods)"
@@ -287,6 +301,11 @@ impl Args {
             };
             ConfigError::ServerName { flag, reason }
         })?;
+        if self.token_audiences.is_empty()
+            || self.token_audiences.iter().any(|a| a.trim().is_empty())
+        {
+            return Err(ConfigError::TokenAudiences(self.token_audiences.clone()));
+        }
         let node_agents = self
             .node_agents
             .iter()
@@ -343,6 +362,7 @@ mod tests {
             "spiffe://cluster.local/ns/trellis-system/sa/trellis-control-plane"
         );
         assert_eq!(c.args.default_ttl, Duration::from_secs(24 * 3600));
+        assert_eq!(c.args.token_audiences, ["trellis-ca"]);
     }
 
     #[test]
@@ -411,6 +431,8 @@ mod tests {
         );
         let err = parse(&["--node-agents", "spiffe://other.example/ns/a/sa/b"]).unwrap_err();
         assert!(err.to_string().starts_with("--node-agents"), "{err}");
+        let err = parse(&["--token-audiences", "trellis-ca,,istio-ca"]).unwrap_err();
+        assert!(err.to_string().starts_with("--token-audiences"), "{err}");
         let err = parse(&["--rate-limit-per-second", "0"]).unwrap_err();
         assert!(
             err.to_string().starts_with("--rate-limit-per-second"),

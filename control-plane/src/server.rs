@@ -175,7 +175,11 @@ pub async fn start(config: &Config, kube: Option<kube::Client>) -> Result<Runnin
         }
         Mode::Kubernetes => {
             let client = kube.clone().ok_or(StartError::NoKubernetesClient)?;
-            Attestor::Kubernetes(TokenReviewer::new(client, td.clone(), args.token_cache_ttl))
+            let audiences = args.token_audiences.iter().map(|a| a.trim().to_owned());
+            Attestor::Kubernetes(
+                TokenReviewer::new(client, td.clone(), args.token_cache_ttl)
+                    .with_audiences(audiences.collect()),
+            )
         }
     };
 

@@ -12,7 +12,6 @@ use serde_json::{Value, json};
 use tonic::Code;
 use tonic::transport::Channel;
 use trellis_ca::{certs_from_pem, peer_spiffe_id};
-use trellis_control_plane::server::Running;
 
 const PODS: &str = "/api/v1/pods";
 /// The pod the recorded pod-bound token is bound to, and its UID (from the recording).
@@ -42,17 +41,6 @@ async fn cluster() -> FakeApiServer {
         pod("pay", "ledger-1", "uid-ledger-1", "ledger", "node-b"),
     );
     api
-}
-
-async fn start(api: &FakeApiServer, extra: &[&str]) -> (Running, Channel) {
-    let mut flags = vec!["--mode", "kubernetes"];
-    flags.extend_from_slice(extra);
-    let config = config(&flags);
-    let running = try_start(&config, Some(api.client()))
-        .await
-        .unwrap_or_else(|e| panic!("control plane does not start: {e}"));
-    let channel = channel(&running, &config).await;
-    (running, channel)
 }
 
 /// A PEM CSR naming `id`, as ztunnel makes it.
@@ -89,7 +77,7 @@ async fn ask_for(channel: &Channel, token: &str, requested: &str) -> Result<Stri
 #[tokio::test]
 async fn a_node_agent_gets_the_identity_of_a_pod_on_its_node_and_nothing_else() {
     let api = cluster().await;
-    let (running, channel) = start(&api, &["--node-agents", "shop/frontend"]).await;
+    let (running, channel) = start_kubernetes(&api, &["--node-agents", "shop/frontend"]).await;
     let agent = exchange("pod-bound").token().to_owned();
     // The reflector lists the pods shortly after start.
     let issued = eventually("the node agent's pod is known", || async {
@@ -136,7 +124,7 @@ async fn a_node_agent_gets_the_identity_of_a_pod_on_its_node_and_nothing_else() 
 #[tokio::test]
 async fn without_node_agents_configured_impersonation_is_refused_naming_the_flag() {
     let api = cluster().await;
-    let (running, channel) = start(&api, &[]).await;
+    let (running, channel) = start_kubernetes(&api, &[]).await;
     let agent = exchange("pod-bound").token().to_owned();
     assert_refused(
         ask_for(&channel, &agent, ON_ITS_NODE).await,

@@ -219,6 +219,21 @@ pub async fn try_start(config: &Config, kube: Option<kube::Client>) -> Result<Ru
     within("control plane start", server::start(config, kube)).await
 }
 
+/// A control plane in Kubernetes mode talking to the fake `api`, and a TLS channel to it.
+pub async fn start_kubernetes(
+    api: &apiserver::FakeApiServer,
+    extra: &[&str],
+) -> (Running, Channel) {
+    let mut flags = vec!["--mode", "kubernetes"];
+    flags.extend_from_slice(extra);
+    let config = config(&flags);
+    let running = try_start(&config, Some(api.client()))
+        .await
+        .unwrap_or_else(|e| panic!("control plane does not start: {e}"));
+    let channel = channel(&running, &config).await;
+    (running, channel)
+}
+
 // ---------------------------------------------------------------------------------------------
 // A control plane in local mode
 // ---------------------------------------------------------------------------------------------
