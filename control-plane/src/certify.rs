@@ -185,28 +185,37 @@ impl Certifier {
 
     async fn run(&self, req: &CertifyRequest<'_>) -> Result<(Certified, Attested), CertifyError> {
         // Failed attestations are counted per source address: a flood of bad tokens must not
-        // become a flood of TokenReviews. A source over its budget is refused only for attempts
-        // that would cost an API call; a join token, or a token reviewed positively a moment
-        // ago, is checked anyway — so a flood of bad tokens does not lock out good callers of
-        // the same address. Successful attempts are limited per identity below.
+        // become a flood of TokenReviews. An attempt that would cost an API call takes one from
+        // its address's budget before it is made (so attempts in flight at once cannot all
+        // pass) and gives it back when it succeeds. A join token, or a token reviewed
+        // positively a moment ago, is checked anyway — so a flood of bad tokens does not lock
+        // out good callers of the same address. Successful attempts are limited per identity
+        // below.
         let source = req.peer.map(|p| p.ip());
         let token = req.token.unwrap_or_default();
-        if let Some(ip) = source
-            && !self.attestor.is_cheap(token)
-        {
-            self.source_limiter
-                .peek(&ip, Instant::now())
-                .map_err(|retry_after| CertifyError::RateLimited {
-                    caller: format!("{ip} (too many failed attempts)"),
-                    retry_after,
-                })?;
-        }
+        let budgeted = match source {
+            Some(ip) if !self.attestor.is_cheap(token) => {
+                self.source_limiter
+                    .check(&ip, Instant::now())
+                    .map_err(|retry_after| CertifyError::RateLimited {
+                        caller: format!("{ip} (too many failed attempts)"),
+                        retry_after,
+                    })?;
+                Some(ip)
+            }
+            _ => None,
+        };
         let started = Instant::now();
         let attested = self.attestor.attest(token).await;
         self.metrics
             .observe_attestation(self.attestor.kind(), started.elapsed());
-        if let (Err(_), Some(ip)) = (&attested, source) {
-            let _ = self.source_limiter.check(&ip, Instant::now());
+        match (&attested, budgeted, source) {
+            (Ok(_), Some(ip), _) => self.source_limiter.refund(&ip, Instant::now()),
+            // A cheap attempt that failed (a wrong join token) still counts against its address.
+            (Err(_), None, Some(ip)) => {
+                let _ = self.source_limiter.check(&ip, Instant::now());
+            }
+            _ => {}
         }
         let attested = attested?;
         // The identity to issue: the caller's own, or — for a node agent — that of a pod on its

@@ -65,19 +65,15 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
 }
 
 impl<K: Hash + Eq + Clone> RateLimiter<K> {
-    /// Whether `caller` has a token at `now`, without taking it (see [`RateLimiter::check`]).
-    pub fn peek(&self, caller: &K, now: Instant) -> Result<(), Duration> {
-        let buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
-        match buckets.get(caller) {
-            Some(b) => {
-                let b = refill(*b, self.rate, self.burst, now);
-                if b.tokens >= 1.0 {
-                    Ok(())
-                } else {
-                    Err(Duration::from_secs_f64((1.0 - b.tokens) / self.rate))
-                }
-            }
-            None => Ok(()),
+    /// Gives back a token taken by [`RateLimiter::check`] for an attempt that turned out not to
+    /// count (a budget of failures is taken before the attempt, so that attempts in flight at
+    /// once cannot all pass, and given back when it succeeds).
+    pub fn refund(&self, caller: &K, now: Instant) {
+        let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(b) = buckets.get_mut(caller) {
+            let mut up = refill(*b, self.rate, self.burst, now);
+            up.tokens = (up.tokens + 1.0).min(self.burst);
+            *b = up;
         }
     }
 }
@@ -100,6 +96,26 @@ mod tests {
     }
 
     #[test]
+    fn a_refund_gives_back_one_token_and_never_more_than_the_burst() {
+        let limiter = RateLimiter::new(1.0, 2);
+        let t0 = Instant::now();
+        assert!(limiter.check(&id("a"), t0).is_ok());
+        assert!(limiter.check(&id("a"), t0).is_ok());
+        assert!(limiter.check(&id("a"), t0).is_err());
+        limiter.refund(&id("a"), t0);
+        assert!(limiter.check(&id("a"), t0).is_ok());
+        limiter.refund(&id("a"), t0);
+        limiter.refund(&id("a"), t0);
+        limiter.refund(&id("a"), t0);
+        assert!(limiter.check(&id("a"), t0).is_ok());
+        assert!(limiter.check(&id("a"), t0).is_ok());
+        assert!(
+            limiter.check(&id("a"), t0).is_err(),
+            "refunds beyond the burst are lost"
+        );
+    }
+
+    #[test]
     fn a_caller_gets_its_burst_then_is_refused_until_the_bucket_refills() {
         let limiter = RateLimiter::new(2.0, 3);
         let t0 = Instant::now();
@@ -118,16 +134,6 @@ mod tests {
                 .check(&id("a"), t0 + Duration::from_millis(1000))
                 .is_ok()
         );
-    }
-
-    #[test]
-    fn peeking_takes_no_token() {
-        let limiter = RateLimiter::new(1.0, 1);
-        let t0 = Instant::now();
-        assert!(limiter.peek(&id("a"), t0).is_ok());
-        assert!(limiter.peek(&id("a"), t0).is_ok());
-        assert!(limiter.check(&id("a"), t0).is_ok());
-        assert!(limiter.peek(&id("a"), t0).is_err());
     }
 
     #[test]
