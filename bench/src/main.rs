@@ -24,6 +24,7 @@ mod procs;
 mod report;
 mod routes;
 mod run;
+mod service_route;
 mod svg;
 
 use std::net::SocketAddr;

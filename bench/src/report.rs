@@ -302,7 +302,7 @@ fn check(routes: &[RouteSummary], plan: &Plan) -> (Vec<String>, Vec<String>) {
     for skipped in &plan.skip {
         problems.push(format!("{skipped} was skipped (--skip)"));
     }
-    for want in ["direct", "trellis", "haproxy", "nginx"] {
+    for want in ["direct", "trellis", "trellis-service", "haproxy", "nginx"] {
         if !routes.iter().any(|r| r.route == want) {
             problems.push(format!("route {want} was not measured"));
         }

@@ -5,6 +5,7 @@
 //! | `direct` | generator → backend |
 //! | `trellis` | generator → client `trellis-proxy` (explicit mode) → pooled mTLS HTTP/2 CONNECT tunnel → server `trellis-proxy` → backend |
 //! | `haproxy` | generator → client HAProxy (`mode tcp`) → its own TLS 1.3 connection with a client certificate → server HAProxy (`verify required`) → backend |
+//! | `trellis-service` | as `trellis`, the client proxy given a Service address (see [`crate::service_route`]) |
 //! | `nginx` | generator → client nginx (`stream`, `proxy_ssl`) → its own TLS 1.3 connection → server nginx (`ssl_verify_client on`) → backend |
 //!
 //! Every proxy holds a certificate from the same Trellis control plane (local mode, join
@@ -24,8 +25,8 @@ use anyhow::{Context, bail};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::load;
 use crate::procs::Supervisor;
+use crate::{load, service_route};
 
 /// A proxy process of a route.
 #[derive(Debug, Clone)]
@@ -101,7 +102,7 @@ pub fn tool(name: &str) -> PathBuf {
 /// A free port on 127.0.0.1 (bound and released: the processes bind it right after), never
 /// one handed out before in this run — the kernel can give a just-released port again, and two
 /// listeners of one process on the same port fail its start.
-fn free_addr() -> anyhow::Result<SocketAddr> {
+pub(crate) fn free_addr() -> anyhow::Result<SocketAddr> {
     static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
         std::sync::Mutex::new(std::collections::BTreeSet::new());
     for _ in 0..1000 {
@@ -151,6 +152,13 @@ pub async fn start(sup: &mut Supervisor, dir: &Path, bins: &Bins) -> anyhow::Res
     fs::write(dir.join("server-token"), SERVER_TOKEN)?;
     let (cp, cp_metrics) = (free_addr()?, free_addr()?);
     let state = dir.join("state");
+    // The Trellis server proxy's tunnel, named in the mesh file for the Service route.
+    let tunnel = free_addr()?;
+    let mesh = dir.join("mesh.yaml");
+    fs::write(
+        &mesh,
+        service_route::mesh_file(app_http, app_stream, tunnel),
+    )?;
     sup.spawn(
         "control-plane",
         Command::new(&bins.control_plane)
@@ -160,6 +168,7 @@ pub async fn start(sup: &mut Supervisor, dir: &Path, bins: &Bins) -> anyhow::Res
                 "--join-tokens={}",
                 dir.join("join-tokens").display()
             ))
+            .arg(format!("--mesh-file={}", mesh.display()))
             .arg(format!("--listen={cp}"))
             .arg(format!("--metrics-listen={cp_metrics}"))
             .arg("--shutdown-grace=1s")
@@ -188,10 +197,17 @@ pub async fn start(sup: &mut Supervisor, dir: &Path, bins: &Bins) -> anyhow::Res
         fs::write(dir.join(side).join("haproxy.pem"), format!("{chain}{key}"))?;
     }
 
-    let trellis = start_trellis(sup, dir, bins, cp, &root, app_http, app_stream).await?;
+    let trellis = start_trellis(sup, dir, bins, cp, &root, tunnel, app_http, app_stream).await?;
+    let server = trellis
+        .proxies
+        .iter()
+        .find(|p| p.side == "server")
+        .cloned()
+        .context("the trellis route has a server proxy")?;
+    let trellis_service = service_route::start(sup, dir, bins, cp, &root, server).await?;
     let haproxy = start_haproxy(sup, dir, app_http, app_stream).await?;
     let nginx = start_nginx(sup, dir, app_http, app_stream).await?;
-    let routes = vec![direct, trellis, haproxy, nginx];
+    let routes = vec![direct, trellis, trellis_service, haproxy, nginx];
     for r in &routes {
         let mut c = load::open_connections(r.http, 1, Duration::from_secs(10))
             .await
@@ -208,10 +224,11 @@ async fn start_trellis(
     bins: &Bins,
     cp: SocketAddr,
     root: &Path,
+    tunnel: SocketAddr,
     app_http: SocketAddr,
     app_stream: SocketAddr,
 ) -> anyhow::Result<Route> {
-    let (tunnel, server_admin, client_admin) = (free_addr()?, free_addr()?, free_addr()?);
+    let (server_admin, client_admin) = (free_addr()?, free_addr()?);
     let (http, stream) = (free_addr()?, free_addr()?);
     let common = |cmd: &mut Command, side: &str, admin: SocketAddr| {
         cmd.args([
@@ -429,7 +446,7 @@ async fn wait_tcp(sup: &mut Supervisor, name: &str, addr: SocketAddr) -> anyhow:
 }
 
 /// Waits until `GET http://addr/path` answers 200.
-async fn wait_http_ok(
+pub(crate) async fn wait_http_ok(
     sup: &mut Supervisor,
     name: &str,
     addr: SocketAddr,

@@ -19,6 +19,7 @@ fn color(route: &str) -> &'static str {
     match route {
         "direct" => "#555555",
         "trellis" => "#1f77b4",
+        "trellis-service" => "#17becf",
         "haproxy" => "#d62728",
         "nginx" => "#2ca02c",
         _ => "#9467bd",
