@@ -139,6 +139,39 @@ impl TrustBundle {
         self.roots.len() == other.roots.len() && other.roots.iter().all(|r| self.contains(r))
     }
 
+    /// The root that `leaf` chains to through `intermediates`, by signatures and names alone
+    /// (no validity or usage checks): which root a certificate of any kind — an SVID, a DNS
+    /// serving certificate — depends on. `None` when it chains to none of them.
+    pub fn issuing_root(
+        &self,
+        leaf: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+    ) -> Option<&CertificateDer<'static>> {
+        fn parse(der: &[u8]) -> Option<X509Certificate<'_>> {
+            X509Certificate::from_der(der).ok().map(|(_, c)| c)
+        }
+        let signed_by = |child: &X509Certificate<'_>, parent: &X509Certificate<'_>| {
+            child.issuer() == parent.subject()
+                && child.verify_signature(Some(parent.public_key())).is_ok()
+        };
+        let mut current = parse(leaf)?;
+        // A chain longer than the intermediates given cannot be built from them.
+        for _ in 0..=intermediates.len() {
+            if let Some(root) = self
+                .roots
+                .iter()
+                .find(|r| parse(r).is_some_and(|r| signed_by(&current, &r)))
+            {
+                return Some(root);
+            }
+            current = intermediates
+                .iter()
+                .filter_map(|i| parse(i))
+                .find(|i| signed_by(&current, i))?;
+        }
+        None
+    }
+
     /// The roots as an operator recognises them (subject, fingerprint, expiry), in order.
     pub fn summaries(&self) -> Vec<RootSummary> {
         self.roots.iter().filter_map(RootSummary::of).collect()

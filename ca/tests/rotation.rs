@@ -127,6 +127,36 @@ fn an_intermediate_made_under_a_root_signs_leaves_that_chain_through_it() {
 }
 
 #[test]
+fn the_issuing_root_of_a_chain_is_found_by_signature() {
+    let now = SystemTime::now();
+    let r1 = CaMaterial::generate_root(&td(), now).unwrap();
+    let r2 = CaMaterial::generate_root(&td(), now).unwrap();
+    let both = TrustBundle::from_pem(td(), both_roots(&r1, &r2).as_bytes()).unwrap();
+    let r2_root = certs_from_pem(r2.root_cert_pem.as_bytes()).unwrap();
+    let (_, direct) = issue(&load(&r2));
+    assert_eq!(
+        both.issuing_root(&direct.leaf, &direct.chain),
+        Some(&r2_root[0])
+    );
+
+    let under_r2 = r2
+        .generate_intermediate(&td(), now, Duration::from_secs(3600))
+        .unwrap();
+    let (_, through) = issue(&load(&under_r2));
+    assert_eq!(
+        both.issuing_root(&through.leaf, &through.chain),
+        Some(&r2_root[0])
+    );
+    assert_eq!(
+        both.issuing_root(&through.leaf, &[]),
+        None,
+        "without its intermediate the leaf reaches no root"
+    );
+    let only_r1 = TrustBundle::from_pem(td(), r1.root_cert_pem.as_bytes()).unwrap();
+    assert_eq!(only_r1.issuing_root(&direct.leaf, &direct.chain), None);
+}
+
+#[test]
 fn tls_configs_can_trust_other_roots_than_the_svid_came_with() {
     let now = SystemTime::now();
     let old = CaMaterial::generate_root(&td(), now).unwrap();

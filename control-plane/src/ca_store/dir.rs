@@ -75,18 +75,34 @@ impl DirStore {
         if self.load()?.is_some() {
             return Ok(Created::AlreadyExists);
         }
+        self.restore(material)?;
+        Ok(Created::Stored)
+    }
+
+    /// Writes `material` over whatever is there (restoring a damaged or deleted state). Each
+    /// file is replaced atomically. The key goes last: a crash before it leaves an incomplete
+    /// state, which stops the next start with a clear error instead of silently making another
+    /// root.
+    pub fn restore(&self, material: &CaMaterial) -> Result<(), StoreError> {
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(&self.path)
             .map_err(|e| self.io(&self.path, e))?;
-        // The key goes last: a crash before it leaves an incomplete state, which stops the
-        // next start with a clear error instead of silently making another root.
         self.write_atomic(CA_CERT, &material.ca_cert_pem, 0o644)?;
         self.write_atomic(CERT_CHAIN, &material.cert_chain_pem, 0o644)?;
         self.write_atomic(ROOT_CERT, &material.root_cert_pem, 0o644)?;
-        self.write_atomic(CA_KEY, &material.ca_key_pem, 0o600)?;
-        Ok(Created::Stored)
+        self.write_atomic(CA_KEY, &material.ca_key_pem, 0o600)
+    }
+
+    /// Writes one file of the directory atomically with `mode` (the published bundle).
+    pub fn write_file(&self, name: &str, contents: &str, mode: u32) -> Result<(), StoreError> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.path)
+            .map_err(|e| self.io(&self.path, e))?;
+        self.write_atomic(name, contents, mode)
     }
 
     fn check_key_mode(&self) -> Result<(), StoreError> {

@@ -1,5 +1,12 @@
 //! `istio.v1.auth.IstioCertificateService/CreateCertificate`, so that an Istio proxy can use the
-//! Trellis CA: PEM CSR in, PEM chain out (leaf first, root last).
+//! Trellis CA: PEM CSR in, PEM chain out — the leaf, each intermediate, then every root the mesh
+//! trusts.
+//!
+//! Owns: the response layout. Istio clients read the *last* element as the roots and the ones
+//! before it as the chain (ztunnel's `WorkloadCertificate::new` parses every certificate of the
+//! last element as a root; istio-agent takes the last element as its root PEM), so all roots go
+//! together in the last element — the root the leaf chains to first, for clients that read only
+//! one — and a root rotation reaches Istio clients too: during it they trust old and new root.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +17,19 @@ use trellis_proto::istio::istio_certificate_service_server::IstioCertificateServ
 use trellis_proto::istio::{IstioCertificateRequest, IstioCertificateResponse};
 
 use super::{bearer_token, peer_addr, to_status};
-use crate::certify::{self, Certifier};
+use crate::certify::{self, Certified, Certifier};
+
+/// `[leaf, intermediates…, roots]`: one PEM certificate per element, except the last, which
+/// holds every root (the leaf's first).
+pub fn cert_chain(certified: &Certified) -> Vec<String> {
+    let mut chain = vec![der_to_pem(&certified.svid.leaf)];
+    chain.extend(certified.svid.chain.iter().map(|c| der_to_pem(c)));
+    let roots: String = certified.bundle.iter().map(|r| der_to_pem(r)).collect();
+    if !roots.is_empty() {
+        chain.push(roots);
+    }
+    chain
+}
 
 /// The Istio-compatible CA service.
 #[derive(Debug, Clone)]
@@ -51,12 +70,8 @@ impl IstioCertificateService for IstioCaService {
             })
             .await
             .map_err(|e| to_status(&e))?;
-        let mut cert_chain = vec![der_to_pem(&certified.svid.leaf)];
-        cert_chain.extend(certified.svid.chain.iter().map(|c| der_to_pem(c)));
-        // Istio expects the root last; with several roots (rotation) the first is the current one.
-        if let Some(root) = certified.bundle.first() {
-            cert_chain.push(der_to_pem(root));
-        }
-        Ok(Response::new(IstioCertificateResponse { cert_chain }))
+        Ok(Response::new(IstioCertificateResponse {
+            cert_chain: cert_chain(&certified),
+        }))
     }
 }
