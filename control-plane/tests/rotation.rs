@@ -322,3 +322,65 @@ async fn plug_in_files_are_reloaded_a_new_intermediate_is_adopted_and_a_foreign_
     );
     stop(running).await;
 }
+
+#[tokio::test]
+async fn create_certificate_returns_the_chain_then_every_trusted_root_in_the_last_element() {
+    // Mid-rotation: an intermediate under the old root signs; the new root is trusted too.
+    let now = SystemTime::now();
+    let old = CaMaterial::generate_root(&td(), now).unwrap();
+    let next = CaMaterial::generate_root(&td(), now).unwrap();
+    let intermediate = old
+        .generate_intermediate(&td(), now, std::time::Duration::from_secs(3600))
+        .unwrap();
+    let dir = tempfile::TempDir::new().unwrap();
+    let state = dir.path().join("state");
+    write_state(
+        &state,
+        &CaMaterial {
+            root_cert_pem: format!("{}{}", old.root_cert_pem, next.root_cert_pem),
+            ..intermediate.clone()
+        },
+    );
+    let tokens = dir.path().join("join-tokens");
+    write_join_tokens(&tokens, &[(FRONTEND_TOKEN, FRONTEND)]);
+    let config = local_config(&state, &tokens, &[]);
+    let running = try_start(&config, None).await.expect("starts");
+    assert_eq!(running.origin, Origin::Loaded);
+
+    let w = common::openssl::Workdir::new();
+    w.p256_key("key.pem");
+    let csr = w.csr(
+        "key.pem",
+        "req.csr",
+        "/O=x",
+        Some(&format!("URI:{FRONTEND}")),
+    );
+    let channel = channel(&running, &config).await;
+    let answer = istio_create_certificate(&channel, bearer(FRONTEND_TOKEN).as_deref(), csr, 0)
+        .await
+        .expect("CreateCertificate issues");
+    let chain = &answer.cert_chain;
+    assert_eq!(chain.len(), 3, "leaf, intermediate, roots: {chain:?}");
+    assert_eq!(roots(&chain[0]).len(), 1, "the leaf alone");
+    assert_eq!(roots(&chain[1]), roots(&intermediate.ca_cert_pem));
+    // As ztunnel reads it: every certificate of the last element is a root.
+    let last = roots(&chain[2]);
+    assert_eq!(
+        last,
+        [roots(&old.root_cert_pem), roots(&next.root_cert_pem)].concat(),
+        "both roots, the leaf's first"
+    );
+    w.write("leaf.pem", &chain[0]);
+    w.write("chain.pem", &chain[1]);
+    w.write("roots.pem", &chain[2]);
+    let out = w.openssl(&[
+        "verify",
+        "-CAfile",
+        "roots.pem",
+        "-untrusted",
+        "chain.pem",
+        "leaf.pem",
+    ]);
+    assert_eq!(out.trim(), "leaf.pem: OK");
+    stop(running).await;
+}
