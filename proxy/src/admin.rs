@@ -1,10 +1,11 @@
 //! The admin endpoint (127.0.0.1:15000 only): `/ready` `/live` `/identity` `/handshakes`
-//! `/metrics` `/config_dump`, and `POST /quitquitquit` ([`crate::quit`]); and the health
-//! endpoint on the pod IP (15020) for kubelet and Prometheus, which serves only `/ready` `/live`
-//! `/metrics` and the app probes `/app-health/...` ([`crate::probe`]).
+//! `/metrics` `/config_dump` `/logging` ([`crate::log_level`]), and `POST /quitquitquit`
+//! ([`crate::quit`]); and the health endpoint on the pod IP (15020) for kubelet and
+//! Prometheus, which serves only `/ready` `/live` `/metrics` and the app probes
+//! `/app-health/...` ([`crate::probe`]).
 //!
-//! Owns: routing and rendering of those pages. It reads shared state; only `/quitquitquit`
-//! changes anything (it starts the drain).
+//! Owns: routing and rendering of those pages. It reads shared state; only `/logging` (the log
+//! filter) and `/quitquitquit` (the drain) change anything.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -72,6 +73,9 @@ async fn handle(
 ) -> Response<Full<Bytes>> {
     let path = req.uri().path();
     match surface {
+        Surface::Admin if path == crate::log_level::PATH => {
+            crate::log_level::respond(req, ctx).await
+        }
         Surface::Admin if path == quit::PATH => {
             let (status, body) = quit::answer(req.method(), quit_requested);
             let mut r = text(status, body);
@@ -175,7 +179,8 @@ fn query_param<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
     })
 }
 
-fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+/// A plain-text response.
+pub(crate) fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body.to_owned())));
     *r.status_mut() = status;
     r.headers_mut().insert(

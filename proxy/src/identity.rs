@@ -310,6 +310,12 @@ impl IdentityManager {
         let src = &self.source;
         let token = std::fs::read_to_string(&src.token_file)
             .map_err(|e| format!("cannot read token file {}: {e}", src.token_file.display()))?;
+        if token.trim().is_empty() {
+            return Err(format!(
+                "token file {} is empty; it must hold the bearer token (the projected ServiceAccount token, or a join token)",
+                src.token_file.display()
+            ));
+        }
         let bundle = trust.unwrap_or_else(|| src.bootstrap_bundle.clone());
         // A certificate the control plane would refuse — expired, or under a root that left
         // the bundle — makes the TLS handshake fail (a client certificate that is presented
