@@ -4,18 +4,19 @@
 //! bundle is published in ConfigMaps that outlive the CA Secret, and a restart that finds the
 //! Secret gone while they name a root refuses to make a new one unless told to; a rotation
 //! edited into the CA Secret reaches Certify, the injector's certificate, the webhook and the
-//! published bundle.
+//! published bundle; the injector's certificate is renewed at half its life.
 
 mod common;
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
 use common::apiserver::{CONFIGMAPS, FakeApiServer, NAMESPACE, NAMESPACES, SECRETS, WEBHOOKS};
 use common::*;
 use rustls_pki_types::CertificateDer;
 use serde_json::{Value, json};
-use trellis_ca::{CaMaterial, TrustBundle, TrustDomain, certs_from_pem};
+use trellis_ca::authority::CLOCK_SKEW;
+use trellis_ca::{CaMaterial, TrustBundle, TrustDomain, WorkloadKey, certs_from_pem};
 use trellis_control_plane::ca_store::{Origin, StoreError};
 use trellis_control_plane::config::Config;
 use trellis_control_plane::server::{Running, StartError};
@@ -399,4 +400,68 @@ async fn a_rotation_edited_into_the_ca_secret_reaches_certify_the_injector_and_t
 /// The token of a recorded TokenReview case.
 fn exchange_token(case: &str) -> String {
     common::apiserver::exchange(case).token().to_owned()
+}
+
+#[tokio::test]
+async fn the_injector_certificate_is_renewed_at_half_its_life_by_the_running_control_plane() {
+    let api = FakeApiServer::start().await;
+    install_chart_objects(&api);
+    let (running, _) = start(&api, &[]).await;
+    until("the injector's certificate is published", || {
+        secret_value(&api, INJECTOR_SECRET, "tls.crt").is_some()
+    })
+    .await;
+    let ca_crt = secret_value(&api, INJECTOR_SECRET, "ca.crt").expect("ca.crt");
+    let bundles = ca_bundles(&api);
+
+    // A certificate from the mesh's CA whose half-life ends 3 s from now (issuance is
+    // back-dated by CLOCK_SKEW): right, so kept at first, then due with nothing else happening.
+    let ca = running.live.current();
+    let key = WorkloadKey::generate().expect("a key");
+    let names = [
+        "trellis-injector",
+        "trellis-injector.trellis-system",
+        "trellis-injector.trellis-system.svc",
+        "trellis-injector.trellis-system.svc.cluster.local",
+    ]
+    .map(str::to_owned);
+    let now = SystemTime::now();
+    let ttl = CLOCK_SKEW + Duration::from_secs(6);
+    let short = ca
+        .issue_dns_server(&key, &names, ttl, now)
+        .expect("a short certificate");
+    let planted = short.chain_pem();
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    api.put_secret(
+        INJECTOR_SECRET,
+        Some(json!({
+            "tls.crt": b64(&planted),
+            "tls.key": b64(&key.private_key_pem()),
+            "ca.crt": b64(&ca_crt),
+        })),
+    );
+
+    let renewed = eventually("a new certificate before the old one expires", || async {
+        match secret_value(&api, INJECTOR_SECRET, "tls.crt") {
+            Some(crt) if crt != planted && !crt.is_empty() => Ok(crt),
+            _ => Err("the planted certificate is still there".to_owned()),
+        }
+    })
+    .await;
+    assert!(
+        SystemTime::now() < short.not_after,
+        "renewed only after the certificate expired"
+    );
+    let leaf = roots(&renewed).into_iter().next().expect("a leaf");
+    let (_, cert) = x509_parser::parse_x509_certificate(&leaf).expect("DER");
+    let lifetime = cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp();
+    assert!(lifetime > 3600, "a full serving lifetime, got {lifetime} s");
+    assert_ne!(
+        secret_value(&api, INJECTOR_SECRET, "tls.key").as_deref(),
+        Some(key.private_key_pem().as_str()),
+        "a new key with the new certificate"
+    );
+    assert_eq!(secret_value(&api, INJECTOR_SECRET, "ca.crt"), Some(ca_crt));
+    assert_eq!(ca_bundles(&api), bundles, "the caBundle does not change");
+    stop(running).await;
 }
