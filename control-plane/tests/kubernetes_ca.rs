@@ -6,6 +6,8 @@
 //! edited into the CA Secret reaches Certify, the injector's certificate, the webhook and the
 //! published bundle; the injector's certificate is renewed at half its life.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::time::{Duration, SystemTime};

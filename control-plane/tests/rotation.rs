@@ -5,6 +5,8 @@
 //! directory is reloaded the same way, and a restart that finds the CA gone but the bundle
 //! published refuses to make a new root unless told to.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::path::Path;

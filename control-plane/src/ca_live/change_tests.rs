@@ -55,6 +55,14 @@ fn verdict(held: &CaMaterial, seen: Result<Option<CaMaterial>, StoreError>) -> S
     }
 }
 
+/// (name, the material held, what the store reads, the verdict's label).
+type Case<'a> = (
+    &'a str,
+    &'a CaMaterial,
+    Result<Option<CaMaterial>, StoreError>,
+    &'a str,
+);
+
 #[test]
 fn each_step_of_a_rotation_is_adopted_and_every_shortcut_is_restored() {
     let f = fixture();
@@ -65,12 +73,7 @@ fn each_step_of_a_rotation_is_adopted_and_every_shortcut_is_restored() {
     let finished = with_roots(r2, &[r2]);
     let mut spaced = only_r1.clone();
     spaced.root_cert_pem.push_str("\n\n");
-    let cases: Vec<(
-        &str,
-        &CaMaterial,
-        Result<Option<CaMaterial>, StoreError>,
-        &str,
-    )> = vec![
+    let cases: Vec<Case<'_>> = vec![
         (
             "nothing changed",
             &only_r1,

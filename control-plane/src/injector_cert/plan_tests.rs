@@ -59,6 +59,15 @@ fn label(p: &Plan) -> String {
     }
 }
 
+/// (name, the Secret's data, the CA in use, now, the plan's label).
+type Case<'a> = (
+    &'a str,
+    Option<BTreeMap<String, ByteString>>,
+    &'a CertificateAuthority,
+    SystemTime,
+    &'a str,
+);
+
 #[test]
 fn the_secret_is_kept_rebundled_or_reissued_for_the_right_reason() {
     let now = SystemTime::now();
@@ -78,13 +87,7 @@ fn the_secret_is_kept_rebundled_or_reissued_for_the_right_reason() {
     let good = secret(&ca1, &names(), Duration::from_secs(3600));
     let other_key = WorkloadKey::generate().unwrap().private_key_pem();
     let day = Duration::from_secs(24 * 3600);
-    let cases: Vec<(
-        &str,
-        Option<BTreeMap<String, ByteString>>,
-        &CertificateAuthority,
-        SystemTime,
-        &str,
-    )> = vec![
+    let cases: Vec<Case<'_>> = vec![
         ("as written", Some(good.clone()), &ca1, now, "keep"),
         (
             "no Secret",
@@ -192,5 +195,5 @@ fn a_kept_certificate_is_looked_at_again_at_half_its_life() {
         off < Duration::from_secs(2),
         "renew at {renew_at:?}, expected {expected:?}"
     );
-    assert!(Why::Renewal.is_damage() == false && Why::KeyMismatch.is_damage());
+    assert!(!Why::Renewal.is_damage() && Why::KeyMismatch.is_damage());
 }
