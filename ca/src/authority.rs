@@ -10,8 +10,8 @@ use std::fmt;
 use std::time::{Duration, SystemTime};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PublicKeyData, SanType, SerialNumber,
+    CertificateParams, DistinguishedName, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, PublicKeyData, SanType, SerialNumber,
 };
 use ring::rand::{SecureRandom, SystemRandom};
 use rustls_pki_types::{CertificateDer, UnixTime};
@@ -20,7 +20,10 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::bundle::{certs_from_pem, der_to_pem};
 use crate::verify::{PeerRole, verify_svid};
-use crate::{BundleError, CsrError, SpiffeId, TrustBundle, TrustDomain, ValidatedCsr, WorkloadKey};
+use crate::{
+    BundleError, CaMaterial, CsrError, SpiffeId, TrustBundle, TrustDomain, ValidatedCsr,
+    WorkloadKey,
+};
 
 /// A self-signed root lives ten years.
 pub const ROOT_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
@@ -118,71 +121,6 @@ pub enum IssueError {
     Signing(rcgen::Error),
 }
 
-/// CA key material in the layout of Istio's `cacerts` Secret.
-#[derive(Clone)]
-pub struct CaMaterial {
-    /// `ca-cert.pem`: the certificate that signs workload certificates (root or intermediate).
-    pub ca_cert_pem: String,
-    /// `ca-key.pem`: its private key (PKCS#8 PEM). Secret: never log it.
-    pub ca_key_pem: String,
-    /// `cert-chain.pem`: `ca-cert.pem` and the intermediates above it (may also hold the root).
-    pub cert_chain_pem: String,
-    /// `root-cert.pem`: one or more roots; several during a rotation.
-    pub root_cert_pem: String,
-}
-
-impl fmt::Debug for CaMaterial {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CaMaterial")
-            .field("ca_cert_pem", &self.ca_cert_pem.len())
-            .field("ca_key_pem", &"[redacted]")
-            .field("cert_chain_pem", &self.cert_chain_pem.len())
-            .field("root_cert_pem", &self.root_cert_pem.len())
-            .finish()
-    }
-}
-
-impl CaMaterial {
-    /// Makes a new self-signed ECDSA P-256 root for `trust_domain`, valid ten years from `now`.
-    pub fn generate_root(trust_domain: &TrustDomain, now: SystemTime) -> Result<Self, CaLoadError> {
-        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(CaLoadError::Generate)?;
-        let mut params = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::OrganizationName, "Trellis");
-        // A per-root suffix keeps subjects distinct, so that during a rotation (several roots in
-        // one bundle) path building finds the right issuer and an unknown CA is reported as such.
-        let serial = random_serial().map_err(CaLoadError::Generate)?;
-        let suffix = hex(serial.as_ref().get(..4).unwrap_or_default());
-        dn.push(
-            DnType::CommonName,
-            format!("Trellis root CA for {trust_domain} {suffix}"),
-        );
-        params.distinguished_name = dn;
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let uri = trust_domain
-            .id_string()
-            .try_into()
-            .map_err(CaLoadError::Generate)?;
-        params.subject_alt_names = vec![SanType::URI(uri)];
-        params.not_before = to_offset(back_dated(now));
-        params.not_after = to_offset(now + ROOT_LIFETIME);
-        params.serial_number = Some(serial);
-        let cert = params.self_signed(&key).map_err(CaLoadError::Generate)?;
-        let pem = cert.pem();
-        Ok(Self {
-            ca_cert_pem: pem.clone(),
-            ca_key_pem: key.serialize_pem(),
-            cert_chain_pem: pem.clone(),
-            root_cert_pem: pem,
-        })
-    }
-}
-
 /// A loaded, checked certificate authority that issues SVIDs for one trust domain.
 pub struct CertificateAuthority {
     /// The trust domain every issued identity must belong to.
@@ -194,6 +132,8 @@ pub struct CertificateAuthority {
     chain: Vec<CertificateDer<'static>>,
     /// The roots workloads trust.
     bundle: TrustBundle,
+    /// The root of `bundle` that the signing certificate chains to.
+    signer_root: CertificateDer<'static>,
     /// Validity of the signing certificate; leaves never outlive it.
     issuer_not_before: SystemTime,
     /// See `issuer_not_before`.
@@ -265,16 +205,17 @@ impl CertificateAuthority {
         let chain = build_chain(&ca_cert, &material.cert_chain_pem, &bundle)?;
         let issuer = Issuer::from_ca_cert_der(&ca_cert, key)
             .map_err(|e| CaLoadError::BadCert(e.to_string()))?;
-        let ca = Self {
+        let mut ca = Self {
             trust_domain,
             issuer,
             chain,
+            signer_root: ca_cert,
             bundle,
             issuer_not_before,
             issuer_not_after,
             max_ttl: DEFAULT_MAX_SVID_TTL,
         };
-        ca.self_test(now)?;
+        ca.signer_root = ca.self_test(now)?;
         Ok(ca)
     }
 
@@ -301,6 +242,16 @@ impl CertificateAuthority {
     /// The trust bundle workloads should use.
     pub fn bundle(&self) -> &TrustBundle {
         &self.bundle
+    }
+
+    /// The root (of [`Self::bundle`]) that certificates issued now chain to.
+    pub fn signer_root(&self) -> &CertificateDer<'static> {
+        &self.signer_root
+    }
+
+    /// The certificates sent after an issued leaf (intermediates; never a root).
+    pub fn chain(&self) -> &[CertificateDer<'static>] {
+        &self.chain
     }
 
     /// When the signing certificate expires.
@@ -424,8 +375,9 @@ impl CertificateAuthority {
     }
 
     /// Issues a certificate for a throw-away key and verifies it against the bundle, so a CA
-    /// that cannot produce verifiable certificates fails at load rather than in production.
-    fn self_test(&self, now: SystemTime) -> Result<(), CaLoadError> {
+    /// that cannot produce verifiable certificates fails at load rather than in production;
+    /// returns the root it chains to.
+    fn self_test(&self, now: SystemTime) -> Result<CertificateDer<'static>, CaLoadError> {
         let fail = |e: String| CaLoadError::DoesNotChain(e);
         let key = WorkloadKey::generate().map_err(|e| fail(e.to_string()))?;
         let id = SpiffeId::for_service_account(&self.trust_domain, "trellis-self-test", "ca")
@@ -448,7 +400,19 @@ impl CertificateAuthority {
             PeerRole::Client,
         )
         .map_err(|e| fail(e.to_string()))?;
-        Ok(())
+        // Which root: the one that verifies it alone.
+        self.bundle
+            .roots()
+            .iter()
+            .find(|root| {
+                TrustBundle::new(self.trust_domain.clone(), vec![(*root).clone()]).is_ok_and(
+                    |one| {
+                        verify_svid(&one, &svid.leaf, &svid.chain, unix, PeerRole::Client).is_ok()
+                    },
+                )
+            })
+            .cloned()
+            .ok_or_else(|| fail("no single root of root-cert.pem verifies it".into()))
     }
 }
 
@@ -507,7 +471,7 @@ fn build_chain(
 }
 
 /// A random positive 128-bit serial number (RFC 5280 allows up to 20 octets).
-fn random_serial() -> Result<SerialNumber, rcgen::Error> {
+pub(crate) fn random_serial() -> Result<SerialNumber, rcgen::Error> {
     let mut bytes = [0u8; 16];
     SystemRandom::new()
         .fill(&mut bytes)
@@ -516,16 +480,16 @@ fn random_serial() -> Result<SerialNumber, rcgen::Error> {
     Ok(SerialNumber::from_slice(&bytes))
 }
 
-fn back_dated(now: SystemTime) -> SystemTime {
+pub(crate) fn back_dated(now: SystemTime) -> SystemTime {
     now.checked_sub(CLOCK_SKEW)
         .unwrap_or(SystemTime::UNIX_EPOCH)
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn to_offset(t: SystemTime) -> OffsetDateTime {
+pub(crate) fn to_offset(t: SystemTime) -> OffsetDateTime {
     OffsetDateTime::from(t)
 }
 

@@ -128,6 +128,88 @@ impl TrustBundle {
     pub fn to_pem(&self) -> String {
         self.roots.iter().map(|r| der_to_pem(r)).collect()
     }
+
+    /// Whether `cert` is one of the roots.
+    pub fn contains(&self, cert: &CertificateDer<'_>) -> bool {
+        self.roots.iter().any(|r| r.as_ref() == cert.as_ref())
+    }
+
+    /// Whether both bundles hold the same roots, in any order.
+    pub fn same_roots(&self, other: &TrustBundle) -> bool {
+        self.roots.len() == other.roots.len() && other.roots.iter().all(|r| self.contains(r))
+    }
+
+    /// The root that `leaf` chains to through `intermediates`, by signatures and names alone
+    /// (no validity or usage checks): which root a certificate of any kind — an SVID, a DNS
+    /// serving certificate — depends on. `None` when it chains to none of them.
+    pub fn issuing_root(
+        &self,
+        leaf: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+    ) -> Option<&CertificateDer<'static>> {
+        fn parse(der: &[u8]) -> Option<X509Certificate<'_>> {
+            X509Certificate::from_der(der).ok().map(|(_, c)| c)
+        }
+        let signed_by = |child: &X509Certificate<'_>, parent: &X509Certificate<'_>| {
+            child.issuer() == parent.subject()
+                && child.verify_signature(Some(parent.public_key())).is_ok()
+        };
+        let mut current = parse(leaf)?;
+        // A chain longer than the intermediates given cannot be built from them.
+        for _ in 0..=intermediates.len() {
+            if let Some(root) = self
+                .roots
+                .iter()
+                .find(|r| parse(r).is_some_and(|r| signed_by(&current, &r)))
+            {
+                return Some(root);
+            }
+            current = intermediates
+                .iter()
+                .filter_map(|i| parse(i))
+                .find(|i| signed_by(&current, i))?;
+        }
+        None
+    }
+
+    /// The roots as an operator recognises them (subject, fingerprint, expiry), in order.
+    pub fn summaries(&self) -> Vec<RootSummary> {
+        self.roots.iter().filter_map(RootSummary::of).collect()
+    }
+}
+
+/// How an operator recognises a root: its subject, SHA-256 fingerprint and expiry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RootSummary {
+    /// The subject, as OpenSSL prints it (`O=Trellis, CN=...`).
+    pub subject: String,
+    /// SHA-256 of the DER, lowercase hex, the way `openssl x509 -fingerprint -sha256` shows
+    /// it without colons.
+    pub sha256: String,
+    /// End of validity.
+    pub not_after: SystemTime,
+}
+
+impl RootSummary {
+    /// The summary of one DER certificate; `None` if it does not parse.
+    pub fn of(der: &CertificateDer<'_>) -> Option<Self> {
+        let (_, cert) = X509Certificate::from_der(der).ok()?;
+        let not_after = u64::try_from(cert.validity().not_after.timestamp()).ok()?;
+        Some(Self {
+            subject: cert.subject().to_string(),
+            sha256: fingerprint(der),
+            not_after: UNIX_EPOCH + Duration::from_secs(not_after),
+        })
+    }
+}
+
+/// SHA-256 of a certificate's DER, lowercase hex without separators.
+pub fn fingerprint(der: &CertificateDer<'_>) -> String {
+    ring::digest::digest(&ring::digest::SHA256, der.as_ref())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Reads every `CERTIFICATE` block of a PEM text.

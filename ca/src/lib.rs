@@ -7,6 +7,7 @@
 //! | [`spiffe`] | [`SpiffeId`] and [`TrustDomain`]: parsing by the SPIFFE spec, `ns/<ns>/sa/<sa>` |
 //! | [`workload`] | the workload's in-memory P-256 key and its CSR |
 //! | [`csr`] | the CA side of a CSR: signature, key type, no CA powers, requested identity |
+//! | [`material`] | [`CaMaterial`]: the `cacerts` files; making a new root or an intermediate under one |
 //! | [`authority`] | [`CertificateAuthority`]: root or plug-in intermediate (Istio `cacerts`), issuing |
 //! | [`server_names`] | [`ServerNames`]: DNS names and IPs beside a SPIFFE ID on a serving certificate |
 //! | [`svid`] | [`Svid`]: a workload's checked leaf + chain + key + bundle, and its TLS configs |
@@ -25,6 +26,7 @@
 pub mod authority;
 pub mod bundle;
 pub mod csr;
+pub mod material;
 pub mod pattern;
 pub mod server_names;
 pub mod spiffe;
@@ -33,9 +35,10 @@ pub mod tls;
 pub mod verify;
 pub mod workload;
 
-pub use authority::{CaLoadError, CaMaterial, CertificateAuthority, IssueError, IssuedSvid};
-pub use bundle::{BundleError, TrustBundle, certs_from_pem, der_to_pem};
+pub use authority::{CaLoadError, CertificateAuthority, IssueError, IssuedSvid};
+pub use bundle::{BundleError, RootSummary, TrustBundle, certs_from_pem, der_to_pem, fingerprint};
 pub use csr::{CsrError, ValidatedCsr};
+pub use material::CaMaterial;
 pub use pattern::{IdentityPattern, PatternError};
 pub use server_names::{ServerNameError, ServerNames};
 pub use spiffe::{SpiffeId, SpiffeIdError, TrustDomain};

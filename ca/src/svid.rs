@@ -148,12 +148,30 @@ impl Svid {
         self.not_before + life.mul_f64(fraction.clamp(0.0, 1.0))
     }
 
+    /// Whether this SVID's leaf still verifies under `bundle` at `now` (after the mesh's roots
+    /// changed: a leaf whose root left the bundle is refused by every peer).
+    pub fn verifies_under(&self, bundle: &TrustBundle, now: SystemTime) -> Result<(), VerifyError> {
+        let unix = UnixTime::since_unix_epoch(now.duration_since(UNIX_EPOCH).unwrap_or_default());
+        let (leaf, intermediates) = self.chain.split_first().ok_or(VerifyError::NoCertificate)?;
+        verify_svid(bundle, leaf, intermediates, unix, PeerRole::Client).map(|_| ())
+    }
+
     /// A TLS 1.3 server config presenting this SVID and requiring client SVIDs of the bundle.
     pub fn server_config(&self, alpn: &[&[u8]]) -> Result<ServerConfig, TlsConfigError> {
+        self.server_config_trusting(&self.bundle, alpn)
+    }
+
+    /// Like [`Self::server_config`], but checking clients against `bundle` (the mesh's current
+    /// roots, which may have changed since this SVID was issued).
+    pub fn server_config_trusting(
+        &self,
+        bundle: &TrustBundle,
+        alpn: &[&[u8]],
+    ) -> Result<ServerConfig, TlsConfigError> {
         server_config(
             self.chain.clone(),
             self.private_key(),
-            Arc::new(SpiffeClientVerifier::mandatory(self.bundle.clone())),
+            Arc::new(SpiffeClientVerifier::mandatory(bundle.clone())),
             alpn,
         )
     }
@@ -164,8 +182,18 @@ impl Svid {
         expected: ExpectedServer,
         alpn: &[&[u8]],
     ) -> Result<ClientConfig, TlsConfigError> {
+        self.client_config_trusting(&self.bundle, expected, alpn)
+    }
+
+    /// Like [`Self::client_config`], but checking the server against `bundle`.
+    pub fn client_config_trusting(
+        &self,
+        bundle: &TrustBundle,
+        expected: ExpectedServer,
+        alpn: &[&[u8]],
+    ) -> Result<ClientConfig, TlsConfigError> {
         client_config(
-            Arc::new(SpiffeServerVerifier::new(self.bundle.clone(), expected)),
+            Arc::new(SpiffeServerVerifier::new(bundle.clone(), expected)),
             Some((self.chain.clone(), self.private_key())),
             alpn,
         )

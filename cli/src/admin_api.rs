@@ -31,9 +31,27 @@ pub struct Identity {
     /// How many roots it trusts.
     #[serde(default)]
     pub trust_bundle_roots: usize,
+    /// The roots it checks peers against (older proxies: empty).
+    #[serde(default)]
+    pub trust_bundle: Vec<TrustedRoot>,
+    /// Where those roots came from: `discovery` (the control plane's live bundle) or
+    /// `certify` (the last certificate answer; discovery has sent none).
+    #[serde(default)]
+    pub trust_bundle_source: Option<String>,
     /// Fields this version of the CLI does not know.
     #[serde(flatten)]
     pub extra: BTreeMap<String, Value>,
+}
+
+/// One root a proxy trusts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrustedRoot {
+    /// Its subject (`O=Trellis, CN=...`).
+    pub subject: String,
+    /// SHA-256 of its DER, lower-case hex (`openssl x509 -fingerprint -sha256`, no colons).
+    pub sha256: String,
+    /// End of validity, RFC 3339.
+    pub not_after: String,
 }
 
 /// One connection from `GET /handshakes`, accepted or refused.
@@ -106,7 +124,11 @@ mod tests {
       "seconds_left": 86100,
       "generation": 1,
       "chain_pem": ["-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n"],
-      "trust_bundle_roots": 1
+      "trust_bundle_roots": 1,
+      "trust_bundle_source": "discovery",
+      "trust_bundle": [{"subject": "O=Trellis, CN=Trellis root CA for cluster.local 1a2b3c4d",
+                        "sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+                        "not_after": "2035-01-01T10:00:00Z"}]
     }"#;
 
     #[test]
@@ -114,6 +136,8 @@ mod tests {
         let id: Identity = serde_json::from_str(IDENTITY_JSON).unwrap();
         assert_eq!(id.spiffe_id, "spiffe://cluster.local/ns/shop/sa/frontend");
         assert_eq!(id.chain_pem.len(), 1);
+        assert_eq!(id.trust_bundle.len(), 1);
+        assert_eq!(id.trust_bundle_source.as_deref(), Some("discovery"));
         assert!(id.extra.is_empty());
     }
 

@@ -10,9 +10,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use rustls_pki_types::CertificateDer;
-use trellis_ca::{CertificateAuthority, CsrError, IssueError, IssuedSvid, SpiffeId, ValidatedCsr};
+use trellis_ca::{CsrError, IssueError, IssuedSvid, SpiffeId, ValidatedCsr};
 
 use crate::attest::{AttestError, Attested, Attestor};
+use crate::ca_live::LiveCa;
 use crate::metrics::Metrics;
 use crate::node_agent::{ImpersonationError, NodeAgents};
 use crate::rate_limit::RateLimiter;
@@ -78,7 +79,8 @@ pub struct Certified {
     pub id: SpiffeId,
     /// Leaf, chain, serial, validity.
     pub svid: IssuedSvid,
-    /// Every root the mesh trusts.
+    /// Every root the mesh trusts (the same bundle discovery sends), the root the leaf chains
+    /// to first.
     pub bundle: Vec<CertificateDer<'static>>,
 }
 
@@ -103,8 +105,8 @@ pub struct CertifyRequest<'a> {
 /// Runs the pipeline; shared by every gRPC service.
 #[derive(Debug)]
 pub struct Certifier {
-    /// The CA.
-    ca: Arc<CertificateAuthority>,
+    /// The CA in use (it can change while running: root rotation).
+    ca: Arc<LiveCa>,
     /// How callers are authenticated.
     attestor: Attestor,
     /// Per-identity limits.
@@ -122,7 +124,7 @@ pub struct Certifier {
 impl Certifier {
     /// Assembles the pipeline.
     pub fn new(
-        ca: Arc<CertificateAuthority>,
+        ca: Arc<LiveCa>,
         attestor: Attestor,
         limiter: RateLimiter<SpiffeId>,
         metrics: Arc<Metrics>,
@@ -240,14 +242,14 @@ impl Certifier {
             })?;
         let csr = ValidatedCsr::parse(req.csr)?;
         let ttl = req.ttl.unwrap_or(self.default_ttl);
-        let svid = self.ca.issue(&csr, &id, ttl, SystemTime::now())?;
-        Ok((
-            Certified {
-                id,
-                svid,
-                bundle: self.ca.bundle().roots().to_vec(),
-            },
-            attested,
-        ))
+        // One snapshot for the leaf and the bundle, so they always agree.
+        let ca = self.ca.current();
+        let svid = ca.issue(&csr, &id, ttl, SystemTime::now())?;
+        let signer_root = ca.signer_root();
+        let bundle = std::iter::once(signer_root)
+            .chain(ca.bundle().roots().iter().filter(|r| *r != signer_root))
+            .cloned()
+            .collect();
+        Ok((Certified { id, svid, bundle }, attested))
     }
 }

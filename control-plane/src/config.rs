@@ -80,6 +80,18 @@ pub struct Args {
     /// root-cert.pem); takes precedence over the self-signed root.
     #[arg(long, env = "TRELLIS_CACERTS_DIR")]
     pub cacerts_dir: Option<PathBuf>,
+    /// Make a new root although the published trust bundle (ConfigMaps trellis-ca-root-cert,
+    /// or trust-bundle.pem in the state directory) names another: the CA was lost and no
+    /// backup exists. Every meshed pod must be re-created afterwards.
+    #[arg(
+        long,
+        env = "TRELLIS_ACCEPT_NEW_ROOT",
+        default_value_t = false,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set
+    )]
+    pub accept_new_root: bool,
     /// Extra root certificates (PEM files) to add to the trust bundle, for root rotation.
     #[arg(
         long = "extra-root",

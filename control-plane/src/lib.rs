@@ -6,7 +6,9 @@
 //! | module | owns |
 //! |---|---|
 //! | [`config`] | flags (each also an env var), defaults, validation before anything is bound |
-//! | [`ca_store`] | durable CA state: a 0600 directory or a Secret; plug-in `cacerts`; never a silent new root |
+//! | [`ca_store`] | durable CA state: a 0600 directory or a Secret; plug-in `cacerts`; the published bundle; never a silent new root |
+//! | [`ca_live`] | the CA in use, changed without a restart: rotation steps adopted, damage to the store undone, the bundle published |
+//! | [`owned_watch`] | watches of the objects the control plane owns, waking the loop that keeps each |
 //! | [`attest`] | who is calling: TokenReview for ServiceAccount tokens, or a join-token file |
 //! | [`certify`] | the pipeline: authenticate → rate-limit → check CSR → issue → count → audit |
 //! | [`injector_cert`] | Kubernetes mode: the webhook's DNS serving certificate (Secret) and the webhook caBundle |
@@ -27,6 +29,7 @@
 #![forbid(unsafe_code)]
 
 pub mod attest;
+pub mod ca_live;
 pub mod ca_store;
 pub mod certify;
 pub mod config;
@@ -35,6 +38,7 @@ pub mod injector_cert;
 pub mod mesh;
 pub mod metrics;
 pub mod node_agent;
+pub mod owned_watch;
 pub mod rate_limit;
 pub mod server;
 pub mod serving_cert;

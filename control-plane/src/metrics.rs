@@ -4,8 +4,8 @@
 //! Owns: the one registry of the process and the metric names (`trellis_control_plane_*`).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -39,6 +39,15 @@ pub struct KindLabel {
     pub kind: &'static str,
 }
 
+/// Label set for what the control plane did about an object it owns.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReconcileLabels {
+    /// The object: `ca`, `injector-secret`, `webhook`, `published-bundle`.
+    pub object: &'static str,
+    /// What was done: `restored`, `adopted`, `kept`, `renewed`.
+    pub action: &'static str,
+}
+
 /// Every metric of the control plane.
 #[derive(Debug)]
 pub struct Metrics {
@@ -50,12 +59,16 @@ pub struct Metrics {
     pub refused: Family<ReasonLabel, Counter>,
     /// Time spent authenticating callers.
     pub attestation: Family<KindLabel, Histogram>,
+    /// Changes to owned objects found and acted on (a restore means something was damaged).
+    pub reconciled: Family<ReconcileLabels, Counter>,
+    /// Roots in the trust bundle (2 during a rotation).
+    roots: Gauge,
     /// Seconds until the root expires (updated at scrape time).
     root_expiry: Gauge<f64, AtomicU64>,
     /// Seconds until the signing certificate expires (updated at scrape time).
     issuer_expiry: Gauge<f64, AtomicU64>,
-    /// Expiry times to compute the gauges from.
-    expiries: (SystemTime, SystemTime),
+    /// Expiry times to compute the gauges from: the earliest root's, the signer's.
+    expiries: Mutex<(SystemTime, SystemTime)>,
 }
 
 impl Metrics {
@@ -96,15 +109,43 @@ impl Metrics {
             "Seconds until the signing (root or intermediate) certificate expires",
             issuer_expiry.clone(),
         );
+        let reconciled = Family::<ReconcileLabels, Counter>::default();
+        registry.register(
+            "reconciled",
+            "Changes to objects the control plane owns (CA store, injector Secret, webhook caBundle, published bundle) and what was done",
+            reconciled.clone(),
+        );
+        let roots = Gauge::default();
+        registry.register(
+            "trust_bundle_roots",
+            "Roots in the trust bundle proxies receive",
+            roots.clone(),
+        );
         Self {
             registry,
             issued,
             refused,
             attestation,
+            reconciled,
+            roots,
             root_expiry,
             issuer_expiry,
-            expiries: (root_not_after, issuer_not_after),
+            expiries: Mutex::new((root_not_after, issuer_not_after)),
         }
+    }
+
+    /// After the CA changed: the new expiries and number of roots.
+    pub fn set_ca(&self, root_not_after: SystemTime, issuer_not_after: SystemTime, roots: usize) {
+        *self.expiries.lock().unwrap_or_else(PoisonError::into_inner) =
+            (root_not_after, issuer_not_after);
+        self.roots.set(i64::try_from(roots).unwrap_or(i64::MAX));
+    }
+
+    /// Counts an action on an owned object.
+    pub fn reconciled(&self, object: &'static str, action: &'static str) {
+        self.reconciled
+            .get_or_create(&ReconcileLabels { object, action })
+            .inc();
     }
 
     /// Counts a refusal.
@@ -126,8 +167,9 @@ impl Metrics {
             Ok(d) => d.as_secs_f64(),
             Err(e) => -e.duration().as_secs_f64(),
         };
-        self.root_expiry.set(secs(self.expiries.0));
-        self.issuer_expiry.set(secs(self.expiries.1));
+        let (root, issuer) = *self.expiries.lock().unwrap_or_else(PoisonError::into_inner);
+        self.root_expiry.set(secs(root));
+        self.issuer_expiry.set(secs(issuer));
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = encode(&mut out, &self.registry);

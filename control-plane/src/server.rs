@@ -14,14 +14,15 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
-use trellis_ca::tls::SpiffeClientVerifier;
-use trellis_ca::{CertificateAuthority, TrustBundle, certs_from_pem};
+use trellis_ca::{TrustBundle, certs_from_pem};
 use trellis_proto::discovery::discovery_server::DiscoveryServer;
 use trellis_proto::identity::identity_server::IdentityServer;
 use trellis_proto::istio::istio_certificate_service_server::IstioCertificateServiceServer;
 
 use crate::attest::{Attestor, JoinTokens, RELOAD_INTERVAL, TokenReviewer};
-use crate::ca_store::{CaStore, DirStore, Origin, SecretStore, load_or_init};
+use crate::ca_live::reconcile::Source;
+use crate::ca_live::{LiveCa, LiveClientVerifier};
+use crate::ca_store::{CaStore, DirStore, Origin, Published, SecretStore, load_or_init};
 use crate::certify::Certifier;
 use crate::config::{Config, Mode};
 use crate::grpc::{DiscoveryService, IdentityService, IstioCaService, MAX_MESSAGE_BYTES};
@@ -83,10 +84,12 @@ pub struct Running {
     pub grpc_addr: SocketAddr,
     /// Where metrics listen.
     pub metrics_addr: SocketAddr,
-    /// The trust bundle workloads should use.
+    /// The trust bundle workloads should use (at start; [`Running::live`] has the current one).
     pub bundle: TrustBundle,
     /// How the CA was obtained.
     pub origin: Origin,
+    /// The CA in use (it changes with rotation steps).
+    pub live: Arc<LiveCa>,
     /// The proxies watching discovery.
     pub watchers: Arc<crate::grpc::Watchers>,
     /// Cancels every task.
@@ -123,33 +126,53 @@ pub async fn start(config: &Config, kube: Option<kube::Client>) -> Result<Runnin
     let now = SystemTime::now();
 
     // 1. CA state and the CA.
-    let store = match args.mode {
-        Mode::Local => CaStore::Dir(DirStore::new(
-            args.state_dir.as_deref().unwrap_or(Path::new(".")),
-        )),
+    let (store, published) = match args.mode {
+        Mode::Local => {
+            let dir = args.state_dir.as_deref().unwrap_or(Path::new("."));
+            let published = match &args.state_dir {
+                Some(d) => Published::in_state_dir(d),
+                None => Published::Nowhere,
+            };
+            (CaStore::Dir(DirStore::new(dir)), published)
+        }
         Mode::Kubernetes => {
             let client = kube.clone().ok_or(StartError::NoKubernetesClient)?;
-            CaStore::Secret(Box::new(SecretStore::new(
-                client,
+            let store = CaStore::Secret(Box::new(SecretStore::new(
+                client.clone(),
                 &args.namespace,
                 &args.ca_secret,
-            )))
+            )));
+            (store, Published::ConfigMaps(client))
         }
     };
-    let (material, origin) = load_or_init(&store, args.cacerts_dir.as_deref(), td, now).await?;
-    let mut ca = CertificateAuthority::load(td.clone(), &material, now)?.with_max_ttl(args.max_ttl);
+    let (material, origin) = load_or_init(
+        &store,
+        args.cacerts_dir.as_deref(),
+        &published,
+        args.accept_new_root,
+        td,
+        now,
+    )
+    .await?;
+    let mut extra_roots = Vec::new();
     for path in &args.extra_roots {
         let bad = |reason: String| StartError::ExtraRoot {
             path: path.display().to_string(),
             reason,
         };
         let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
-        let roots = certs_from_pem(&pem).map_err(|e| bad(e.to_string()))?;
-        ca = ca
-            .with_extra_roots(&roots)
-            .map_err(|e| bad(e.to_string()))?;
+        extra_roots.extend(certs_from_pem(&pem).map_err(|e| bad(e.to_string()))?);
     }
-    let ca = Arc::new(ca);
+    let metrics = Arc::new(Metrics::new(now, now));
+    let live = Arc::new(LiveCa::start(
+        td.clone(),
+        material,
+        args.max_ttl,
+        extra_roots,
+        metrics.clone(),
+        now,
+    )?);
+    let ca = live.current();
     info!(
         location = %store.location(),
         ?origin,
@@ -158,6 +181,7 @@ pub async fn start(config: &Config, kube: Option<kube::Client>) -> Result<Runnin
         issuer_not_after = %humantime::format_rfc3339_seconds(ca.issuer_not_after()),
         "certificate authority ready"
     );
+    warn_if_published_differs(&published, ca.bundle()).await;
 
     // 2. Attestation.
     let attestor = match args.mode {
@@ -190,15 +214,10 @@ pub async fn start(config: &Config, kube: Option<kube::Client>) -> Result<Runnin
     let metrics_addr = local_addr("--metrics-listen", &metrics_listener, args.metrics_listen)?;
 
     let shutdown = CancellationToken::new();
-    let root_not_after = ca
-        .bundle()
-        .earliest_expiry()
-        .unwrap_or(ca.issuer_not_after());
-    let metrics = Arc::new(Metrics::new(root_not_after, ca.issuer_not_after()));
     // The cluster's pods, filled by the cluster source (step 5): node agents' nodes.
     let (pods, pods_writer) = crate::mesh::kubernetes::pod_index();
     let mut certifier = Certifier::new(
-        ca.clone(),
+        live.clone(),
         attestor,
         RateLimiter::new(args.rate_limit_per_second, args.rate_limit_burst),
         metrics.clone(),
@@ -214,7 +233,26 @@ pub async fn start(config: &Config, kube: Option<kube::Client>) -> Result<Runnin
     }
     let certifier = Arc::new(certifier);
     spawn_join_token_reloader(certifier.clone(), shutdown.clone());
-    // Kubernetes mode: keep the webhook's serving certificate and caBundle current.
+    // Keep the CA store, the published bundle and (Kubernetes mode) the webhook's serving
+    // certificate and caBundle in agreement with the CA in use.
+    let source = match (args.cacerts_dir.as_deref(), store) {
+        (Some(dir), _) => Source::PlugIn(DirStore::read_only(dir)),
+        (None, CaStore::Dir(d)) => Source::Dir(d),
+        (None, CaStore::Secret(s)) => Source::Secret(s),
+    };
+    tokio::spawn(crate::ca_live::reconcile::run(
+        live.clone(),
+        source,
+        metrics.clone(),
+        shutdown.clone(),
+    ));
+    tokio::spawn(crate::ca_live::publish::run(
+        live.clone(),
+        published,
+        args.namespace.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
     if let (Mode::Kubernetes, Some(client), false) =
         (args.mode, kube.clone(), args.injector_secret.is_empty())
     {
@@ -226,29 +264,29 @@ pub async fn start(config: &Config, kube: Option<kube::Client>) -> Result<Runnin
         };
         tokio::spawn(crate::injector_cert::run(
             client,
-            ca.clone(),
+            live.clone(),
             targets,
+            metrics.clone(),
             shutdown.clone(),
         ));
     }
 
-    // 4. TLS: our own SVID; clients may come without a certificate (they are here to get one).
+    // 4. TLS: our own SVID; clients may come without a certificate (they are here to get one);
+    //    a certificate that is presented is checked against the live bundle.
     let serving = Arc::new(ServingCert::issue(
         &ca,
         &config.own_id,
         &config.server_names,
     )?);
     serving.spawn_renewal(
-        ca.clone(),
+        live.clone(),
         config.own_id.clone(),
         config.server_names.clone(),
         shutdown.clone(),
     );
     let mut tls = ServerConfig::builder_with_provider(trellis_ca::tls::provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_client_cert_verifier(Arc::new(SpiffeClientVerifier::optional(
-            ca.bundle().clone(),
-        )))
+        .with_client_cert_verifier(Arc::new(LiveClientVerifier::new(live.bundles())))
         .with_cert_resolver(serving);
     tls.alpn_protocols = vec![b"h2".to_vec()];
     let incoming = tls_listener::incoming(
@@ -295,16 +333,7 @@ pub async fn start(config: &Config, kube: Option<kube::Client>) -> Result<Runnin
             });
         }
     }
-    let (bundle_tx, bundle_rx) = tokio::sync::watch::channel(Arc::new(ca.bundle().clone()));
-    {
-        // The roots do not change while the control plane runs (yet): keep the sender alive.
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            stop.cancelled().await;
-            drop(bundle_tx);
-        });
-    }
-    let discovery_service = DiscoveryService::new(views, bundle_rx, shutdown.clone());
+    let discovery_service = DiscoveryService::new(views, live.bundles(), shutdown.clone());
     let watchers = discovery_service.watchers();
     let discovery = DiscoveryServer::new(discovery_service);
 
@@ -347,6 +376,7 @@ pub async fn start(config: &Config, kube: Option<kube::Client>) -> Result<Runnin
         metrics_addr,
         bundle: ca.bundle().clone(),
         origin,
+        live,
         watchers,
         shutdown,
         grpc,
@@ -371,6 +401,26 @@ fn local_addr(
         addr,
         reason: e.to_string(),
     })
+}
+
+/// Warns when the bundle published by an earlier run names roots the CA in use does not trust
+/// (an old backup of the CA restored, say): proxies holding certificates of those roots will
+/// be refused. Starting is still right: the stored CA is the one the operator chose.
+async fn warn_if_published_differs(published: &Published, bundle: &TrustBundle) {
+    match published.read().await {
+        Ok(found) => {
+            let unknown: Vec<String> = found
+                .roots
+                .iter()
+                .filter(|r| !bundle.contains(r))
+                .map(|r| crate::ca_live::change::describe(r))
+                .collect();
+            if !unknown.is_empty() {
+                warn!(published = %found.places.join(", "), roots = ?unknown, "the published trust bundle names roots the CA in use does not trust; proxies with certificates under them will be refused, and the published bundle is replaced with the current one");
+            }
+        }
+        Err(e) => warn!(error = %e, "cannot read the published trust bundle"),
+    }
 }
 
 fn spawn_join_token_reloader(certifier: Arc<Certifier>, shutdown: CancellationToken) {

@@ -19,6 +19,8 @@ use trellis_ca::{CertificateAuthority, ServerNameError, ServerNames, SpiffeId, W
 
 use crate::config::Mode;
 
+use crate::ca_live::LiveCa;
+
 /// Lifetime of the serving certificate.
 const SERVING_TTL: Duration = Duration::from_secs(24 * 3600);
 
@@ -50,22 +52,26 @@ impl ServingCert {
         })
     }
 
-    /// Renews at half the lifetime until `shutdown`.
+    /// Renews at half the lifetime, and at once whenever the CA changes (a rotation step: the
+    /// certificate must chain to a root the mesh keeps), until `shutdown`.
     pub fn spawn_renewal(
         self: &Arc<Self>,
-        ca: Arc<CertificateAuthority>,
+        live: Arc<LiveCa>,
         id: SpiffeId,
         names: ServerNames,
         shutdown: CancellationToken,
     ) {
         let this = self.clone();
+        let mut cas = live.subscribe();
         tokio::spawn(async move {
             loop {
                 let wait = SERVING_TTL / 2;
                 tokio::select! {
                     () = shutdown.cancelled() => return,
                     () = tokio::time::sleep(wait) => {}
+                    changed = cas.changed() => if changed.is_err() { return },
                 }
+                let ca = cas.borrow_and_update().ca.clone();
                 match make(&ca, &id, &names) {
                     Ok((key, not_after)) => {
                         *this.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(key);

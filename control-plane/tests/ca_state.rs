@@ -49,7 +49,14 @@ async fn a_restart_with_the_same_state_dir_keeps_the_same_root() {
     assert_eq!(root.len(), 1);
     let bundle = first.running.bundle.clone();
 
-    // Written with the right permissions, the key last and private.
+    // Written with the right permissions, the key last and private; the bundle published
+    // beside it, readable by all (roots are public).
+    let published = first.state.join("trust-bundle.pem");
+    eventually("the trust bundle is published", || async {
+        std::fs::read(&published).map_err(|e| e.to_string())
+    })
+    .await;
+    assert_eq!(mode(&published), 0o644);
     assert_eq!(mode(&first.state), 0o700, "the state directory is private");
     assert_eq!(
         mode(&first.state.join("ca-key.pem")),
@@ -64,11 +71,13 @@ async fn a_restart_with_the_same_state_dir_keeps_the_same_root() {
             "ca-cert.pem",
             "ca-key.pem",
             "cert-chain.pem",
-            "root-cert.pem"
+            "root-cert.pem",
+            "trust-bundle.pem"
         ],
         "no temporary files left"
     );
     assert_eq!(certs_from_pem(&files["root-cert.pem"].0).unwrap(), root);
+    assert_eq!(certs_from_pem(&files["trust-bundle.pem"].0).unwrap(), root);
 
     let LocalPlane {
         running,

@@ -162,7 +162,18 @@ fn identity(ctx: &ProxyContext) -> Response<Full<Bytes>> {
         "seconds_left": left,
         "generation": current.generation,
         "chain_pem": chain,
-        "trust_bundle_roots": svid.bundle().roots().len(),
+        "trust_bundle_roots": current.trust.roots().len(),
+        "trust_bundle_source": current.trust_source.label(),
+        "trust_bundle": current
+            .trust
+            .summaries()
+            .iter()
+            .map(|r| json!({
+                "subject": r.subject,
+                "sha256": r.sha256,
+                "not_after": humantime::format_rfc3339_seconds(r.not_after).to_string(),
+            }))
+            .collect::<Vec<_>>(),
     }))
 }
 

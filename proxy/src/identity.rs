@@ -1,9 +1,14 @@
 //! The proxy's own identity: a key made in memory, an SVID from the control plane, renewal at
-//! half its lifetime (with jitter) and capped exponential backoff on failure.
+//! half its lifetime (with jitter) and capped exponential backoff on failure — and the roots
+//! its verifiers trust, which follow the mesh's live trust bundle.
 //!
-//! Owns: [`IdentityManager`] and [`CurrentSvid`] (the SVID plus the TLS configurations built
-//! from it, cached). New SVIDs are published through a `watch` channel: listeners and the pool
-//! take the current one for *new* connections; open connections keep theirs.
+//! Owns: [`IdentityManager`] and [`CurrentSvid`] (the SVID, the trust bundle, and the TLS
+//! configurations built from both, cached). The trust bundle is the one discovery last sent;
+//! before discovery has sent one, the one the last Certify answer carried; before that, the
+//! bootstrap bundle given at start (`TRELLIS_TRUST_BUNDLE`), used only to reach the control
+//! plane. A new SVID or a new bundle is published through a `watch` channel: listeners and the
+//! pool take the current one for *new* connections; open connections keep theirs. When the
+//! bundle no longer holds the root of our own certificate, a new one is asked for at once.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -18,16 +23,23 @@ use trellis_ca::{SpiffeId, Svid, TrustBundle, WorkloadKey};
 use trellis_client::{IdentityClient, connect};
 
 use crate::metrics::{Metrics, ResultLabels};
+use crate::state::StateWatch;
 
 /// ALPN of the tunnel.
 pub const ALPN_H2: &[u8] = b"h2";
 
-/// The current SVID and TLS configurations made from it.
+/// The current SVID, the roots peers are checked against, and TLS configurations made from
+/// both.
 #[derive(Debug)]
 pub struct CurrentSvid {
     /// The SVID.
     pub svid: Svid,
-    /// Increases with every new SVID; pooled connections of older generations take no new streams.
+    /// The roots the verifiers trust (the mesh's live bundle).
+    pub trust: TrustBundle,
+    /// Where `trust` came from.
+    pub trust_source: TrustSource,
+    /// Increases with every new SVID or trust bundle; pooled connections of older generations
+    /// take no new streams.
     pub generation: u64,
     /// The tunnel server's configuration (requires client SVIDs).
     server: Arc<ServerConfig>,
@@ -35,12 +47,38 @@ pub struct CurrentSvid {
     clients: Mutex<HashMap<SpiffeId, Arc<ClientConfig>>>,
 }
 
+/// Where the trust bundle in use came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrustSource {
+    /// The discovery stream (the control plane's live bundle).
+    Discovery,
+    /// The last Certify answer (discovery has sent none yet, or is off).
+    Certify,
+}
+
+impl TrustSource {
+    /// A label for `/identity`.
+    pub fn label(self) -> &'static str {
+        match self {
+            TrustSource::Discovery => "discovery",
+            TrustSource::Certify => "certify",
+        }
+    }
+}
+
 impl CurrentSvid {
-    /// Builds the configurations for `svid`.
-    pub fn new(svid: Svid, generation: u64) -> Result<Self, TlsConfigError> {
-        let server = Arc::new(svid.server_config(&[ALPN_H2])?);
+    /// Builds the configurations for `svid`, checking peers against `trust`.
+    pub fn new(
+        svid: Svid,
+        trust: TrustBundle,
+        trust_source: TrustSource,
+        generation: u64,
+    ) -> Result<Self, TlsConfigError> {
+        let server = Arc::new(svid.server_config_trusting(&trust, &[ALPN_H2])?);
         Ok(Self {
             svid,
+            trust,
+            trust_source,
             generation,
             server,
             clients: Mutex::new(HashMap::new()),
@@ -58,10 +96,11 @@ impl CurrentSvid {
         if let Some(c) = clients.get(peer) {
             return Ok(c.clone());
         }
-        let config = Arc::new(
-            self.svid
-                .client_config(ExpectedServer::Exact(peer.clone()), &[ALPN_H2])?,
-        );
+        let config = Arc::new(self.svid.client_config_trusting(
+            &self.trust,
+            ExpectedServer::Exact(peer.clone()),
+            &[ALPN_H2],
+        )?);
         clients.insert(peer.clone(), config.clone());
         Ok(config)
     }
@@ -112,9 +151,10 @@ impl IdentityManager {
         )
     }
 
-    /// Gets the first SVID, then renews until `shutdown`. Never gives up: while the control
-    /// plane is unreachable the current SVID keeps serving until it expires.
-    pub async fn run(self, shutdown: CancellationToken) {
+    /// Gets the first SVID, then renews until `shutdown`; follows the trust bundle discovery
+    /// puts in `state`. Never gives up: while the control plane is unreachable the current
+    /// SVID keeps serving until it expires.
+    pub async fn run(self, mut state: StateWatch, shutdown: CancellationToken) {
         let mut generation = 0u64;
         let mut failures = 0u32;
         // When the current SVID arrived: its lifetime is counted from here, not from its
@@ -123,10 +163,16 @@ impl IdentityManager {
         let mut installed_at = SystemTime::now();
         // The delay before the next attempt after a failure (drawn once, so the log is true).
         let mut retry_in = Duration::ZERO;
+        // Our certificate's root left the bundle: renew now, not at half-life.
+        let mut renew_now = false;
+        // The bundle discovery sent last, to tell its changes from other state changes.
+        let mut seen: Option<Arc<TrustBundle>> = state.borrow_and_update().trust_bundle.clone();
+        let mut following = true;
         loop {
             let current = self.tx.borrow().clone();
             let wait = match &current {
                 None if failures == 0 => Duration::ZERO,
+                Some(_) if renew_now && failures == 0 => Duration::ZERO,
                 Some(c) if failures == 0 => {
                     let start = installed_at.max(c.svid.not_before());
                     let life = c.svid.not_after().duration_since(start).unwrap_or_default();
@@ -140,8 +186,31 @@ impl IdentityManager {
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 () = tokio::time::sleep(wait) => {}
+                changed = state.changed(), if following => {
+                    if changed.is_err() {
+                        following = false;
+                        continue;
+                    }
+                    let latest = state.borrow_and_update().trust_bundle.clone();
+                    let same = match (&latest, &seen) {
+                        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                        (None, None) => true,
+                        _ => false,
+                    };
+                    if same {
+                        continue;
+                    }
+                    seen = latest;
+                    if let Some(c) = &current {
+                        generation += 1;
+                        renew_now |= self.retrust(c, seen.as_deref(), generation);
+                    }
+                    continue;
+                }
             }
-            match self.fetch(current.as_deref().map(|c| &c.svid)).await {
+            renew_now = false;
+            let trust = current.as_ref().map(|c| c.trust.clone());
+            match self.fetch(current.as_deref().map(|c| &c.svid), trust).await {
                 Ok(svid) => {
                     generation += 1;
                     failures = 0;
@@ -159,7 +228,8 @@ impl IdentityManager {
                         generation,
                         "certificate installed"
                     );
-                    match CurrentSvid::new(svid, generation) {
+                    let (trust, source) = trust_of(&svid, seen.as_deref());
+                    match CurrentSvid::new(svid, trust, source, generation) {
                         Ok(c) => {
                             self.tx.send_replace(Some(Arc::new(c)));
                         }
@@ -191,7 +261,52 @@ impl IdentityManager {
         }
     }
 
-    async fn fetch(&self, current: Option<&Svid>) -> Result<Svid, String> {
+    /// Installs `current`'s SVID with the bundle discovery sent (`discovered`); returns whether
+    /// our own certificate no longer verifies under it (renew at once).
+    fn retrust(
+        &self,
+        current: &CurrentSvid,
+        discovered: Option<&TrustBundle>,
+        generation: u64,
+    ) -> bool {
+        let (trust, source) = trust_of(&current.svid, discovered);
+        let stale = current
+            .svid
+            .verifies_under(&trust, SystemTime::now())
+            .is_err();
+        let added = trust
+            .roots()
+            .iter()
+            .filter(|r| !current.trust.contains(r))
+            .count();
+        let removed = current
+            .trust
+            .roots()
+            .iter()
+            .filter(|r| !trust.contains(r))
+            .count();
+        info!(
+            roots = trust.roots().len(),
+            added,
+            removed,
+            generation,
+            renew_now = stale,
+            "trust bundle updated; new connections are checked against it"
+        );
+        match CurrentSvid::new(current.svid.clone(), trust, source, generation) {
+            Ok(c) => {
+                self.tx.send_replace(Some(Arc::new(c)));
+            }
+            Err(e) => warn!(error = %e, "trust bundle unusable for TLS; keeping the current one"),
+        }
+        stale
+    }
+
+    async fn fetch(
+        &self,
+        current: Option<&Svid>,
+        trust: Option<TrustBundle>,
+    ) -> Result<Svid, String> {
         let src = &self.source;
         let token = std::fs::read_to_string(&src.token_file)
             .map_err(|e| format!("cannot read token file {}: {e}", src.token_file.display()))?;
@@ -201,11 +316,13 @@ impl IdentityManager {
                 src.token_file.display()
             ));
         }
-        let bundle = current.map_or_else(|| src.bootstrap_bundle.clone(), |s| s.bundle().clone());
-        // An expired certificate would make the control plane refuse the TLS handshake (a
-        // client certificate that is presented must be valid), and no renewal could ever
-        // succeed again after an outage longer than its lifetime: the token alone suffices.
-        let client_cert = current.filter(|s| s.not_after() > SystemTime::now());
+        let bundle = trust.unwrap_or_else(|| src.bootstrap_bundle.clone());
+        // A certificate the control plane would refuse — expired, or under a root that left
+        // the bundle — makes the TLS handshake fail (a client certificate that is presented
+        // must be valid), and no renewal could succeed again: the token alone suffices.
+        let now = SystemTime::now();
+        let client_cert =
+            current.filter(|s| s.not_after() > now && s.verifies_under(&bundle, now).is_ok());
         let channel = connect(
             &src.control_plane,
             bundle,
@@ -220,6 +337,14 @@ impl IdentityManager {
             .certify(&key, expected, token.trim(), src.ttl)
             .await
             .map_err(|e| e.to_string())
+    }
+}
+
+/// The bundle to check peers against: the one discovery sent, else the one `svid` came with.
+fn trust_of(svid: &Svid, discovered: Option<&TrustBundle>) -> (TrustBundle, TrustSource) {
+    match discovered {
+        Some(b) => (b.clone(), TrustSource::Discovery),
+        None => (svid.bundle().clone(), TrustSource::Certify),
     }
 }
 

@@ -250,7 +250,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let background = CancellationToken::new();
     let pool = Arc::new(Pool::new());
 
-    tokio::spawn(manager.run(background.clone()));
+    tokio::spawn(manager.run(ctx.state.clone(), background.clone()));
     match discovery_source {
         Some(source) => {
             tokio::spawn(crate::discovery::run(

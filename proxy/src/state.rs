@@ -12,7 +12,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use tokio::sync::watch;
-use trellis_ca::SpiffeId;
+use trellis_ca::{SpiffeId, TrustBundle};
 
 use crate::config::{MtlsMode, StaticWorkload, WorkloadAddr};
 use crate::policy::InboundPolicy;
@@ -52,8 +52,9 @@ pub struct MeshState {
     pub policy: InboundPolicy,
     /// STRICT/PERMISSIVE as the control plane says; `None` until it does (the flag applies).
     pub mtls_mode: Option<MtlsMode>,
-    /// The roots the mesh trusts, PEM, as discovery last sent them (`None`: not sent yet).
-    pub trust_bundle: Option<Arc<Vec<String>>>,
+    /// The roots the mesh trusts, as discovery last sent them (`None`: not sent yet). A new
+    /// `Arc` only when they changed.
+    pub trust_bundle: Option<Arc<TrustBundle>>,
     /// Which control plane state this is (0/0: static configuration).
     pub version: Version,
 }

@@ -67,6 +67,8 @@ pub struct ControlPlane {
     pod: Pod,
     /// Where it keeps the CA (`--state-dir`).
     state_dir: PathBuf,
+    /// A plug-in CA in Istio's `cacerts` layout (`--cacerts-dir`), if it was started with one.
+    cacerts_dir: Option<PathBuf>,
     /// The join-token file (`--join-tokens`).
     join_tokens: PathBuf,
     /// A world-readable copy of `root-cert.pem`, for the proxies' `--trust-bundle-file`.
@@ -90,7 +92,20 @@ impl ControlPlane {
         identities: &[Identity],
         extra_args: &[&str],
     ) -> Result<ControlPlane> {
-        Self::start_inner(sandbox, pod, identities, None, extra_args)
+        Self::start_inner(sandbox, pod, identities, None, None, extra_args)
+    }
+
+    /// Like [`ControlPlane::start`], with a plug-in CA: `cacerts` holds `ca-cert.pem`,
+    /// `ca-key.pem`, `cert-chain.pem` and `root-cert.pem` (`--cacerts-dir`). The control plane
+    /// only reads it, and reloads it when the files change.
+    pub fn start_plug_in(
+        sandbox: &Sandbox,
+        pod: &Pod,
+        identities: &[Identity],
+        cacerts: &Path,
+        extra_args: &[&str],
+    ) -> Result<ControlPlane> {
+        Self::start_inner(sandbox, pod, identities, None, Some(cacerts), extra_args)
     }
 
     /// Like [`ControlPlane::start`], with the mesh file `mesh_yaml` (`--mesh-file`; the schema
@@ -103,7 +118,7 @@ impl ControlPlane {
         mesh_yaml: &str,
         extra_args: &[&str],
     ) -> Result<ControlPlane> {
-        Self::start_inner(sandbox, pod, identities, Some(mesh_yaml), extra_args)
+        Self::start_inner(sandbox, pod, identities, Some(mesh_yaml), None, extra_args)
     }
 
     fn start_inner(
@@ -111,6 +126,7 @@ impl ControlPlane {
         pod: &Pod,
         identities: &[Identity],
         mesh_yaml: Option<&str>,
+        cacerts_dir: Option<&Path>,
         extra_args: &[&str],
     ) -> Result<ControlPlane> {
         let dir = sandbox.dir().join("control-plane");
@@ -143,6 +159,7 @@ impl ControlPlane {
         let cp = ControlPlane {
             pod: pod.clone(),
             state_dir: dir.join("state"),
+            cacerts_dir: cacerts_dir.map(Path::to_owned),
             join_tokens,
             trust_bundle: dir.join("trust-bundle.pem"),
             token_files,
@@ -183,6 +200,11 @@ impl ControlPlane {
                 self.mesh_file
                     .iter()
                     .flat_map(|m| [OsStr::new("--mesh-file"), m.as_os_str()]),
+            )
+            .args(
+                self.cacerts_dir
+                    .iter()
+                    .flat_map(|c| [OsStr::new("--cacerts-dir"), c.as_os_str()]),
             )
             .args(&self.extra_args);
         let process = self.pod.spawn(&cmd)?;
@@ -252,9 +274,18 @@ impl ControlPlane {
         &self.state_dir
     }
 
-    /// `root-cert.pem` in the state directory (readable by root only: the directory is 0700).
+    /// `root-cert.pem` in the state directory (readable by root only: the directory is 0700),
+    /// or in the plug-in `cacerts` directory.
     pub fn root_cert(&self) -> PathBuf {
-        self.state_dir.join("root-cert.pem")
+        self.cacerts_dir
+            .as_deref()
+            .unwrap_or(&self.state_dir)
+            .join("root-cert.pem")
+    }
+
+    /// The plug-in `cacerts` directory, if it was started with one.
+    pub fn cacerts_dir(&self) -> Option<&Path> {
+        self.cacerts_dir.as_deref()
     }
 
     /// A copy of [`ControlPlane::root_cert`] that every user can read.

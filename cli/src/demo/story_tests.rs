@@ -15,6 +15,8 @@ fn identity(serial: &str, generation: u64) -> Identity {
         generation,
         chain_pem: Vec::new(),
         trust_bundle_roots: 1,
+        trust_bundle: Vec::new(),
+        trust_bundle_source: None,
         extra: BTreeMap::new(),
     }
 }

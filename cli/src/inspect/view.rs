@@ -25,7 +25,7 @@ pub const COLUMNS: [&str; 9] = [
 /// An hour, in seconds: less than this left on the certificate is worth a colour.
 const HOUR: u64 = 3600;
 
-/// The identity block: SPIFFE ID, serial, validity, time left, chain.
+/// The identity block: SPIFFE ID, serial, validity, time left, chain, trusted roots.
 pub fn identity_block(identity: Option<&Identity>, palette: Palette) -> String {
     let Some(id) = identity else {
         return format!(
@@ -49,9 +49,33 @@ pub fn identity_block(identity: Option<&Identity>, palette: Palette) -> String {
         ("Chain", chain_summary(id)),
         ("Renewals", id.generation.saturating_sub(1).to_string()),
     ];
-    lines
+    let mut out: String = lines
         .iter()
         .map(|(label, value)| format!("{label:<10} {value}\n"))
+        .collect();
+    out.push_str(&roots_block(id));
+    out
+}
+
+/// One line per root the proxy trusts: subject, fingerprint, expiry; and where they came
+/// from. Nothing for a proxy that does not say (older versions).
+fn roots_block(id: &Identity) -> String {
+    let source = match id.trust_bundle_source.as_deref() {
+        Some("discovery") => " (live, from discovery)",
+        Some("certify") => " (from the last certificate; discovery sent none)",
+        _ => "",
+    };
+    id.trust_bundle
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let label = if i == 0 { "Roots" } else { "" };
+            let tail = if i == 0 { source } else { "" };
+            format!(
+                "{label:<10} {}  sha256 {}  until {}{tail}\n",
+                r.subject, r.sha256, r.not_after
+            )
+        })
         .collect()
 }
 

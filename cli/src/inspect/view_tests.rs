@@ -54,6 +54,8 @@ fn identity() -> Identity {
         generation: 3,
         chain_pem: vec!["leaf".into(), "intermediate".into()],
         trust_bundle_roots: 1,
+        trust_bundle: Vec::new(),
+        trust_bundle_source: None,
         extra: BTreeMap::new(),
     }
 }
@@ -279,4 +281,37 @@ fn a_full_poll_with_nothing_in_common_reports_a_gap() {
         "not full: nothing missed"
     );
     assert!(!new_since(&[], &fresh, 2).gap, "first poll");
+}
+
+#[test]
+fn the_identity_block_lists_every_trusted_root_with_its_fingerprint_and_source() {
+    let root = |cn: &str, fp: &str| crate::admin_api::TrustedRoot {
+        subject: format!("O=Trellis, CN={cn}"),
+        sha256: fp.repeat(64 / fp.len()),
+        not_after: "2035-01-01T10:00:00Z".into(),
+    };
+    let id = Identity {
+        trust_bundle_roots: 2,
+        trust_bundle: vec![root("old", "ab"), root("new", "cd")],
+        trust_bundle_source: Some("discovery".into()),
+        ..identity()
+    };
+    let block = identity_block(Some(&id), Palette::plain());
+    let lines: Vec<&str> = block.lines().filter(|l| l.contains("sha256")).collect();
+    assert_eq!(lines.len(), 2, "{block}");
+    assert!(
+        lines[0].starts_with("Roots      O=Trellis, CN=old  sha256 abab"),
+        "{block}"
+    );
+    assert!(
+        lines[0].ends_with("until 2035-01-01T10:00:00Z (live, from discovery)"),
+        "{block}"
+    );
+    assert!(
+        lines[1].starts_with("           O=Trellis, CN=new  sha256 cdcd"),
+        "{block}"
+    );
+    assert!(block.contains("trusts 2 roots"), "{block}");
+    // An older proxy that lists no roots: no Roots line.
+    assert!(!identity_block(Some(&identity()), Palette::plain()).contains("Roots"));
 }

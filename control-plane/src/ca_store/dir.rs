@@ -76,19 +76,36 @@ impl DirStore {
         if self.load()?.is_some() {
             return Ok(Created::AlreadyExists);
         }
+        self.restore(material)?;
+        Ok(Created::Stored)
+    }
+
+    /// Writes `material` over whatever is there (restoring a damaged or deleted state). Each
+    /// file is replaced atomically. The key goes last: a crash before it leaves an incomplete
+    /// state, which stops the next start with a clear error instead of silently making another
+    /// root.
+    pub fn restore(&self, material: &CaMaterial) -> Result<(), StoreError> {
+        self.ensure_dir()?;
+        self.write_atomic(CA_CERT, &material.ca_cert_pem, 0o644)?;
+        self.write_atomic(CERT_CHAIN, &material.cert_chain_pem, 0o644)?;
+        self.write_atomic(ROOT_CERT, &material.root_cert_pem, 0o644)?;
+        self.write_atomic(CA_KEY, &material.ca_key_pem, 0o600)
+    }
+
+    /// Writes one file of the directory atomically with `mode` (the published bundle).
+    pub fn write_file(&self, name: &str, contents: &str, mode: u32) -> Result<(), StoreError> {
+        self.ensure_dir()?;
+        self.write_atomic(name, contents, mode)
+    }
+
+    /// Makes the directory (0700) if it is missing, and refuses one others may write to.
+    fn ensure_dir(&self) -> Result<(), StoreError> {
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(&self.path)
             .map_err(|e| self.io(&self.path, e))?;
-        self.check_dir_mode()?;
-        // The key goes last: a crash before it leaves an incomplete state, which stops the
-        // next start with a clear error instead of silently making another root.
-        self.write_atomic(CA_CERT, &material.ca_cert_pem, 0o644)?;
-        self.write_atomic(CERT_CHAIN, &material.cert_chain_pem, 0o644)?;
-        self.write_atomic(ROOT_CERT, &material.root_cert_pem, 0o644)?;
-        self.write_atomic(CA_KEY, &material.ca_key_pem, 0o600)?;
-        Ok(Created::Stored)
+        self.check_dir_mode()
     }
 
     /// Refuses a directory other users may write to (even with the sticky bit, they could

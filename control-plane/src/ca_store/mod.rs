@@ -1,17 +1,21 @@
 //! Durable CA state: where the root (or the plug-in intermediate) lives between restarts.
 //!
 //! Owns: [`CaStore`] (a directory with 0600 key files in local mode, a Secret in Kubernetes
-//! mode), reading a plug-in CA in Istio's `cacerts` layout, and [`load_or_init`], the start-up
-//! rule: use what is stored; make a new root only when nothing at all is stored; stop with a
-//! clear error on anything partial, corrupt or unreadable — never silently replace a root.
+//! mode), reading a plug-in CA in Istio's `cacerts` layout, the [`published`] trust bundle, and
+//! [`load_or_init`], the start-up rule: use what is stored; make a new root only when nothing
+//! at all is stored *and* no published bundle names a root (or the operator accepts a new one);
+//! stop with a clear error on anything partial, corrupt or unreadable — never silently replace
+//! a root.
 
 mod dir;
+pub mod published;
 mod secret;
 
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 pub use dir::DirStore;
+pub use published::Published;
 pub use secret::SecretStore;
 use trellis_ca::{CaMaterial, TrustDomain};
 
@@ -90,6 +94,19 @@ pub enum StoreError {
     /// Making a new root failed.
     #[error("could not create a root: {0}")]
     Generate(#[from] trellis_ca::CaLoadError),
+    /// The store is empty but the published bundle names a root: a new root would be trusted
+    /// by no running proxy.
+    #[error(
+        "no CA in {location}, but the mesh's published trust bundle ({places}) names root(s) {roots}; a new root would be trusted by no running proxy, so none is made. Restore {location} from a backup (it holds the key of that root), or start with --accept-new-root (env TRELLIS_ACCEPT_NEW_ROOT=true, chart value ca.acceptNewRoot=true) to make a new root, then re-create every meshed pod"
+    )]
+    WouldReplaceRoot {
+        /// The empty store.
+        location: String,
+        /// Where the bundle is published.
+        places: String,
+        /// The roots it names.
+        roots: String,
+    },
 }
 
 /// Whether `create` stored the material or found someone else's.
@@ -147,10 +164,13 @@ pub enum Origin {
     Generated,
 }
 
-/// The start-up rule: plug-in CA if given; else the stored root; else a new root, stored.
+/// The start-up rule: plug-in CA if given; else the stored root; else — unless the published
+/// bundle names a root and `accept_new_root` is false — a new root, stored.
 pub async fn load_or_init(
     store: &CaStore,
     cacerts_dir: Option<&Path>,
+    published: &Published,
+    accept_new_root: bool,
     trust_domain: &TrustDomain,
     now: SystemTime,
 ) -> Result<(CaMaterial, Origin), StoreError> {
@@ -165,6 +185,14 @@ pub async fn load_or_init(
     }
     if let Some(material) = store.load().await? {
         return Ok((material, Origin::Loaded));
+    }
+    let found = published.read().await?;
+    if !found.roots.is_empty() && !accept_new_root {
+        return Err(StoreError::WouldReplaceRoot {
+            location: store.location(),
+            places: found.places.join(", "),
+            roots: found.describe(),
+        });
     }
     let material = CaMaterial::generate_root(trust_domain, now)?;
     match store.create(&material).await? {

@@ -38,6 +38,16 @@ impl SecretStore {
         }
     }
 
+    /// The Secrets API of its namespace (to watch it).
+    pub fn api(&self) -> &Api<Secret> {
+        &self.api
+    }
+
+    /// The Secret's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// `Secret <ns>/<name>`, for messages.
     pub fn location(&self) -> String {
         format!("Secret {}/{}", self.namespace, self.name)
@@ -107,6 +117,47 @@ impl SecretStore {
                 }
             }
         }
+    }
+}
+
+impl SecretStore {
+    /// Writes `material` into the Secret whatever it holds now: creates it if it was deleted,
+    /// replaces its data if it was emptied or changed. A concurrent write (HTTP 409) is an
+    /// error; the caller looks again.
+    pub async fn restore(&self, material: &CaMaterial) -> Result<(), StoreError> {
+        let data = data_from(material);
+        match self
+            .api
+            .get_opt(&self.name)
+            .await
+            .map_err(|e| self.err(e))?
+        {
+            None => {
+                let secret = Secret {
+                    metadata: ObjectMeta {
+                        name: Some(self.name.clone()),
+                        namespace: Some(self.namespace.clone()),
+                        ..ObjectMeta::default()
+                    },
+                    type_: Some("Opaque".into()),
+                    data: Some(data),
+                    ..Secret::default()
+                };
+                self.api
+                    .create(&PostParams::default(), &secret)
+                    .await
+                    .map_err(|e| self.err(e))?;
+            }
+            Some(mut existing) => {
+                existing.data = Some(data);
+                existing.string_data = None;
+                self.api
+                    .replace(&self.name, &PostParams::default(), &existing)
+                    .await
+                    .map_err(|e| self.err(e))?;
+            }
+        }
+        Ok(())
     }
 }
 

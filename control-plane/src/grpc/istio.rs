@@ -1,8 +1,14 @@
 //! `istio.v1.auth.IstioCertificateService/CreateCertificate`, so that an Istio proxy can use the
-//! Trellis CA: PEM CSR in, PEM chain out (leaf first, root last). A node agent (ambient ztunnel)
-//! names the pod identity it asks for in the request's `metadata` struct, key
-//! `ImpersonatedIdentity` (a string, as istiod reads it; empty means absent);
-//! [`crate::node_agent`] decides.
+//! Trellis CA: PEM CSR in, PEM chain out — the leaf, each intermediate, then every root the mesh
+//! trusts. A node agent (ambient ztunnel) names the pod identity it asks for in the request's
+//! `metadata` struct, key `ImpersonatedIdentity` (a string, as istiod reads it; empty means
+//! absent); [`crate::node_agent`] decides.
+//!
+//! Owns: the response layout. Istio clients read the *last* element as the roots and the ones
+//! before it as the chain (ztunnel's `WorkloadCertificate::new` parses every certificate of the
+//! last element as a root; istio-agent takes the last element as its root PEM), so all roots go
+//! together in the last element — the root the leaf chains to first, for clients that read only
+//! one — and a root rotation reaches Istio clients too: during it they trust old and new root.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,8 +19,20 @@ use trellis_proto::istio::istio_certificate_service_server::IstioCertificateServ
 use trellis_proto::istio::{IstioCertificateRequest, IstioCertificateResponse};
 
 use super::{bearer_token, peer_addr, to_status};
-use crate::certify::{self, Certifier};
+use crate::certify::{self, Certified, Certifier};
 use crate::node_agent::IMPERSONATED_IDENTITY;
+
+/// `[leaf, intermediates…, roots]`: one PEM certificate per element, except the last, which
+/// holds every root (the leaf's first).
+pub fn cert_chain(certified: &Certified) -> Vec<String> {
+    let mut chain = vec![der_to_pem(&certified.svid.leaf)];
+    chain.extend(certified.svid.chain.iter().map(|c| der_to_pem(c)));
+    let roots: String = certified.bundle.iter().map(|r| der_to_pem(r)).collect();
+    if !roots.is_empty() {
+        chain.push(roots);
+    }
+    chain
+}
 
 /// The Istio-compatible CA service.
 #[derive(Debug, Clone)]
@@ -57,13 +75,9 @@ impl IstioCertificateService for IstioCaService {
             })
             .await
             .map_err(|e| to_status(&e))?;
-        let mut cert_chain = vec![der_to_pem(&certified.svid.leaf)];
-        cert_chain.extend(certified.svid.chain.iter().map(|c| der_to_pem(c)));
-        // Istio expects the root last; with several roots (rotation) the first is the current one.
-        if let Some(root) = certified.bundle.first() {
-            cert_chain.push(der_to_pem(root));
-        }
-        Ok(Response::new(IstioCertificateResponse { cert_chain }))
+        Ok(Response::new(IstioCertificateResponse {
+            cert_chain: cert_chain(&certified),
+        }))
     }
 }
 

@@ -17,18 +17,18 @@
 //!   audience `istio-ca`) are answered by the fake itself, shaped like the `valid` recording:
 //!   authenticated when the token's audiences meet the request's, reporting the ones that do;
 //!   otherwise the API server's audience error.
-//! - `GET|PUT /api/v1/namespaces/trellis-system/secrets/<name>` and `POST .../secrets`: a
-//!   Secret store with 404 until created, 409 on a second create, and resourceVersion checks
-//!   on replace.
-//! - `GET` of the cluster-wide collections the control plane reflects (pods, namespaces,
-//!   services, endpointslices, authorizationpolicies): list and watch from
-//!   [`FakeApiServer::collections`], which tests fill and edit (`collections.rs`).
+//! - Objects of the kinds in [`RESOURCES`] (pods, namespaces, services, endpointslices,
+//!   authorizationpolicies, secrets, configmaps, mutatingwebhookconfigurations), kept in
+//!   [`FakeApiServer::collections`] (`collections.rs`), which tests fill and edit: `GET` of one
+//!   object (404 until it exists), `POST` (409 if it exists), `PUT` (404 if it does not, 409 on
+//!   a stale resourceVersion), `DELETE`; and list and watch, cluster-wide or in a namespace,
+//!   narrowed by a `metadata.name` field selector and `k=v` label selectors.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
@@ -43,12 +43,19 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::collections::Collections;
+use super::collections::{Collections, Filter};
 
 /// The namespace the control plane runs in (its default `--namespace`).
 pub const NAMESPACE: &str = "trellis-system";
 const TOKENREVIEWS: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
-const SECRETS: &str = "/api/v1/namespaces/trellis-system/secrets";
+/// Where Secrets are kept in [`FakeApiServer::collections`].
+pub const SECRETS: &str = "/api/v1/secrets";
+/// Where ConfigMaps are kept.
+pub const CONFIGMAPS: &str = "/api/v1/configmaps";
+/// Where Namespaces are kept.
+pub const NAMESPACES: &str = "/api/v1/namespaces";
+/// Where MutatingWebhookConfigurations are kept.
+pub const WEBHOOKS: &str = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations";
 
 /// One recorded TokenReview exchange.
 #[derive(Debug, Clone)]
@@ -135,27 +142,39 @@ struct State {
     last_audiences: Mutex<Value>,
     /// Minted tokens: token → (ServiceAccount username, the token's audiences).
     minted: Mutex<HashMap<String, (String, Vec<String>)>>,
-    /// Secrets by name.
-    secrets: Mutex<HashMap<String, Value>>,
-    /// Names of the Secrets created or replaced, one entry per successful write.
-    secret_writes: Mutex<Vec<String>>,
-    /// The last resourceVersion handed out.
-    resource_version: AtomicU64,
+    /// (collection path, name) of every object created or replaced through the API.
+    writes: Mutex<Vec<(String, String)>>,
     /// Listed and watched collections.
     collections: Arc<Collections>,
     /// Ends open watches when the fake stops.
     stop: CancellationToken,
 }
 
-/// Cluster-wide collection paths the fake lists and watches, and their kinds.
-pub const COLLECTIONS: &[(&str, &str)] = &[
-    ("/api/v1/pods", "Pod"),
-    ("/api/v1/namespaces", "Namespace"),
-    ("/api/v1/services", "Service"),
-    ("/apis/discovery.k8s.io/v1/endpointslices", "EndpointSlice"),
+/// The kinds the fake serves: API prefix, plural, kind, whether namespaced. Objects are kept at
+/// `<prefix>/<plural>`, the cluster-wide collection path.
+pub const RESOURCES: &[(&str, &str, &str, bool)] = &[
+    ("/api/v1", "pods", "Pod", true),
+    ("/api/v1", "namespaces", "Namespace", false),
+    ("/api/v1", "services", "Service", true),
+    ("/api/v1", "secrets", "Secret", true),
+    ("/api/v1", "configmaps", "ConfigMap", true),
     (
-        "/apis/trellis.dev/v1alpha1/authorizationpolicies",
+        "/apis/discovery.k8s.io/v1",
+        "endpointslices",
+        "EndpointSlice",
+        true,
+    ),
+    (
+        "/apis/trellis.dev/v1alpha1",
+        "authorizationpolicies",
         "AuthorizationPolicy",
+        true,
+    ),
+    (
+        "/apis/admissionregistration.k8s.io/v1",
+        "mutatingwebhookconfigurations",
+        "MutatingWebhookConfiguration",
+        false,
     ),
 ];
 
@@ -228,7 +247,7 @@ impl FakeApiServer {
         kube::Client::try_from(kube::Config::new(url)).expect("a kube client")
     }
 
-    /// The listed and watched collections (see [`COLLECTIONS`]).
+    /// The listed and watched collections (see [`RESOURCES`]).
     pub fn collections(&self) -> &Collections {
         &self.state.collections
     }
@@ -271,12 +290,7 @@ impl FakeApiServer {
 
     /// The Secret `name` in the control plane's namespace, as stored.
     pub fn secret(&self, name: &str) -> Option<Value> {
-        self.state
-            .secrets
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(name)
-            .cloned()
+        self.state.collections.get(SECRETS, NAMESPACE, name)
     }
 
     /// Stores a Secret directly (what `helm install` would have created).
@@ -290,22 +304,23 @@ impl FakeApiServer {
         if let Some(data) = data {
             secret["data"] = data;
         }
-        self.state.stamp(&mut secret);
-        self.state
-            .secrets
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(name.to_owned(), secret);
+        self.state.collections.put(SECRETS, secret);
     }
 
     /// Creates and replaces of the Secret `name` the control plane made.
     pub fn secret_writes(&self, name: &str) -> usize {
+        self.writes(SECRETS, name)
+    }
+
+    /// Creates and replaces of objects named `name` in the collection at `path` through the
+    /// API (not by the test).
+    pub fn writes(&self, path: &str, name: &str) -> usize {
         self.state
-            .secret_writes
+            .writes
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .iter()
-            .filter(|n| *n == name)
+            .filter(|(p, n)| p == path && n == name)
             .count()
     }
 }
@@ -316,47 +331,147 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let query = req.uri().query().unwrap_or_default().to_owned();
-    if method == Method::GET
-        && let Some((_, kind)) = COLLECTIONS.iter().find(|(p, _)| *p == path)
-    {
-        return Ok(list_or_watch(&state, &path, kind, &query));
-    }
     let body = match req.into_body().collect().await {
         Ok(body) => body.to_bytes(),
         Err(e) => return Ok(reply(400, status(400, "BadRequest", &e.to_string()))),
     };
-    let secret_name = path
-        .strip_prefix(SECRETS)
-        .and_then(|rest| rest.strip_prefix('/'));
-    let (code, answer) = match (&method, path.as_str(), secret_name) {
-        (&Method::POST, TOKENREVIEWS, _) => state.review(&body),
-        (&Method::POST, SECRETS, _) => state.create_secret(&body),
-        (&Method::GET, _, Some(name)) => state.get_secret(name),
-        (&Method::PUT, _, Some(name)) => state.replace_secret(name, &body),
-        _ => (
+    if (&method, path.as_str()) == (&Method::POST, TOKENREVIEWS) {
+        let (code, answer) = state.review(&body);
+        return Ok(reply(code, answer));
+    }
+    let Some(target) = Target::parse(&path) else {
+        return Ok(reply(
             404,
             status(
                 404,
                 "NotFound",
                 &format!("the fake API server has no {method} {path}"),
             ),
+        ));
+    };
+    let (code, answer) = match (&method, &target.name) {
+        (&Method::GET, None) => return Ok(list_or_watch(&state, &target, &query)),
+        (&Method::GET, Some(name)) => state.get(&target, name),
+        (&Method::POST, None) => state.create(&target, &body),
+        (&Method::PUT, Some(name)) => state.replace(&target, name, &body),
+        (&Method::DELETE, Some(name)) => state.delete(&target, name),
+        _ => (
+            405,
+            status(405, "MethodNotAllowed", &format!("{method} {path}")),
         ),
     };
     Ok(reply(code, answer))
 }
 
+/// What a request path names.
+#[derive(Debug)]
+struct Target {
+    /// The collection path the objects are kept at.
+    collection: String,
+    /// The kind.
+    kind: &'static str,
+    /// The namespace of a namespaced path.
+    namespace: Option<String>,
+    /// The object's name, for a path to one object.
+    name: Option<String>,
+}
+
+impl Target {
+    fn parse(path: &str) -> Option<Self> {
+        for (prefix, plural, kind, namespaced) in RESOURCES {
+            let Some(rest) = path.strip_prefix(prefix) else {
+                continue;
+            };
+            let parts: Vec<&str> = rest.split('/').filter(|p| !p.is_empty()).collect();
+            let (namespace, name) = match parts.as_slice() {
+                ["namespaces", ns, p] if p == plural && *namespaced => (Some(*ns), None),
+                ["namespaces", ns, p, name] if p == plural && *namespaced => {
+                    (Some(*ns), Some(*name))
+                }
+                [p] if p == plural => (None, None),
+                [p, name] if p == plural && !namespaced => (None, Some(*name)),
+                _ => continue,
+            };
+            return Some(Target {
+                collection: format!("{prefix}/{plural}"),
+                kind,
+                namespace: namespace.map(str::to_owned),
+                name: name.map(str::to_owned),
+            });
+        }
+        None
+    }
+
+    fn ns(&self) -> &str {
+        self.namespace.as_deref().unwrap_or_default()
+    }
+
+    fn not_found(&self, name: &str) -> (u16, Value) {
+        let what = format!("{} \"{name}\" not found", self.kind.to_lowercase());
+        (404, status(404, "NotFound", &what))
+    }
+}
+
+/// `%3D` and friends decoded, `+` as a space (form encoding, as kube sends queries).
+fn decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
+                match u8::from_str_radix(hex, 16) {
+                    Ok(b) => out.push(b),
+                    Err(_) => out.extend_from_slice(&bytes[i..i + 3]),
+                }
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// A list, or a watch stream when the query says `watch`.
-fn list_or_watch(state: &Arc<State>, path: &str, kind: &str, query: &str) -> Response<Body> {
+fn list_or_watch(state: &Arc<State>, target: &Target, query: &str) -> Response<Body> {
     let param = |name: &str| {
         query
             .split('&')
             .filter_map(|kv| kv.split_once('='))
             .find(|(k, _)| *k == name)
-            .map(|(_, v)| v.to_owned())
+            .map(|(_, v)| decode(v))
+    };
+    let filter = Filter {
+        namespace: target.namespace.clone(),
+        name: param("fieldSelector").and_then(|f| {
+            f.split(',')
+                .find_map(|s| s.strip_prefix("metadata.name=").map(str::to_owned))
+        }),
+        labels: param("labelSelector")
+            .map(|l| {
+                l.split(',')
+                    .filter_map(|kv| kv.split_once('='))
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .collect()
+            })
+            .unwrap_or_default(),
     };
     let watching = param("watch").is_some_and(|v| v == "true" || v == "1");
     if !watching {
-        return reply(200, state.collections.list(path, kind));
+        return reply(
+            200,
+            state
+                .collections
+                .list_filtered(&target.collection, target.kind, &filter),
+        );
     }
     let after = param("resourceVersion")
         .and_then(|v| v.parse().ok())
@@ -364,9 +479,13 @@ fn list_or_watch(state: &Arc<State>, path: &str, kind: &str, query: &str) -> Res
     let timeout = param("timeoutSeconds")
         .and_then(|v| v.parse().ok())
         .map(std::time::Duration::from_secs);
-    let body = state
-        .collections
-        .watch(path.to_owned(), after, timeout, state.stop.clone());
+    let body = state.collections.watch_filtered(
+        target.collection.clone(),
+        filter,
+        after,
+        timeout,
+        state.stop.clone(),
+    );
     let mut response = Response::new(BodyExt::boxed(body));
     response.headers_mut().insert(
         http::header::CONTENT_TYPE,
@@ -495,88 +614,74 @@ impl State {
         }))
     }
 
-    /// Sets a new resourceVersion (and a uid on first store).
-    fn stamp(&self, secret: &mut Value) {
-        let version = self.resource_version.fetch_add(1, Ordering::SeqCst) + 1;
-        secret["metadata"]["resourceVersion"] = json!(version.to_string());
-        if secret["metadata"]["uid"].is_null() {
-            secret["metadata"]["uid"] = json!(format!("00000000-0000-0000-0000-{version:012}"));
+    fn wrote(&self, target: &Target, name: &str) {
+        self.writes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((target.collection.clone(), name.to_owned()));
+    }
+
+    fn get(&self, target: &Target, name: &str) -> (u16, Value) {
+        match self.collections.get(&target.collection, target.ns(), name) {
+            Some(object) => (200, object),
+            None => target.not_found(name),
         }
     }
 
-    fn wrote(&self, name: String) {
-        self.secret_writes
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(name);
-    }
-
-    fn get_secret(&self, name: &str) -> (u16, Value) {
-        match self
-            .secrets
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(name)
-        {
-            Some(secret) => (200, secret.clone()),
-            None => (
-                404,
-                status(404, "NotFound", &format!("secrets \"{name}\" not found")),
-            ),
-        }
-    }
-
-    fn create_secret(&self, body: &[u8]) -> (u16, Value) {
-        let Ok(mut secret) = serde_json::from_slice::<Value>(body) else {
+    fn create(&self, target: &Target, body: &[u8]) -> (u16, Value) {
+        let Ok(mut object) = serde_json::from_slice::<Value>(body) else {
             return (400, status(400, "BadRequest", "the body is not JSON"));
         };
-        let Some(name) = secret["metadata"]["name"].as_str().map(str::to_owned) else {
+        let Some(name) = object["metadata"]["name"].as_str().map(str::to_owned) else {
             return (422, status(422, "Invalid", "metadata.name is required"));
         };
-        let mut secrets = self.secrets.lock().unwrap_or_else(PoisonError::into_inner);
-        if secrets.contains_key(&name) {
-            return (
-                409,
-                status(
-                    409,
-                    "AlreadyExists",
-                    &format!("secrets \"{name}\" already exists"),
-                ),
-            );
+        if self
+            .collections
+            .get(&target.collection, target.ns(), &name)
+            .is_some()
+        {
+            let what = format!("{} \"{name}\" already exists", target.kind.to_lowercase());
+            return (409, status(409, "AlreadyExists", &what));
         }
-        self.stamp(&mut secret);
-        secrets.insert(name.clone(), secret.clone());
-        self.wrote(name);
-        (201, secret)
+        if let Some(ns) = &target.namespace {
+            object["metadata"]["namespace"] = json!(ns);
+        }
+        object["metadata"]["uid"] = json!(format!("uid-{}-{name}", target.kind));
+        self.collections.put(&target.collection, object);
+        self.wrote(target, &name);
+        let (_, created) = self.get(target, &name);
+        (201, created)
     }
 
-    fn replace_secret(&self, name: &str, body: &[u8]) -> (u16, Value) {
-        let Ok(mut secret) = serde_json::from_slice::<Value>(body) else {
+    fn replace(&self, target: &Target, name: &str, body: &[u8]) -> (u16, Value) {
+        let Ok(mut object) = serde_json::from_slice::<Value>(body) else {
             return (400, status(400, "BadRequest", "the body is not JSON"));
         };
-        let mut secrets = self.secrets.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(current) = secrets.get(name) else {
-            return (
-                404,
-                status(404, "NotFound", &format!("secrets \"{name}\" not found")),
-            );
+        let Some(current) = self.collections.get(&target.collection, target.ns(), name) else {
+            return target.not_found(name);
         };
-        if secret["metadata"]["resourceVersion"] != current["metadata"]["resourceVersion"] {
-            return (
-                409,
-                status(
-                    409,
-                    "Conflict",
-                    &format!(
-                        "Operation cannot be fulfilled on secrets \"{name}\": the object has been modified"
-                    ),
-                ),
+        if object["metadata"]["resourceVersion"] != current["metadata"]["resourceVersion"] {
+            let what = format!(
+                "Operation cannot be fulfilled on {} \"{name}\": the object has been modified",
+                target.kind.to_lowercase()
             );
+            return (409, status(409, "Conflict", &what));
         }
-        self.stamp(&mut secret);
-        secrets.insert(name.to_owned(), secret.clone());
-        self.wrote(name.to_owned());
-        (200, secret)
+        if let Some(ns) = &target.namespace {
+            object["metadata"]["namespace"] = json!(ns);
+        }
+        self.collections.put(&target.collection, object);
+        self.wrote(target, name);
+        self.get(target, name)
+    }
+
+    fn delete(&self, target: &Target, name: &str) -> (u16, Value) {
+        let Some(current) = self.collections.get(&target.collection, target.ns(), name) else {
+            return target.not_found(name);
+        };
+        self.collections
+            .delete(&target.collection, target.ns(), name);
+        (200, current)
     }
 }
 

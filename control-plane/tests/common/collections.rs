@@ -1,8 +1,9 @@
 //! List and watch for the fake API server: collections of objects at their cluster-wide paths
-//! (`/api/v1/services`, `/apis/discovery.k8s.io/v1/endpointslices`, …) that a test fills and
-//! edits, served the way kube-rs's watcher reads them — a list with a resourceVersion, then a
-//! watch stream of `ADDED` / `MODIFIED` / `DELETED` events after it, which stays open and
-//! carries later edits as they happen.
+//! (`/api/v1/services`, `/apis/discovery.k8s.io/v1/endpointslices`, `/api/v1/secrets`, …) that
+//! a test fills and edits, served the way kube-rs's watcher reads them — a list with a
+//! resourceVersion, then a watch stream of `ADDED` / `MODIFIED` / `DELETED` events after it,
+//! which stays open and carries later edits as they happen. Lists and watches can be narrowed
+//! by namespace, `metadata.name` field selector and `key=value` label selector ([`Filter`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
@@ -42,6 +43,37 @@ impl Default for Collections {
             by_path: Mutex::new((100, HashMap::new())),
             latest: watch::channel(100).0,
         }
+    }
+}
+
+/// Which objects a list or watch returns.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// Only this namespace (a namespaced path).
+    pub namespace: Option<String>,
+    /// `fieldSelector=metadata.name=<name>`.
+    pub name: Option<String>,
+    /// `labelSelector=k=v,k2=v2` (equality only).
+    pub labels: Vec<(String, String)>,
+}
+
+impl Filter {
+    /// Whether `object` passes.
+    pub fn matches(&self, object: &Value) -> bool {
+        let meta = &object["metadata"];
+        let ns_ok = self
+            .namespace
+            .as_deref()
+            .is_none_or(|ns| meta["namespace"].as_str() == Some(ns));
+        let name_ok = self
+            .name
+            .as_deref()
+            .is_none_or(|n| meta["name"].as_str() == Some(n));
+        let labels_ok = self
+            .labels
+            .iter()
+            .all(|(k, v)| meta["labels"][k].as_str() == Some(v.as_str()));
+        ns_ok && name_ok && labels_ok
     }
 }
 
@@ -99,6 +131,18 @@ impl Collections {
         }
     }
 
+    /// The object `namespace/name` of the collection at `path`.
+    pub fn get(&self, path: &str, namespace: &str, name: &str) -> Option<Value> {
+        self.by_path
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .1
+            .get(path)?
+            .objects
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .cloned()
+    }
+
     /// Whether a collection is served at `path`.
     pub fn serves(&self, path: &str) -> bool {
         self.by_path
@@ -110,11 +154,22 @@ impl Collections {
 
     /// The list answer for `path`.
     pub fn list(&self, path: &str, kind: &str) -> Value {
+        self.list_filtered(path, kind, &Filter::default())
+    }
+
+    /// The list answer for `path`, only the objects `filter` passes.
+    pub fn list_filtered(&self, path: &str, kind: &str, filter: &Filter) -> Value {
         let guard = self.by_path.lock().unwrap_or_else(PoisonError::into_inner);
         let (rv, all) = &*guard;
         let items: Vec<Value> = all
             .get(path)
-            .map(|c| c.objects.values().cloned().collect())
+            .map(|c| {
+                c.objects
+                    .values()
+                    .filter(|o| filter.matches(o))
+                    .cloned()
+                    .collect()
+            })
             .unwrap_or_default();
         json!({
             "kind": format!("{kind}List"),
@@ -124,19 +179,21 @@ impl Collections {
         })
     }
 
-    fn events_after(&self, path: &str, after: u64) -> Vec<(u64, Value)> {
+    /// Events after `after`, with the last resourceVersion looked at (events the filter
+    /// drops move it on too).
+    fn events_after(&self, path: &str, after: u64, filter: &Filter) -> (u64, Vec<Value>) {
         let guard = self.by_path.lock().unwrap_or_else(PoisonError::into_inner);
-        guard
-            .1
-            .get(path)
-            .map(|c| {
-                c.events
-                    .iter()
-                    .filter(|(rv, _)| *rv > after)
-                    .cloned()
-                    .collect()
-            })
-            .unwrap_or_default()
+        let mut seen = after;
+        let mut out = Vec::new();
+        if let Some(c) = guard.1.get(path) {
+            for (rv, event) in c.events.iter().filter(|(rv, _)| *rv > after) {
+                seen = *rv;
+                if filter.matches(&event["object"]) {
+                    out.push(event.clone());
+                }
+            }
+        }
+        (seen, out)
     }
 
     /// A watch stream of the collection at `path` after resourceVersion `after`, open for
@@ -144,6 +201,18 @@ impl Collections {
     pub fn watch(
         self: &std::sync::Arc<Self>,
         path: String,
+        after: u64,
+        timeout: Option<Duration>,
+        stop: CancellationToken,
+    ) -> StreamBody<tokio_stream::wrappers::ReceiverStream<Result<Frame<Bytes>, Infallible>>> {
+        self.watch_filtered(path, Filter::default(), after, timeout, stop)
+    }
+
+    /// Like [`Collections::watch`], only the objects `filter` passes.
+    pub fn watch_filtered(
+        self: &std::sync::Arc<Self>,
+        path: String,
+        filter: Filter,
         after: u64,
         timeout: Option<Duration>,
         stop: CancellationToken,
@@ -156,8 +225,9 @@ impl Collections {
             let deadline = tokio::time::Instant::now() + limit;
             let mut seen = after;
             loop {
-                for (rv, event) in me.events_after(&path, seen) {
-                    seen = rv;
+                let (last, events) = me.events_after(&path, seen, &filter);
+                seen = last;
+                for event in events {
                     let line = Bytes::from(format!("{event}\n"));
                     if tx.send(Ok(Frame::data(line))).await.is_err() {
                         return;

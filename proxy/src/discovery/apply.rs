@@ -10,7 +10,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
 use tracing::warn;
-use trellis_ca::{IdentityPattern, SpiffeId, TrustDomain};
+use trellis_ca::{IdentityPattern, SpiffeId, TrustBundle, TrustDomain};
 use trellis_proto::discovery::{
     Inbound, MeshUpdate, MtlsMode as PbMtls, PolicyMode as PbMode, Service as PbService,
     Workload as PbWorkload, WorkloadAddress,
@@ -173,7 +173,17 @@ pub fn apply(
         next.mtls_mode = Some(mode);
     }
     if let Some(bundle) = &update.trust_bundle {
-        next.trust_bundle = Some(Arc::new(bundle.roots_pem.clone()));
+        let pem = bundle.roots_pem.concat();
+        match TrustBundle::from_pem(cx.trust_domain.clone(), pem.as_bytes()) {
+            Ok(b)
+                if next
+                    .trust_bundle
+                    .as_ref()
+                    .is_some_and(|held| held.same_roots(&b)) => {}
+            Ok(b) => next.trust_bundle = Some(Arc::new(b)),
+            // Never trust a bundle halfway; the one held stays in force.
+            Err(e) => warn!(error = %e, "discovery trust bundle skipped: unusable"),
+        }
     }
     next.version = Version {
         epoch: update.epoch,

@@ -63,10 +63,21 @@ fn full(version: u64) -> MeshUpdate {
             mtls_mode: PbMtls::Permissive as i32,
         }),
         trust_bundle: Some(TrustBundle {
-            roots_pem: vec!["-----BEGIN CERTIFICATE-----".into()],
+            roots_pem: vec![root_pem(0)],
         }),
         ..MeshUpdate::default()
     }
+}
+
+/// One of two roots made once for these tests.
+fn root_pem(i: usize) -> String {
+    static ROOTS: std::sync::OnceLock<[String; 2]> = std::sync::OnceLock::new();
+    let make = || {
+        trellis_ca::CaMaterial::generate_root(&TrustDomain::default(), std::time::SystemTime::now())
+            .unwrap()
+            .root_cert_pem
+    };
+    ROOTS.get_or_init(|| [make(), make()])[i].clone()
 }
 
 fn apply_to(held: &MeshState, u: &MeshUpdate, loads: &mut Loads) -> Result<MeshState, ApplyError> {
@@ -138,8 +149,51 @@ fn a_full_update_replaces_the_state_and_keeps_static_workloads() {
         1,
         "the bad pattern allows nobody"
     );
-    assert_eq!(st.trust_bundle.as_ref().unwrap().len(), 1);
+    assert_eq!(st.trust_bundle.as_ref().unwrap().roots().len(), 1);
     assert_eq!(loads.len(), 2);
+}
+
+#[test]
+fn the_trust_bundle_is_replaced_when_its_roots_change_and_kept_when_unusable() {
+    let mut loads = Loads::default();
+    let st = apply_to(&MeshState::default(), &full(1), &mut loads).unwrap();
+    let first = st.trust_bundle.clone().unwrap();
+    let with_bundle = |version: u64, roots_pem: Vec<String>| MeshUpdate {
+        epoch: 5,
+        version,
+        base_version: version - 1,
+        trust_bundle: Some(TrustBundle { roots_pem }),
+        ..MeshUpdate::default()
+    };
+
+    // The same roots again (a resync): the same bundle, so nothing downstream rebuilds.
+    let st = apply_to(&st, &with_bundle(2, vec![root_pem(0)]), &mut loads).unwrap();
+    assert!(Arc::ptr_eq(st.trust_bundle.as_ref().unwrap(), &first));
+    // A second root (rotation): a new bundle with both.
+    let st = apply_to(
+        &st,
+        &with_bundle(3, vec![root_pem(0), root_pem(1)]),
+        &mut loads,
+    )
+    .unwrap();
+    assert_eq!(st.trust_bundle.as_ref().unwrap().roots().len(), 2);
+    // Garbage never replaces what is held.
+    let st = apply_to(&st, &with_bundle(4, vec!["junk".into()]), &mut loads).unwrap();
+    assert_eq!(st.trust_bundle.as_ref().unwrap().roots().len(), 2);
+    assert_eq!(st.version.version, 4, "the rest of the update applies");
+    // An update without a bundle keeps it.
+    let st = apply_to(
+        &st,
+        &MeshUpdate {
+            epoch: 5,
+            version: 5,
+            base_version: 4,
+            ..MeshUpdate::default()
+        },
+        &mut loads,
+    )
+    .unwrap();
+    assert_eq!(st.trust_bundle.as_ref().unwrap().roots().len(), 2);
 }
 
 #[test]

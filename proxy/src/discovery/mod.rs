@@ -76,16 +76,7 @@ pub async fn run(
             },
         };
         let Some(current) = current else { continue };
-        match follow(
-            &source,
-            &current.svid,
-            &state,
-            &metrics,
-            &mut loads,
-            &shutdown,
-        )
-        .await
-        {
+        match follow(&source, &current, &state, &metrics, &mut loads, &shutdown).await {
             Ended::Shutdown => return,
             Ended::Lost { error, applied } => {
                 metrics.discovery_connected.set(0);
@@ -117,7 +108,7 @@ fn request(source: &DiscoverySource, held: Version, error: String) -> WatchReque
 
 async fn follow(
     source: &DiscoverySource,
-    svid: &trellis_ca::Svid,
+    current: &crate::identity::CurrentSvid,
     state: &watch::Sender<Arc<MeshState>>,
     metrics: &Metrics,
     loads: &mut Loads,
@@ -126,9 +117,9 @@ async fn follow(
     let lost = |error: String, applied| Ended::Lost { error, applied };
     let channel = match connect(
         &source.control_plane,
-        svid.bundle().clone(),
+        current.trust.clone(),
         Some(source.control_plane_id.clone()),
-        Some(svid),
+        Some(&current.svid),
     )
     .await
     {

@@ -9,7 +9,7 @@ use crate::check::report::Outcome;
 use crate::humanize::short_duration;
 
 /// Hint for an expiring or expired root.
-const ROOT_HINT: &str = "rotate the root: add the new root next to the old one (trellis-control-plane --extra-root, or root-cert.pem of the cacerts), wait for the proxies to renew, then sign with the new one";
+const ROOT_HINT: &str = "rotate the root (README \"Rotating the root\"): add the new root to root-cert.pem next to the old one, switch the CA to it, and remove the old root after the longest certificate lifetime";
 /// Hint for an expiring or expired intermediate.
 const INTERMEDIATE_HINT: &str = "replace the plug-in CA (ca-cert.pem, ca-key.pem, cert-chain.pem) with a fresh intermediate and restart the control plane";
 
