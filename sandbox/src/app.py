@@ -1,4 +1,4 @@
-"""Trellis sandbox test app: HTTP on --http-port, TCP echo on --echo-port.
+"""Trellis sandbox test app: HTTP on --http-port, TCP echo on --echo-port, both on --host.
 
 GET <path> answers 200 with "<name> got <path> from <client ip>" (the path comes back in the
 body, so a marker sent in the request is also in the response). Every request is logged to
@@ -49,12 +49,13 @@ def main():
     p.add_argument("--name", default="app")
     p.add_argument("--http-port", type=int, default=8080)
     p.add_argument("--echo-port", type=int, default=9090)
+    p.add_argument("--host", default="0.0.0.0", help="address both servers bind (127.0.0.1: pod-private)")
     a = p.parse_args()
     NAME = a.name
-    echo = EchoServer(("0.0.0.0", a.echo_port), Echo)
+    echo = EchoServer((a.host, a.echo_port), Echo)
     threading.Thread(target=echo.serve_forever, daemon=True).start()
-    web = http.server.ThreadingHTTPServer(("0.0.0.0", a.http_port), Handler)
-    print(f"{NAME} listening: http {a.http_port}, echo {a.echo_port}", flush=True)
+    web = http.server.ThreadingHTTPServer((a.host, a.http_port), Handler)
+    print(f"{NAME} listening on {a.host}: http {a.http_port}, echo {a.echo_port}", flush=True)
     web.serve_forever()
 
 
