@@ -254,7 +254,14 @@ mod tests {
         let open = policy(&["ns/shop/sa/frontend"], true, Enforce);
         let audit = policy(&["ns/shop/sa/frontend"], false, Audit);
         // (mode, port, transparent, policy, Ok(decision) or Err(code))
-        let cases: &[(MtlsMode, u16, bool, &InboundPolicy, Result<&str, &str>)] = &[
+        type Case<'a> = (
+            MtlsMode,
+            u16,
+            bool,
+            &'a InboundPolicy,
+            Result<&'a str, &'a str>,
+        );
+        let cases: &[Case<'_>] = &[
             (Strict, 8080, true, &none, Err("plaintext")),
             (Strict, 8080, true, &open, Err("plaintext")),
             (Permissive, 8080, true, &none, Ok("allow")),
