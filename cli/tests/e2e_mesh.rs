@@ -90,12 +90,12 @@ fn an_app_request_crosses_both_sidecars_and_the_wire_carries_only_tls_1_3() {
     }
 
     // The request went through the backend's sidecar: the app saw a connection from its own
-    // pod's loopback...
+    // pod's IP (the sidecar dials the app there, never on loopback)...
     let app_log = mesh.backend_app.process().stdout();
     assert!(
         app_log
             .lines()
-            .any(|l| l.contains(&marker) && l.starts_with("127.0.0.1 ")),
+            .any(|l| l.contains(&marker) && l.starts_with(&format!("{BACKEND_IP} "))),
         "backend app log: {app_log}"
     );
     // ...and through the frontend's sidecar, over the tunnel.

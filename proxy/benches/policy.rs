@@ -1,12 +1,12 @@
 //! Cost of one inbound authorization decision (`InboundPolicy::authorize`), the check every
 //! tunnelled connection pays: no policy, an exact allow-list, wildcards, several policies, and
-//! the worst case where the peer matches nothing in a long list.
+//! the worst case where the peer matches nothing in a long list; and a plaintext caller refused.
 
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use trellis_ca::{IdentityPattern, SpiffeId, TrustDomain};
-use trellis_proxy::policy::{InboundPolicy, Rule, RuleMode};
+use trellis_proxy::policy::{Caller, InboundPolicy, Rule, RuleMode};
 
 fn rule(name: &str, ports: &[u16], allow: &[String], mode: RuleMode) -> Rule {
     let td = TrustDomain::default();
@@ -17,6 +17,7 @@ fn rule(name: &str, ports: &[u16], allow: &[String], mode: RuleMode) -> Rule {
             .iter()
             .map(|a| IdentityPattern::parse(a, &td).expect("valid pattern"))
             .collect(),
+        allow_unauthenticated: false,
         mode,
     }
 }
@@ -54,19 +55,22 @@ fn bench(c: &mut Criterion) {
     };
     let mut g = c.benchmark_group("authorize");
     g.bench_function("no_policy", |b| {
-        b.iter(|| none.authorize(black_box(&frontend), 8080, &td))
+        b.iter(|| none.authorize(Caller::Identity(black_box(&frontend)), 8080, &td))
     });
     g.bench_function("exact_allow", |b| {
-        b.iter(|| exact.authorize(black_box(&frontend), 8080, &td))
+        b.iter(|| exact.authorize(Caller::Identity(black_box(&frontend)), 8080, &td))
     });
     g.bench_function("exact_deny", |b| {
-        b.iter(|| exact.authorize(black_box(&intruder), 8080, &td))
+        b.iter(|| exact.authorize(Caller::Identity(black_box(&intruder)), 8080, &td))
     });
     g.bench_function("three_policies_wildcard_allow", |b| {
-        b.iter(|| long.authorize(black_box(&frontend), 8080, &td))
+        b.iter(|| long.authorize(Caller::Identity(black_box(&frontend)), 8080, &td))
     });
     g.bench_function("three_policies_52_entries_deny", |b| {
-        b.iter(|| long.authorize(black_box(&intruder), 8080, &td))
+        b.iter(|| long.authorize(Caller::Identity(black_box(&intruder)), 8080, &td))
+    });
+    g.bench_function("plaintext_deny", |b| {
+        b.iter(|| exact.authorize(black_box(Caller::Unauthenticated), 8080, &td))
     });
     g.finish();
 }

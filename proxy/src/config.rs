@@ -209,9 +209,13 @@ pub struct RunArgs {
     /// for (the inbound listener is started in explicit mode only when this is given).
     #[arg(long, env = "TRELLIS_INBOUND_TARGET")]
     pub inbound_target: Option<SocketAddr>,
-    /// Where tunnelled and permissive inbound connections are delivered: the app's host.
-    #[arg(long, env = "TRELLIS_APP_HOST", default_value = "127.0.0.1")]
-    pub app_host: IpAddr,
+    /// Where tunnelled and permissive inbound connections are delivered: the app's host. By
+    /// default the pod's IP (--pod-ip; 127.0.0.1 in explicit mode without one), so that a
+    /// listener bound to loopback stays private to the pod. Given as a loopback address, the
+    /// mesh reaches the app's listeners on that one address: meant for explicit mode on one
+    /// machine.
+    #[arg(long, env = "TRELLIS_APP_HOST")]
+    pub app_host: Option<IpAddr>,
     /// Meshed workloads known statically: `ADDR=SPIFFE_ID[@TUNNEL]` (repeatable).
     #[arg(long = "workload", env = "TRELLIS_WORKLOADS", value_delimiter = ',')]
     pub workloads: Vec<StaticWorkload>,
@@ -322,7 +326,7 @@ pub struct Config {
     pub explicit_outbound: Vec<ExplicitOutbound>,
     /// Explicit mode: what the inbound listener stands for.
     pub inbound_target: Option<SocketAddr>,
-    /// The app's host.
+    /// The app's host: `--app-host`, else the pod's IP, else 127.0.0.1 (explicit mode only).
     pub app_host: IpAddr,
     /// Static workloads.
     pub workloads: Vec<StaticWorkload>,
@@ -459,6 +463,20 @@ impl RunArgs {
         }
         let app_probes = crate::probe::spec::parse(self.app_probes.as_deref().unwrap_or(""))
             .map_err(|e| invalid("--app-probes", "(JSON)", e.to_string()))?;
+        let app_host = match (self.app_host, self.pod_ip, self.mode) {
+            (Some(host), _, _) => host,
+            (None, Some(pod_ip), _) => pod_ip,
+            (None, None, Mode::Explicit) => LOCALHOST,
+            (None, None, Mode::Transparent) => {
+                return Err(invalid(
+                    "--pod-ip",
+                    "",
+                    "required in transparent mode: the application is reached on the pod's IP \
+                     (TRELLIS_POD_IP from the downward API, as the injector sets it), or give \
+                     --app-host",
+                ));
+            }
+        };
         let health_listen = self.health_listen.or_else(|| {
             self.pod_ip
                 .map(|ip| SocketAddr::new(ip, crate::ports::HEALTH))
@@ -483,7 +501,7 @@ impl RunArgs {
             health_listen,
             explicit_outbound: self.explicit_outbound,
             inbound_target: self.inbound_target,
-            app_host: self.app_host,
+            app_host,
             workloads: self.workloads,
             pool_max_streams: self.pool_max_streams,
             pool_idle: self.pool_idle,
@@ -612,12 +630,18 @@ mod tests {
         assert!(err.contains("livenessProbe of container \"web\""), "{err}");
         let ok = parse(&[
             &bundle,
+            "--pod-ip=198.18.0.3",
             "--app-probes",
             r#"{"/app-health/web/livez": {"tcpSocket": {"port": 8080}}}"#,
         ])
         .unwrap();
         assert_eq!(ok.app_probes.len(), 1);
-        assert!(parse(&[&bundle]).unwrap().app_probes.is_empty());
+        assert!(
+            parse(&[&bundle, "--pod-ip=198.18.0.3"])
+                .unwrap()
+                .app_probes
+                .is_empty()
+        );
     }
 
     #[test]
@@ -629,5 +653,28 @@ mod tests {
         ])
         .unwrap_err();
         assert!(err.to_string().starts_with("--service-account"), "{err}");
+    }
+
+    #[test]
+    fn the_app_is_dialled_on_the_pod_ip_unless_an_app_host_is_given() {
+        let bundle = format!("--trust-bundle={}", root());
+        let host = |extra: &[&str]| {
+            let mut args = vec![bundle.as_str()];
+            args.extend_from_slice(extra);
+            parse(&args).map(|c| c.app_host.to_string())
+        };
+        assert_eq!(host(&["--pod-ip=198.18.0.3"]).unwrap(), "198.18.0.3");
+        assert_eq!(
+            host(&["--pod-ip=198.18.0.3", "--app-host=127.0.0.1"]).unwrap(),
+            "127.0.0.1"
+        );
+        assert_eq!(host(&["--mode=explicit"]).unwrap(), "127.0.0.1");
+        assert_eq!(
+            host(&["--mode=explicit", "--app-host=127.0.0.7"]).unwrap(),
+            "127.0.0.7"
+        );
+        let err = host(&[]).unwrap_err().to_string();
+        assert!(err.starts_with("--pod-ip"), "{err}");
+        assert!(err.contains("required in transparent mode"), "{err}");
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! Owns: [`ProxyContext`] and the small helpers that record a connection consistently.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::sync::Semaphore;
@@ -16,6 +16,7 @@ use crate::metrics::{ConnLabels, Metrics, RefusalLabels};
 use crate::records::{ConnRecord, Direction, HandshakeLog, TlsFacts};
 use crate::refusals::{Refusal, RefusalLog};
 use crate::state::StateWatch;
+use crate::tunnel::admit::PodAddrs;
 
 /// Shared by every listener and connection task.
 #[derive(Debug)]
@@ -45,9 +46,13 @@ pub struct ProxyContext {
 }
 
 impl ProxyContext {
-    /// Whether `ip` is this pod: a CONNECT target must be.
-    pub fn is_local(&self, ip: IpAddr) -> bool {
-        ip.is_loopback() || Some(ip) == self.config.pod_ip || ip == self.config.app_host
+    /// The addresses that are this pod, for CONNECT targets: its IP and the application host
+    /// (loopback only where the application host is configured on loopback).
+    pub fn pod_addrs(&self) -> PodAddrs {
+        PodAddrs {
+            pod_ip: self.config.pod_ip,
+            app_host: self.config.app_host,
+        }
     }
 
     /// Records a connection and counts it; returns the live record.

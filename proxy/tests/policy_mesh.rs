@@ -16,6 +16,11 @@ const FRONTEND: &str = "spiffe://cluster.local/ns/shop/sa/frontend";
 const INTRUDER: &str = "spiffe://cluster.local/ns/evil/sa/intruder";
 
 fn mesh_file(path: &Path, app: SocketAddr, mode: &str, allow: &str) {
+    mesh_file_allowing(path, app, mode, &[allow]);
+}
+
+fn mesh_file_allowing(path: &Path, app: SocketAddr, mode: &str, allow: &[&str]) {
+    let allow = allow.join("\", \"");
     let text = format!(
         "workloads:\n  - {{namespace: shop, serviceAccount: backend, ip: 127.0.0.1, port: {port}, labels: {{app: backend}}}}\n\
          policies:\n  - apiVersion: trellis.dev/v1alpha1\n    kind: AuthorizationPolicy\n    metadata: {{name: backend-allow, namespace: shop}}\n    spec: {{selector: {{matchLabels: {{app: backend}}}}, ports: [{port}], allow: [\"{allow}\"], mode: {mode}}}\n",
@@ -194,4 +199,70 @@ async fn with_the_control_plane_down_the_last_policy_stays_enforced() {
             .unwrap(),
         b"y"
     );
+}
+
+/// Plaintext arriving at the backend in PERMISSIVE mode (its explicit inbound listener standing
+/// for the app port) meets the policy as a caller without identity.
+#[tokio::test]
+async fn permissive_plaintext_is_checked_against_the_policy_as_an_unauthenticated_caller() {
+    let m = mesh("enforce").await;
+    let plain = proxy(
+        &m.cp,
+        TOKENS[1].0,
+        &[
+            "--mtls-mode=permissive".into(),
+            "--inbound-listen=127.0.0.1:0".into(),
+            format!("--inbound-target={}", m.app),
+        ],
+    )
+    .await;
+    let inbound = plain.addrs.inbound.unwrap();
+    let last_plain = || {
+        plain
+            .ctx
+            .log
+            .recent(100)
+            .iter()
+            .rev()
+            .find(|r| r.direction == Direction::InboundPlain)
+            .map(|r| (r.decision.to_string(), r.reason.clone()))
+    };
+    let policy_applied = |allow_unauthenticated: bool, audit: bool| {
+        let rules = plain.ctx.state.borrow().policy.rules.clone();
+        rules.iter().any(|r| {
+            r.allow_unauthenticated == allow_unauthenticated
+                && (r.mode == trellis_proxy::policy::RuleMode::Audit) == audit
+        })
+    };
+    assert!(eventually(Duration::from_secs(10), || policy_applied(false, false)).await);
+
+    // A policy naming identities only: plaintext is refused, naming the caller and the policy.
+    let reply = roundtrip(inbound, b"plain").await.unwrap_or_default();
+    assert!(reply.is_empty(), "plaintext reached the app");
+    let (decision, reason) = last_plain().unwrap();
+    assert_eq!(decision, "deny");
+    assert!(
+        reason.contains("unauthenticated (plaintext)") && reason.contains("shop/backend-allow"),
+        "{reason}"
+    );
+
+    // `unauthenticated` in the allow list lets it in.
+    mesh_file_allowing(
+        &m.mesh,
+        m.app,
+        "enforce",
+        &["ns/shop/sa/frontend", "unauthenticated"],
+    );
+    assert!(eventually(Duration::from_secs(10), || policy_applied(true, false)).await);
+    assert_eq!(roundtrip(inbound, b"plain").await.unwrap(), b"plain");
+    assert_eq!(last_plain().unwrap().0, "allow");
+
+    // In audit mode, what would be refused passes and is recorded `would-deny`.
+    mesh_file(&m.mesh, m.app, "audit", "ns/shop/sa/frontend");
+    assert!(eventually(Duration::from_secs(10), || policy_applied(false, true)).await);
+    assert_eq!(roundtrip(inbound, b"audit").await.unwrap(), b"audit");
+    let (decision, reason) = last_plain().unwrap();
+    assert_eq!(decision, "would-deny");
+    assert!(reason.contains("unauthenticated (plaintext)"), "{reason}");
+    plain.shutdown().await;
 }

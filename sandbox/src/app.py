@@ -1,4 +1,4 @@
-"""Trellis sandbox test app: HTTP on --http-port, TCP echo on --echo-port.
+"""Trellis sandbox test app: HTTP on --http-port, TCP echo on --echo-port, both on --host.
 
 GET <path> answers 200 with "<name> got <path> from <client ip>" (the path comes back in the
 body, so a marker sent in the request is also in the response). Every request is logged to
@@ -83,11 +83,12 @@ def main():
     p.add_argument("--echo-port", type=int, default=9090)
     p.add_argument("--grace", type=float, default=5)
     p.add_argument("--linger", type=float, default=0.5)
+    p.add_argument("--host", default="0.0.0.0", help="address both servers bind (127.0.0.1: pod-private)")
     a = p.parse_args()
     NAME = a.name
-    echo = EchoServer(("0.0.0.0", a.echo_port), Echo)
+    echo = EchoServer((a.host, a.echo_port), Echo)
     threading.Thread(target=echo.serve_forever, daemon=True).start()
-    web = Web(("0.0.0.0", a.http_port), Handler)
+    web = Web((a.host, a.http_port), Handler)
 
     def close():
         time.sleep(a.linger)
@@ -103,7 +104,7 @@ def main():
         threading.Thread(target=close, daemon=True).start()
 
     signal.signal(signal.SIGTERM, stop)
-    print(f"{NAME} listening: http {a.http_port}, echo {a.echo_port}", flush=True)
+    print(f"{NAME} listening on {a.host}: http {a.http_port}, echo {a.echo_port}", flush=True)
     web.serve_forever()
     deadline = time.monotonic() + a.grace
     while OPEN > 0 and time.monotonic() < deadline:

@@ -1,9 +1,11 @@
 //! The test workload ([`App`]): `app.py`, a small HTTP server (answers every GET with its name,
 //! the path and the client's address) and a TCP echo server, run with python3 as an ordinary
 //! user — what a meshed application looks like to the sidecar. Stopped (SIGTERM) it behaves
-//! like a well-behaved app of a deleted pod: new connections are refused at once, the ones in
-//! progress are answered, then it exits.
+//! like a well-behaved app of a deleted pod: it keeps accepting for a moment (the time the
+//! endpoint's removal takes to reach callers), then refuses new connections, answers the ones in
+//! progress and exits.
 
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use crate::Sandbox;
@@ -24,6 +26,27 @@ pub const ECHO_PORT: u16 = 9090;
 /// How long the app may take to start.
 const START_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// Where an app listens.
+#[derive(Debug, Clone, Copy)]
+pub struct Listen {
+    /// The address both servers bind: 0.0.0.0 (the default) or 127.0.0.1.
+    pub host: Ipv4Addr,
+    /// The HTTP port.
+    pub http_port: u16,
+    /// The echo port.
+    pub echo_port: u16,
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Listen {
+            host: Ipv4Addr::UNSPECIFIED,
+            http_port: HTTP_PORT,
+            echo_port: ECHO_PORT,
+        }
+    }
+}
+
 /// A running app.
 #[derive(Debug, Clone)]
 pub struct App {
@@ -35,24 +58,25 @@ impl App {
     /// Starts the app in `pod` as [`APP_UID`], named `name` (it says so in every answer), and
     /// waits until it answers on `127.0.0.1:`[`HTTP_PORT`].
     pub fn start(sandbox: &Sandbox, pod: &Pod, name: &str) -> Result<App> {
-        Self::start_on(sandbox, pod, name, HTTP_PORT)
+        Self::start_on(sandbox, pod, name, Listen::default())
     }
 
-    /// Like [`App::start`], serving HTTP on `http_port` instead of [`HTTP_PORT`] (two pods of
-    /// one Service whose named target port means different numbers).
-    pub fn start_on(sandbox: &Sandbox, pod: &Pod, name: &str, http_port: u16) -> Result<App> {
+    /// Like [`App::start`], on the addresses and ports of `listen` (a listener bound to
+    /// 127.0.0.1 is private to the pod; one on 0.0.0.0 is reachable on the pod's IP too).
+    pub fn start_on(sandbox: &Sandbox, pod: &Pod, name: &str, listen: Listen) -> Result<App> {
         let script = sandbox.write_file("app.py", APP_PY.as_bytes(), 0o644)?;
         let process = pod.spawn(
             &Cmd::new(python())
                 .arg(&script)
                 .args(["--name", name])
-                .args(["--http-port", &http_port.to_string()])
-                .args(["--echo-port", &ECHO_PORT.to_string()])
+                .args(["--host", &listen.host.to_string()])
+                .args(["--http-port", &listen.http_port.to_string()])
+                .args(["--echo-port", &listen.echo_port.to_string()])
                 .uid(Some(APP_UID)),
         )?;
         wait_http_ok(
             pod,
-            &format!("http://127.0.0.1:{http_port}/started"),
+            &format!("http://127.0.0.1:{}/started", listen.http_port),
             START_TIMEOUT,
         )?;
         Ok(App { process })

@@ -100,6 +100,13 @@ fn chain_summary(id: &Identity) -> String {
 /// One handshake as a table row.
 pub fn row(h: &Handshake) -> Vec<Cell> {
     let dash = || Cell::plain("-");
+    // Plaintext at an application port: a caller without identity, allowed or not.
+    let plaintext = h.direction == "inbound-plain";
+    let peer = match h.peer_id.as_deref() {
+        Some(id) => Cell::plain(id),
+        None if plaintext => Cell::styled("unauthenticated", Style::Warn),
+        None => dash(),
+    };
     let (version, cipher, alpn, took) = match &h.tls {
         Some(tls) => (
             Cell::plain(&tls.version),
@@ -112,8 +119,8 @@ pub fn row(h: &Handshake) -> Vec<Cell> {
             },
         ),
         // A refused connection without TLS facts never got a session (the tunnel could not be
-        // opened); anything else without them carried plaintext.
-        None if h.decision == "deny" => (dash(), dash(), dash(), dash()),
+        // opened), unless it arrived in plaintext; anything else without them carried plaintext.
+        None if h.decision == "deny" && !plaintext => (dash(), dash(), dash(), dash()),
         None => (
             Cell::styled("plaintext", Style::Warn),
             dash(),
@@ -125,7 +132,7 @@ pub fn row(h: &Handshake) -> Vec<Cell> {
         Cell::plain(clock_time(&h.time)),
         Cell::plain(&h.direction),
         Cell::plain(&h.peer_addr),
-        h.peer_id.as_deref().map_or_else(dash, Cell::plain),
+        peer,
         version,
         cipher,
         alpn,

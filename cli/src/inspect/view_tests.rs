@@ -125,15 +125,18 @@ fn decisions_are_coloured_by_outcome() {
 }
 
 #[test]
-fn plaintext_connections_have_no_tls_facts_and_no_peer_id() {
+fn plaintext_connections_show_an_unauthenticated_caller_allowed_or_refused() {
     let mut h = handshake("2025-01-01T10:00:03.000Z", None, None);
     h.direction = "inbound-plain".into();
-    let cells = row(&h);
-    assert_eq!(
-        texts(&cells)[3..8],
-        ["-", "plaintext", "-", "-", "-"],
-        "{cells:?}"
-    );
+    for decision in ["allow", "would-deny", "deny"] {
+        h.decision = decision.into();
+        let cells = row(&h);
+        assert_eq!(
+            texts(&cells)[3..8],
+            ["unauthenticated", "plaintext", "-", "-", "-"],
+            "{decision}: {cells:?}"
+        );
+    }
 }
 
 #[test]

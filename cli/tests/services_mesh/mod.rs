@@ -28,7 +28,7 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use trellis_sandbox::app::{APP_UID, App};
+use trellis_sandbox::app::{APP_UID, App, Listen};
 use trellis_sandbox::control_plane::{ControlPlane, Identity};
 use trellis_sandbox::http::{HttpResponse, python};
 use trellis_sandbox::sidecar::{Sidecar, SidecarSpec};
@@ -190,7 +190,16 @@ impl ServiceMesh {
         let backends: Vec<Backend> = backend_pods
             .into_iter()
             .map(|(name, ip, http_port, pod)| {
-                let app = App::start_on(&sandbox, &pod, &name, http_port).expect("backend app");
+                let app = App::start_on(
+                    &sandbox,
+                    &pod,
+                    &name,
+                    Listen {
+                        http_port,
+                        ..Listen::default()
+                    },
+                )
+                .expect("backend app");
                 let proxy = Sidecar::start(&cp, &pod, SidecarSpec::new(backend_identity()))
                     .expect("backend sidecar");
                 Backend {

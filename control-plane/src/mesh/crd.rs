@@ -27,7 +27,7 @@ use trellis_ca::{IdentityPattern, TrustDomain};
     namespaced,
     shortname = "tauthz",
     category = "trellis",
-    doc = "An allow-list of workload identities for the meshed pods it selects in its namespace. Once a pod is selected by at least one policy in enforce mode, its Trellis sidecar accepts a mesh connection only if a policy covering the target port lists the caller's SPIFFE ID (exactly, or by an ns/<ns>/sa/* or ns/<ns>/* wildcard); ports no policy covers are refused too. A policy in audit mode refuses nothing and records what it would refuse. A pod selected by no policy accepts any identity of the mesh's trust domain. Refusals appear in the sidecar's log (kubectl logs -c trellis-proxy) and in trellis inspect.",
+    doc = "An allow-list of workload identities for the meshed pods it selects in its namespace. Once a pod is selected by at least one policy in enforce mode, its Trellis sidecar accepts a mesh connection only if a policy covering the target port lists the caller's SPIFFE ID (exactly, or by an ns/<ns>/sa/* or ns/<ns>/* wildcard); ports no policy covers are refused too. Plaintext accepted in PERMISSIVE mode is a caller without identity: refused unless a policy covering the port lists the entry unauthenticated. A policy in audit mode refuses nothing and records what it would refuse. A pod selected by no policy accepts any identity of the mesh's trust domain. Refusals appear in the sidecar's log (kubectl logs -c trellis-proxy) and in trellis inspect.",
     printcolumn = r#"{"name":"Mode","type":"string","jsonPath":".spec.mode","description":"enforce or audit"}"#,
     printcolumn = r#"{"name":"Selector","type":"string","jsonPath":".spec.selector.matchLabels","description":"labels of the pods it applies to (empty: every pod of the namespace)"}"#,
     printcolumn = r#"{"name":"Ports","type":"string","jsonPath":".spec.ports","priority":1,"description":"target ports covered (empty: every port)"}"#,
@@ -44,7 +44,8 @@ pub struct AuthorizationPolicySpec {
     #[schemars(schema_with = "ports_schema")]
     pub ports: Vec<u16>,
     /// Identities allowed: `spiffe://<td>/ns/<ns>/sa/<sa>`, `spiffe://<td>/ns/<ns>/sa/*`,
-    /// `spiffe://<td>/ns/<ns>/*`, or the same without `spiffe://<td>/` (this trust domain).
+    /// `spiffe://<td>/ns/<ns>/*`, or the same without `spiffe://<td>/` (this trust domain); and
+    /// `unauthenticated`: callers without an identity (plaintext accepted in PERMISSIVE mode).
     #[schemars(schema_with = "allow_schema")]
     pub allow: Vec<String>,
     /// `enforce` refuses everything else; `audit` only records what it would refuse.
@@ -72,9 +73,14 @@ pub enum PolicyMode {
     Audit,
 }
 
+/// The allow-list entry that admits callers without an identity: plaintext accepted in
+/// PERMISSIVE mode (Istio's rule without `principals`, limited to unauthenticated peers).
+pub const UNAUTHENTICATED: &str = "unauthenticated";
+
 /// One allow-list entry as the API server checks it. Kept in step with
-/// [`IdentityPattern::parse`] by the test `schema_pattern_agrees_with_the_parser`.
-pub const ALLOW_PATTERN: &str = r"^(spiffe://[a-z0-9._-]+/([A-Za-z0-9._-]+/)*[A-Za-z0-9._-]+|(spiffe://[a-z0-9._-]+/)?ns/[A-Za-z0-9._-]+/(sa/([A-Za-z0-9._-]+|\*)|\*)|ns/[A-Za-z0-9._-]+/sa/[A-Za-z0-9._-]+)$";
+/// [`IdentityPattern::parse`] (and [`UNAUTHENTICATED`]) by the test
+/// `schema_pattern_agrees_with_the_parser`.
+pub const ALLOW_PATTERN: &str = r"^(unauthenticated|spiffe://[a-z0-9._-]+/([A-Za-z0-9._-]+/)*[A-Za-z0-9._-]+|(spiffe://[a-z0-9._-]+/)?ns/[A-Za-z0-9._-]+/(sa/([A-Za-z0-9._-]+|\*)|\*)|ns/[A-Za-z0-9._-]+/sa/[A-Za-z0-9._-]+)$";
 
 fn ports_schema(_: &mut SchemaGenerator) -> Schema {
     json_schema!({
@@ -107,6 +113,8 @@ pub struct Policy {
     pub ports: Vec<u16>,
     /// Who is allowed.
     pub allow: Vec<IdentityPattern>,
+    /// Whether callers without an identity are allowed too (the `unauthenticated` entry).
+    pub allow_unauthenticated: bool,
     /// Enforce or audit.
     pub mode: PolicyMode,
 }
@@ -146,7 +154,16 @@ impl Policy {
             .allow
             .iter()
             .enumerate()
+            .filter(|(_, a)| a.as_str() != UNAUTHENTICATED)
             .map(|(i, a)| {
+                // As the schema: short forms are `ns/...` only, so that a misspelt keyword
+                // (`unauthenticate`) is an error, not the ID `spiffe://<td>/unauthenticate`.
+                if !a.starts_with("spiffe://") && !a.starts_with("ns/") {
+                    return Err(err(format!(
+                        "spec.allow[{i}]: {a:?} is neither {UNAUTHENTICATED:?} nor an identity \
+                         (spiffe://<td>/..., ns/<ns>/sa/<sa>, ns/<ns>/sa/* or ns/<ns>/*)"
+                    )));
+                }
                 IdentityPattern::parse(a, td).map_err(|e| err(format!("spec.allow[{i}]: {e}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -156,6 +173,7 @@ impl Policy {
             match_labels: p.spec.selector.match_labels.clone(),
             ports: p.spec.ports.clone(),
             allow,
+            allow_unauthenticated: p.spec.allow.iter().any(|a| a == UNAUTHENTICATED),
             mode: p.spec.mode,
         })
     }
@@ -172,6 +190,7 @@ impl Policy {
             match_labels: p.spec.selector.match_labels.clone(),
             ports: Vec::new(),
             allow: Vec::new(),
+            allow_unauthenticated: false,
             mode: PolicyMode::Enforce,
         }
     }

@@ -99,6 +99,8 @@ fn schema_pattern_agrees_with_the_parser() {
             "parser refuses {good}"
         );
     }
+    // The keyword: the schema takes it, `Policy::from_resource` reads it before the parser.
+    assert!(re_ok(UNAUTHENTICATED));
     for bad in [
         "",
         "*",
@@ -141,6 +143,40 @@ fn a_policy_object_becomes_a_checked_policy() {
     assert!(checked.selects("shop", &labels));
     assert!(!checked.selects("other", &labels));
     assert!(!checked.selects("shop", &BTreeMap::new()));
+}
+
+#[test]
+fn the_unauthenticated_entry_allows_callers_without_identity_and_no_identity() {
+    let p = policy(
+        "apiVersion: trellis.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: legacy, namespace: shop}\nspec: {ports: [8080], allow: [ns/shop/sa/frontend, unauthenticated]}\n",
+    );
+    let checked = Policy::from_resource(&p, &td()).unwrap();
+    assert!(checked.allow_unauthenticated);
+    assert_eq!(checked.allow.len(), 1, "{:?}", checked.allow);
+    let p = policy(
+        "apiVersion: trellis.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: fe, namespace: shop}\nspec: {allow: [ns/shop/sa/frontend]}\n",
+    );
+    assert!(
+        !Policy::from_resource(&p, &td())
+            .unwrap()
+            .allow_unauthenticated
+    );
+    // A misspelling is an error (in the schema and in a mesh file), not an identity nobody has.
+    for typo in ["unauthenticate", "Unauthenticated", "unauthenticated/x"] {
+        assert!(
+            !regex_lite_match(ALLOW_PATTERN, typo),
+            "schema accepts {typo}"
+        );
+        let p = policy(&format!(
+            "apiVersion: trellis.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {{name: x, namespace: shop}}\nspec: {{allow: [ns/shop/sa/frontend, {typo}]}}\n",
+        ));
+        let err = Policy::from_resource(&p, &td()).unwrap_err().to_string();
+        assert!(
+            err.starts_with("AuthorizationPolicy shop/x: spec.allow[1]")
+                && err.contains("is neither \"unauthenticated\" nor an identity"),
+            "{err}"
+        );
+    }
 }
 
 #[test]

@@ -150,6 +150,8 @@ pub struct RuleView {
     pub ports: Vec<u16>,
     /// Allowed identities, full-form patterns.
     pub allow: Vec<String>,
+    /// Whether callers without an identity are allowed too.
+    pub allow_unauthenticated: bool,
     /// Enforce or audit.
     pub mode: PolicyMode,
 }
@@ -228,6 +230,7 @@ impl MeshModel {
                 name: format!("{}/{}", p.namespace, p.name),
                 ports: p.ports.clone(),
                 allow: p.allow.iter().map(ToString::to_string).collect(),
+                allow_unauthenticated: p.allow_unauthenticated,
                 mode: p.mode,
             })
             .collect();

@@ -11,7 +11,7 @@ use http::uri::Authority;
 use trellis_ca::{IdentityPattern, SpiffeId, TrustDomain};
 use trellis_proxy::policy::{InboundPolicy, Rule, RuleMode};
 use trellis_proxy::ports::PROXY_PORTS;
-use trellis_proxy::tunnel::admit::admit_connect;
+use trellis_proxy::tunnel::admit::{PodAddrs, admit_connect};
 
 /// The pod the server proxy runs in.
 const POD_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 3));
@@ -23,6 +23,8 @@ pub struct Connect {
     policy: InboundPolicy,
     /// The mesh's trust domain.
     trust_domain: TrustDomain,
+    /// The pod's addresses (the app dialled on the pod's IP, as in a pod).
+    pod: PodAddrs,
     /// The peer when the input names none (or an invalid one).
     default_peer: SpiffeId,
 }
@@ -38,12 +40,14 @@ impl Connect {
                     name: "shop/allow-frontend".into(),
                     ports: vec![8080, 9090],
                     allow: vec![pattern("ns/shop/sa/frontend"), pattern("ns/ops/*")],
+                    allow_unauthenticated: false,
                     mode: RuleMode::Enforce,
                 },
                 Rule {
                     name: "shop/audit".into(),
                     ports: vec![],
                     allow: vec![pattern("ns/shop/sa/*")],
+                    allow_unauthenticated: true,
                     mode: RuleMode::Audit,
                 },
             ],
@@ -53,6 +57,10 @@ impl Connect {
             default_peer: SpiffeId::parse("spiffe://cluster.local/ns/shop/sa/frontend")
                 .expect("a fixed ID parses"),
             trust_domain: td,
+            pod: PodAddrs {
+                pod_ip: Some(POD_IP),
+                app_host: POD_IP,
+            },
         }
     }
 }
@@ -76,11 +84,10 @@ impl super::Stateful for Connect {
             .and_then(|p| std::str::from_utf8(p).ok())
             .and_then(|p| SpiffeId::parse(p).ok())
             .unwrap_or_else(|| self.default_peer.clone());
-        let is_local = |ip: IpAddr| ip.is_loopback() || ip == POD_IP;
         match admit_connect(
             &method,
             authority.as_ref(),
-            is_local,
+            &self.pod,
             &self.policy,
             &peer,
             &self.trust_domain,
@@ -92,7 +99,14 @@ impl super::Stateful for Connect {
                     !PROXY_PORTS.contains(&target.port()),
                     "{target} is the proxy's"
                 );
-                assert!(is_local(target.ip()), "{target} is outside the pod");
+                assert!(
+                    self.pod.is_local(target.ip()),
+                    "{target} is outside the pod"
+                );
+                assert!(
+                    !target.ip().is_loopback() && !target.ip().is_unspecified(),
+                    "{target} is on loopback"
+                );
                 assert!(decision.admits());
                 assert_eq!(peer.trust_domain(), &self.trust_domain);
             }

@@ -89,7 +89,9 @@ fn check_policy(resource: &AuthorizationPolicy) {
     let td = TrustDomain::default();
     let Ok(policy) = Policy::from_resource(resource, &td) else {
         let denied = Policy::deny_all_like(resource, "invalid");
-        assert!(denied.allow.is_empty() && denied.ports.is_empty());
+        assert!(
+            denied.allow.is_empty() && denied.ports.is_empty() && !denied.allow_unauthenticated
+        );
         return;
     };
     assert!(!policy.ports.contains(&0));

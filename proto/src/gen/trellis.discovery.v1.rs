@@ -161,6 +161,10 @@ pub struct PolicyRule {
     /// Whether a refusal is enforced or only recorded.
     #[prost(enumeration = "PolicyMode", tag = "4")]
     pub mode: i32,
+    /// Callers without an identity (plaintext accepted in PERMISSIVE mode) are allowed too: the
+    /// policy's `unauthenticated` allow entry. False: only the identities in `allow`.
+    #[prost(bool, tag = "5")]
+    pub allow_unauthenticated: bool,
 }
 #[allow(clippy::all)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]

@@ -283,6 +283,7 @@ fn inbound_of(i: &Inbound, td: &TrustDomain) -> (InboundPolicy, MtlsMode) {
                     .iter()
                     .filter_map(|a| IdentityPattern::parse(a, td).ok())
                     .collect(),
+                allow_unauthenticated: r.allow_unauthenticated,
                 mode: if r.mode == PbMode::Audit as i32 {
                     RuleMode::Audit
                 } else {

@@ -58,6 +58,7 @@ fn full(version: u64) -> MeshUpdate {
                 name: "shop/allow".into(),
                 ports: vec![8080],
                 allow: vec!["ns/shop/sa/frontend".into(), "not a pattern".into()],
+                allow_unauthenticated: true,
                 mode: PbMode::Enforce as i32,
             }],
             mtls_mode: PbMtls::Permissive as i32,
@@ -149,6 +150,7 @@ fn a_full_update_replaces_the_state_and_keeps_static_workloads() {
         1,
         "the bad pattern allows nobody"
     );
+    assert!(st.policy.rules[0].allow_unauthenticated);
     assert_eq!(st.trust_bundle.as_ref().unwrap().roots().len(), 1);
     assert_eq!(loads.len(), 2);
 }

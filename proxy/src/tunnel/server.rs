@@ -307,7 +307,7 @@ async fn admit(
     let admitted = admit_connect(
         req.method(),
         req.uri().authority(),
-        |ip| ctx.is_local(ip),
+        &ctx.pod_addrs(),
         &ctx.state.borrow().policy,
         &peer.id,
         &ctx.config.trust_domain,

@@ -149,6 +149,15 @@ fn policy_edits_reach_the_selected_proxy_only_when_its_view_changes() {
     assert_eq!(to_backend.len(), 1);
     let inbound = to_backend[0].inbound.as_ref().unwrap();
     assert_eq!(inbound.rules[0].name, "shop/allow-fe");
+    assert!(!inbound.rules[0].allow_unauthenticated);
+    // The `unauthenticated` entry travels as its own field, not as an identity.
+    let mut m = base();
+    m.policies = vec![policy("shop", "allow-fe", "backend", "unauthenticated")];
+    p.publish(m);
+    let to_backend = backend.next_update(&views.borrow(), &b, false);
+    let inbound = to_backend[0].inbound.as_ref().unwrap();
+    assert!(inbound.rules[0].allow_unauthenticated);
+    assert!(inbound.rules[0].allow.is_empty(), "{inbound:?}");
     let to_frontend = frontend.next_update(&views.borrow(), &b, false);
     assert_eq!(to_frontend.len(), 1, "the version moves on for everyone");
     assert!(

@@ -128,6 +128,7 @@ pub fn inbound(v: &InboundView) -> Inbound {
                 name: r.name.clone(),
                 ports: r.ports.iter().map(|p| u32::from(*p)).collect(),
                 allow: r.allow.clone(),
+                allow_unauthenticated: r.allow_unauthenticated,
                 mode: match r.mode {
                     PolicyMode::Enforce => PbMode::Enforce,
                     PolicyMode::Audit => PbMode::Audit,
