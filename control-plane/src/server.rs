@@ -16,7 +16,6 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 use trellis_ca::tls::SpiffeClientVerifier;
 use trellis_ca::{CertificateAuthority, TrustBundle, certs_from_pem};
-use trellis_proto::discovery::discovery_server::DiscoveryServer;
 use trellis_proto::identity::identity_server::IdentityServer;
 use trellis_proto::istio::istio_certificate_service_server::IstioCertificateServiceServer;
 
@@ -24,7 +23,9 @@ use crate::attest::{Attestor, JoinTokens, RELOAD_INTERVAL, TokenReviewer};
 use crate::ca_store::{CaStore, DirStore, Origin, SecretStore, load_or_init};
 use crate::certify::Certifier;
 use crate::config::{Config, Mode};
-use crate::grpc::{DiscoveryService, IdentityService, IstioCaService, MAX_MESSAGE_BYTES};
+use crate::grpc::{
+    DiscoveryServer, DiscoveryService, IdentityService, IstioCaService, MAX_MESSAGE_BYTES,
+};
 use crate::metrics::{self, Metrics};
 use crate::rate_limit::RateLimiter;
 use crate::serving_cert::ServingCert;
