@@ -6,7 +6,7 @@
 #
 # Multi-stage. Unlike the other images the runtime is debian:bookworm-slim, not distroless,
 # because `init` runs iptables-restore/ip6tables-restore. It runs as the proxy's UID/GID 1337
-# (DESIGN.md: the interception rules leave that UID's traffic alone); the injector runs the
+# (docs/design.md: the interception rules leave that UID's traffic alone); the injector runs the
 # sidecar as 1337 and the init container as root with only NET_ADMIN and NET_RAW.
 
 ARG RUST_IMAGE=rust:1-bookworm

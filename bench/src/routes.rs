@@ -142,6 +142,11 @@ pub async fn start(sup: &mut Supervisor, dir: &Path, bins: &Bins) -> anyhow::Res
         dir.join("join-tokens"),
         format!("{CLIENT_TOKEN} ns/bench/sa/client\n{SERVER_TOKEN} ns/bench/sa/server\n"),
     )?;
+    // Join-token files must be private: the control plane refuses others' access.
+    fs::set_permissions(
+        dir.join("join-tokens"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )?;
     fs::write(dir.join("client-token"), CLIENT_TOKEN)?;
     fs::write(dir.join("server-token"), SERVER_TOKEN)?;
     let (cp, cp_metrics) = (free_addr()?, free_addr()?);

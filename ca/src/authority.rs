@@ -1,5 +1,5 @@
 //! The certificate authority: a self-signed root or a plug-in intermediate, and the issuing of
-//! X509-SVIDs from checked CSRs by the rules of DESIGN.md.
+//! X509-SVIDs from checked CSRs by the rules of docs/design.md.
 //!
 //! Owns: CA key material in memory ([`CaMaterial`], named after Istio's `cacerts` files),
 //! checking it on load, and signing. Persisting the material and authenticating callers are

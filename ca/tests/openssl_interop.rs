@@ -1,5 +1,5 @@
 //! Interoperability with the real `openssl` binary: what we issue, OpenSSL accepts and
-//! reads back with the properties DESIGN.md ("Identity") requires; CA material that OpenSSL
+//! reads back with the properties docs/design.md ("Identity") requires; CA material that OpenSSL
 //! makes (Istio `cacerts` layout) loads or is refused for the right reason; and certificates
 //! OpenSSL makes with a wrong property are refused by `verify_svid` with the right error.
 //!

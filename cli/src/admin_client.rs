@@ -11,7 +11,7 @@ use crate::admin_api::{Handshake, Identity};
 use crate::dial::Target;
 use crate::http1::{Http1Client, HttpError};
 
-/// The proxy admin's port (DESIGN.md, "Ports and names").
+/// The proxy admin's port (docs/design.md, "Ports and names").
 pub const ADMIN_PORT: u16 = 15000;
 /// Where a local proxy's admin endpoint listens by default.
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:15000";
@@ -21,15 +21,17 @@ pub const DEFAULT_ADMIN: &str = "127.0.0.1:15000";
 #[non_exhaustive]
 pub enum AdminError {
     /// Nothing answered, or the exchange failed.
-    #[error("cannot read the proxy's admin endpoint: {source}\n  hint: {hint}")]
+    #[error("cannot read the proxy's admin endpoint: {error}; {hint}")]
     Unreachable {
-        /// What failed.
-        source: HttpError,
+        /// What failed (shown in the message, not as a source: it would be printed twice).
+        error: HttpError,
         /// What to check.
         hint: String,
     },
     /// An answer other than 200.
-    #[error("the proxy's admin endpoint at {target} answered {path} with {status}: {body}")]
+    #[error(
+        "the proxy's admin endpoint at {target} answered {path} with {status}: {body}; is {target} a Trellis proxy's admin address (trellis-proxy run --admin-listen, 127.0.0.1:15000 by default)?"
+    )]
     Status {
         /// Where.
         target: String,
@@ -90,8 +92,8 @@ impl AdminClient {
         self.http
             .get(path)
             .await
-            .map_err(|source| AdminError::Unreachable {
-                source,
+            .map_err(|error| AdminError::Unreachable {
+                error,
                 hint: hint(self.http.target()),
             })
     }

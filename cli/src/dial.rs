@@ -141,3 +141,15 @@ impl Target {
         })
     }
 }
+
+/// A clap value parser for `host:port` flags: refuses a missing port before anything is
+/// dialled, instead of failing later with "invalid socket address".
+pub fn host_port(s: &str) -> Result<String, String> {
+    match trellis_client::parse_address(s) {
+        Ok(_) => Ok(s.to_owned()),
+        Err(trellis_client::ChannelError::NoPort(_)) => Err(format!(
+            "{s:?} has no port; give host:port, e.g. {s}:15012 for a control plane or {s}:15000 for a proxy's admin endpoint"
+        )),
+        Err(_) => Err(format!("{s:?} is not host:port")),
+    }
+}

@@ -90,7 +90,7 @@ pub async fn probe(
     let channel = tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect_with_connector(connector))
         .await
         .map_err(|_| ProbeError::Connect(format!("no TLS session within {CONNECT_TIMEOUT:?}")))?
-        .map_err(|e| ProbeError::Connect(error_chain(&e)))?;
+        .map_err(|e| ProbeError::Connect(trellis_client::diagnose::classify(&e).to_string()))?;
     let chain = presented
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
@@ -113,19 +113,4 @@ pub async fn probe(
             reason: format!("no answer within {CALL_TIMEOUT:?}"),
         }),
     }
-}
-
-/// The error and its sources, joined: tonic's transport errors hide the cause otherwise. Its
-/// bare "transport error" says nothing and is left out, as are repeats.
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut next = Some(err);
-    while let Some(e) = next {
-        let text = e.to_string();
-        if text != "transport error" && !parts.last().is_some_and(|p| p.ends_with(&text)) {
-            parts.push(text);
-        }
-        next = e.source();
-    }
-    parts.join(": ")
 }

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Subcommand;
+use tonic::Code;
 use trellis_ca::{SpiffeId, TrustBundle, TrustDomain, WorkloadKey, der_to_pem};
-use trellis_client::{IdentityClient, connect};
+use trellis_client::{CertifyError, IdentityClient, connect};
 
 use crate::files::{CERT_MODE, KEY_MODE, write_atomic};
 
@@ -22,7 +23,12 @@ pub enum SvidCommand {
     ///   openssl verify -CAfile svid/bundle.pem svid/svid.pem
     Fetch {
         /// Control plane address (host:port).
-        #[arg(long, env = "TRELLIS_CONTROL_PLANE", default_value = "127.0.0.1:15012")]
+        #[arg(
+            long,
+            env = "TRELLIS_CONTROL_PLANE",
+            default_value = "127.0.0.1:15012",
+            value_parser = crate::dial::host_port
+        )]
         control_plane: String,
         /// File holding the bearer token (ServiceAccount token or join token).
         #[arg(long, env = "TRELLIS_TOKEN_FILE")]
@@ -64,6 +70,12 @@ pub async fn run(command: SvidCommand) -> anyhow::Result<()> {
                 .transpose()?;
             let token = std::fs::read_to_string(&token_file)
                 .with_context(|| format!("--token-file {}", token_file.display()))?;
+            if token.trim().is_empty() {
+                anyhow::bail!(
+                    "--token-file {} is empty; it must hold the bearer token (a join token, or a ServiceAccount token with audience trellis-ca)",
+                    token_file.display()
+                );
+            }
             let pem = std::fs::read(&trust_bundle)
                 .with_context(|| format!("--trust-bundle {}", trust_bundle.display()))?;
             let bundle = TrustBundle::from_pem(td, &pem)
@@ -72,7 +84,8 @@ pub async fn run(command: SvidCommand) -> anyhow::Result<()> {
             let key = WorkloadKey::generate()?;
             let svid = IdentityClient::new(channel)
                 .certify(&key, identity.as_ref(), token.trim(), ttl)
-                .await?;
+                .await
+                .map_err(|e| refusal_with_hint(e, &token_file))?;
             std::fs::create_dir_all(&out).with_context(|| format!("--out {}", out.display()))?;
             let chain: String = svid.chain().iter().map(|c| der_to_pem(c)).collect();
             write_atomic(&out.join("svid.pem"), chain.as_bytes(), CERT_MODE)?;
@@ -96,4 +109,26 @@ pub async fn run(command: SvidCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// What to do about a refusal, naming this command's flags.
+fn refusal_with_hint(err: CertifyError, token_file: &std::path::Path) -> anyhow::Error {
+    let hint = match &err {
+        CertifyError::Refused { code, .. } => match code {
+            Code::Unauthenticated => format!(
+                "; check that --token-file {} holds a token this control plane accepts",
+                token_file.display()
+            ),
+            Code::PermissionDenied => {
+                "; the token proves another identity than --identity asks for".to_owned()
+            }
+            Code::ResourceExhausted => "; too many requests: wait a little and retry".to_owned(),
+            Code::Unavailable => {
+                "; the control plane cannot serve right now: retry later".to_owned()
+            }
+            _ => String::new(),
+        },
+        _ => String::new(),
+    };
+    anyhow::anyhow!("{err}{hint}")
 }

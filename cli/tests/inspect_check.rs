@@ -210,7 +210,8 @@ async fn inspect_says_clearly_when_no_proxy_is_there() {
         )),
         "{err}"
     );
-    assert!(err.contains("hint: is trellis-proxy running"), "{err}");
+    assert!(err.contains("; is trellis-proxy running"), "{err}");
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
     assert!(stdout(&out).is_empty());
 }
 

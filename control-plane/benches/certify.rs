@@ -106,6 +106,11 @@ async fn bench(identities: usize, tasks: usize, channels: usize, rate: f64) -> a
     }
     let tokens_path = dir.path().join("join-tokens");
     std::fs::write(&tokens_path, file)?;
+    // Join-token files must be private: the control plane refuses others' access.
+    std::fs::set_permissions(
+        &tokens_path,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )?;
 
     // Keys and CSRs, made before anything is timed.
     let started = Instant::now();

@@ -169,18 +169,23 @@ impl Certifier {
         &self,
         req: &CertifyRequest<'_>,
     ) -> Result<(Certified, Option<String>), CertifyError> {
-        // Failed attestations are limited per source address: a flood of bad tokens must not
-        // become a flood of TokenReviews. Successful ones are limited per identity below.
+        // Failed attestations are counted per source address: a flood of bad tokens must not
+        // become a flood of TokenReviews. A source over its budget is refused only for attempts
+        // that would cost an API call; a join token, or a token reviewed positively a moment
+        // ago, is checked anyway — so a flood of bad tokens does not lock out good callers of
+        // the same address. Successful attempts are limited per identity below.
         let source = req.peer.map(|p| p.ip());
-        if let Some(ip) = source {
+        let token = req.token.unwrap_or_default();
+        if let Some(ip) = source
+            && !self.attestor.is_cheap(token)
+        {
             self.source_limiter
                 .peek(&ip, Instant::now())
                 .map_err(|retry_after| CertifyError::RateLimited {
-                    caller: ip.to_string(),
+                    caller: format!("{ip} (too many failed attempts)"),
                     retry_after,
                 })?;
         }
-        let token = req.token.unwrap_or_default();
         let started = Instant::now();
         let attested = self.attestor.attest(token).await;
         self.metrics

@@ -1,7 +1,7 @@
 //! The control plane's configuration: one clap struct (every flag also an environment
 //! variable), validated into a [`Config`] before any port is bound.
 //!
-//! Owns: flag names, defaults (matching DESIGN.md) and the checks that name the bad flag.
+//! Owns: flag names, defaults (matching docs/design.md) and the checks that name the bad flag.
 //! It leaves reading the files it names to the modules that own them.
 
 use std::net::SocketAddr;
@@ -18,15 +18,6 @@ pub enum Mode {
     Kubernetes,
     /// On one machine (`trellis demo`): join tokens from a file, CA state in a directory.
     Local,
-}
-
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
 }
 
 /// Command-line flags of `trellis-control-plane`.
@@ -77,7 +68,9 @@ pub struct Args {
         value_delimiter = ','
     )]
     pub extra_roots: Vec<PathBuf>,
-    /// Local mode: the join-token file (`<token> <identity>` per line), reloaded on change.
+    /// Local mode: the join-token file, reloaded on change: `<token> <identity>
+    /// [expires=<RFC 3339 UTC time>] [single-use]` per line; other users must not be able to
+    /// read or write it (mode 0600).
     #[arg(long, env = "TRELLIS_JOIN_TOKENS")]
     pub join_tokens: Option<PathBuf>,
     /// Local mode: the YAML mesh file (workloads, policies), reloaded on change.
@@ -122,12 +115,9 @@ pub struct Args {
         default_value = "trellis-injector"
     )]
     pub injector_webhook: String,
-    /// Log format.
-    #[arg(long, env = "TRELLIS_LOG_FORMAT", value_enum, default_value = "text")]
-    pub log_format: LogFormat,
-    /// Log filter (tracing env-filter syntax).
-    #[arg(long, env = "TRELLIS_LOG", default_value = "info")]
-    pub log: String,
+    /// Logs: `--log <filter>`, `--log-format text|json` (shared by every Trellis binary).
+    #[command(flatten)]
+    pub log: trellis_telemetry::LogArgs,
     /// How long to let in-flight calls finish after SIGTERM.
     #[arg(long, env = "TRELLIS_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,

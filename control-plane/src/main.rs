@@ -3,25 +3,14 @@
 
 use anyhow::Context;
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
-use trellis_control_plane::config::{Args, LogFormat, Mode};
+use trellis_control_plane::config::{Args, Mode};
 use trellis_control_plane::server;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = Args::parse().validate()?;
-    let filter = EnvFilter::try_new(&config.args.log)
-        .with_context(|| format!("--log {:?} is not a valid filter", config.args.log))?;
-    match config.args.log_format {
-        LogFormat::Json => tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(filter)
-            .init(),
-        LogFormat::Text => tracing_subscriber::fmt()
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-            .with_env_filter(filter)
-            .init(),
-    }
+    let args = Args::parse();
+    trellis_telemetry::init(&args.log)?;
+    let config = args.validate()?;
     tracing::info!(config = ?config.args, "starting");
 
     let kube = match config.args.mode {

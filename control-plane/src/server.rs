@@ -166,7 +166,12 @@ pub async fn start(config: &Config, kube: Option<kube::Client>) -> Result<Runnin
                 .join_tokens
                 .as_deref()
                 .unwrap_or(Path::new("join-tokens"));
-            Attestor::Local(JoinTokens::load(path, td.clone())?)
+            Attestor::Local(JoinTokens::load(
+                path,
+                td.clone(),
+                config.own_id.clone(),
+                args.state_dir.as_deref(),
+            )?)
         }
         Mode::Kubernetes => {
             let client = kube.clone().ok_or(StartError::NoKubernetesClient)?;

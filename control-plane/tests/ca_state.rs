@@ -288,3 +288,22 @@ async fn a_plug_in_intermediate_signs_leaves_that_chain_through_it() {
     stop(running).await;
     assert_eq!(snapshot(cacerts.dir()), before, "a plug-in CA is only read");
 }
+
+#[tokio::test]
+async fn a_state_dir_every_user_can_write_stops_the_start_naming_the_fix() {
+    assert_damaged_state_stops_the_start(
+        |state| chmod(state, 0o777),
+        |e| {
+            matches!(
+                e,
+                StartError::Store(StoreError::DirPermissions { mode: 0o777, .. })
+            )
+        },
+        &[
+            "has mode 0777",
+            "can replace or remove the CA's files",
+            "chmod 700",
+        ],
+    )
+    .await;
+}

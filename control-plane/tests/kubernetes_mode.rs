@@ -457,3 +457,43 @@ async fn recorded_services_and_endpoint_slices_reach_proxies_and_follow_the_watc
     }
     stop(plane.running).await;
 }
+
+#[tokio::test]
+async fn a_bad_token_flood_spends_a_bounded_number_of_reviews_and_known_callers_still_get_through()
+{
+    let api = FakeApiServer::start().await;
+    let plane = KubePlane::start(&api, &["--token-cache-ttl", "60s"]).await;
+    // A good caller, reviewed once before the flood (its answer is cached).
+    plane.certify(&token("valid")).await.expect("issued");
+    let before = api.tokenreview_requests();
+    for i in 0..400 {
+        let garbage = format!("eyJhbGciOiJSUzI1NiJ9.flood-{i}.sig");
+        let refused = plane.certify(&garbage).await.unwrap_err();
+        assert!(
+            matches!(
+                refused.code(),
+                Code::Unauthenticated | Code::ResourceExhausted
+            ),
+            "{refused:?}"
+        );
+    }
+    let reviews = api.tokenreview_requests() - before;
+    // 100 at once, then 20 per second refill: far fewer than the 400 attempts.
+    assert!(
+        (100..250).contains(&reviews),
+        "the per-source budget (100 failed attempts) bounds the TokenReviews: {reviews}"
+    );
+    // The cached good caller costs no review: still issued from the flooding address.
+    plane
+        .certify(&token("valid"))
+        .await
+        .expect("a token reviewed a moment ago is still issued");
+    // A token never seen would cost a review: refused until the address's budget refills.
+    let unseen = plane.certify(&token("pod-bound")).await.unwrap_err();
+    assert_eq!(unseen.code(), Code::ResourceExhausted, "{unseen:?}");
+    assert!(
+        unseen.message().contains("too many failed attempts"),
+        "{unseen:?}"
+    );
+    stop(plane.running).await;
+}

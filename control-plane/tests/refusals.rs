@@ -219,3 +219,80 @@ async fn a_caller_over_its_rate_limit_is_told_to_slow_down() {
         .await
         .expect("another identity has its own bucket");
 }
+
+#[tokio::test]
+async fn a_single_use_join_token_gets_one_certificate_even_across_a_restart() {
+    const ONCE: &str = "single-use-token-0123456789";
+    let plane = LocalPlane::start_with_tokens(
+        &[
+            (ONCE, "ns/shop/sa/batch single-use"),
+            (FRONTEND_TOKEN, FRONTEND),
+        ],
+        &[],
+    )
+    .await;
+    let certify = |channel| async move {
+        let (_, csr) = key_and_csr(None);
+        raw_certify(&channel, bearer(ONCE).as_deref(), csr, 0).await
+    };
+    certify(plane.channel().await)
+        .await
+        .expect("the first use gets a certificate");
+    let used = ["token refused", "single-use join token was already used"];
+    assert_refused(
+        certify(plane.channel().await).await,
+        Code::Unauthenticated,
+        &used,
+    );
+
+    let LocalPlane {
+        running,
+        config,
+        dir,
+        ..
+    } = plane;
+    stop(running).await;
+    let restarted = try_start(&config, None).await.expect("restarts");
+    assert_refused(
+        certify(channel(&restarted, &config).await).await,
+        Code::Unauthenticated,
+        &used,
+    );
+    stop(restarted).await;
+    drop(dir);
+}
+
+#[tokio::test]
+async fn an_expired_join_token_is_unauthenticated_saying_when_it_expired() {
+    const OLD: &str = "expired-token-0123456789ab";
+    let plane =
+        LocalPlane::start_with_tokens(&[(OLD, "ns/shop/sa/old expires=2020-01-01T00:00:00Z")], &[])
+            .await;
+    let (_, csr) = key_and_csr(None);
+    assert_refused(
+        raw_certify(&plane.channel().await, bearer(OLD).as_deref(), csr, 0).await,
+        Code::Unauthenticated,
+        &["join token expired at 2020-01-01T00:00:00Z"],
+    );
+}
+
+#[tokio::test]
+async fn a_flood_of_bad_join_tokens_does_not_lock_out_a_good_caller_of_the_same_address() {
+    let plane = LocalPlane::start(&[]).await;
+    let channel = plane.channel().await;
+    // More failures than the per-source budget (100) allows for costly attempts.
+    for i in 0..150 {
+        let (_, csr) = key_and_csr(None);
+        let bad = format!("not-a-join-token-{i:08}");
+        assert_refused(
+            raw_certify(&channel, bearer(&bad).as_deref(), csr, 0).await,
+            Code::Unauthenticated,
+            &["token refused"],
+        );
+    }
+    // Checking a join token costs nothing: the good caller is checked, and issued.
+    let (_, csr) = key_and_csr(None);
+    raw_certify(&channel, bearer(FRONTEND_TOKEN).as_deref(), csr, 0)
+        .await
+        .expect("a valid join token from the flooding address is still issued");
+}

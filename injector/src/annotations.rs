@@ -1,4 +1,4 @@
-//! The pod annotations Trellis reads and writes (names from DESIGN.md "Ports and names"),
+//! The pod annotations Trellis reads and writes (names from docs/design.md "Ports and names"),
 //! parsed into types. Reading them is the only place the injector looks at free-form user
 //! text on the pod, so every value is validated here and a bad one is reported with the
 //! annotation's name and the value.
@@ -20,6 +20,9 @@ pub const INJECTED: &str = "trellis.dev/injected";
 pub const EXCLUDE_INBOUND_PORTS: &str = "trellis.dev/exclude-inbound-ports";
 /// Comma-separated outbound ports the init step leaves alone.
 pub const EXCLUDE_OUTBOUND_PORTS: &str = "trellis.dev/exclude-outbound-ports";
+/// Comma-separated outbound networks (`10.0.0.0/8`, `fd00::/8`, or single addresses) the init
+/// step leaves alone: their traffic bypasses the proxy, in plain TCP.
+pub const EXCLUDE_OUTBOUND_CIDRS: &str = "trellis.dev/exclude-outbound-cidrs";
 /// The proxy's CPU request for this pod, overriding the injector's configured default.
 pub const PROXY_CPU: &str = "trellis.dev/proxy-cpu";
 /// The proxy's memory request for this pod, overriding the injector's configured default.
@@ -34,6 +37,9 @@ pub const APP_PROBES: &str = "trellis.dev/app-probes";
 pub const APP_PROBES_REWRITTEN: &str = "rewritten";
 /// [`APP_PROBES`]: the app's probes were left as they are (opted out, or the default is off).
 pub const APP_PROBES_KEPT: &str = "kept";
+/// The proxy's log filter for this pod (`TRELLIS_LOG`), e.g. `debug` or
+/// `info,trellis_proxy::tunnel=debug`, overriding the injector's `--proxy-log`.
+pub const LOG_LEVEL: &str = "trellis.dev/log-level";
 /// Label put on injected pods so that selectors (NetworkPolicies, `kubectl get -l`) find them.
 pub const MESH_LABEL: &str = "trellis.dev/mesh";
 /// `kubectl logs`/`exec` default container; set when the proxy becomes the first container.
@@ -98,6 +104,19 @@ pub enum AnnotationError {
         /// Its value.
         value: String,
     },
+    /// A CIDR list has an entry that is not an address or `address/prefix`.
+    #[error(
+        "annotation {EXCLUDE_OUTBOUND_CIDRS}={value:?}: {entry:?} is not a network; expected a comma-separated list like \"10.0.0.0/8,fd00::/8,192.0.2.7\""
+    )]
+    BadCidr {
+        /// Its whole value.
+        value: String,
+        /// The entry that failed.
+        entry: String,
+    },
+    /// The log-level annotation is not a usable log filter.
+    #[error("annotation {LOG_LEVEL}: {0}")]
+    BadLogLevel(trellis_telemetry::FilterError),
     /// A resource annotation is not a quantity.
     #[error("annotation {annotation}: {source}")]
     BadQuantity {
@@ -165,12 +184,16 @@ pub struct PodOverrides {
     pub exclude_inbound_ports: PortList,
     /// From `trellis.dev/exclude-outbound-ports`.
     pub exclude_outbound_ports: PortList,
+    /// From `trellis.dev/exclude-outbound-cidrs`: checked entries, in the order given.
+    pub exclude_outbound_cidrs: Vec<String>,
     /// From `trellis.dev/proxy-cpu`: the proxy's CPU request.
     pub proxy_cpu: Option<Quantity>,
     /// From `trellis.dev/proxy-memory`: the proxy's memory request.
     pub proxy_memory: Option<Quantity>,
     /// From `trellis.dev/rewrite-app-probes`; `None`: the injector's default.
     pub rewrite_app_probes: Option<bool>,
+    /// From `trellis.dev/log-level`: the proxy's log filter, checked.
+    pub log_level: Option<String>,
 }
 
 impl PodOverrides {
@@ -179,9 +202,11 @@ impl PodOverrides {
         Ok(Self {
             exclude_inbound_ports: ports(pod, EXCLUDE_INBOUND_PORTS)?,
             exclude_outbound_ports: ports(pod, EXCLUDE_OUTBOUND_PORTS)?,
+            exclude_outbound_cidrs: cidrs(pod)?,
             proxy_cpu: quantity(pod, PROXY_CPU)?,
             proxy_memory: quantity(pod, PROXY_MEMORY)?,
             rewrite_app_probes: boolean(pod, REWRITE_APP_PROBES)?,
+            log_level: log_level(pod)?,
         })
     }
 }
@@ -207,6 +232,49 @@ fn ports(pod: &Pod, annotation: &'static str) -> Result<PortList, AnnotationErro
         value: value.to_owned(),
         entry,
     })
+}
+
+fn cidrs(pod: &Pod) -> Result<Vec<String>, AnnotationError> {
+    let Some(value) = get(pod, EXCLUDE_OUTBOUND_CIDRS) else {
+        return Ok(Vec::new());
+    };
+    if value.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    value
+        .split(',')
+        .map(str::trim)
+        .map(|entry| {
+            is_network(entry)
+                .then(|| entry.to_owned())
+                .ok_or_else(|| AnnotationError::BadCidr {
+                    value: value.to_owned(),
+                    entry: entry.to_owned(),
+                })
+        })
+        .collect()
+}
+
+/// `address` or `address/prefix` with a prefix no longer than the address family's. The init
+/// step parses the list again (and clears host bits); this check turns a typo into an admission
+/// warning instead of a pod whose init container fails.
+fn is_network(entry: &str) -> bool {
+    let (address, prefix) = entry.split_once('/').unwrap_or((entry, "0"));
+    match address.parse::<std::net::IpAddr>() {
+        Ok(ip) => {
+            let max = if ip.is_ipv4() { 32 } else { 128 };
+            prefix.parse::<u8>().is_ok_and(|p| p <= max)
+        }
+        Err(_) => false,
+    }
+}
+
+fn log_level(pod: &Pod) -> Result<Option<String>, AnnotationError> {
+    let Some(value) = get(pod, LOG_LEVEL) else {
+        return Ok(None);
+    };
+    trellis_telemetry::check_filter(value).map_err(AnnotationError::BadLogLevel)?;
+    Ok(Some(value.trim().to_owned()))
 }
 
 fn quantity(pod: &Pod, annotation: &'static str) -> Result<Option<Quantity>, AnnotationError> {
@@ -257,6 +325,33 @@ mod tests {
     }
 
     #[test]
+    fn cidr_lists_accept_networks_and_single_addresses() {
+        let cases: &[(&str, Result<&[&str], &str>)] = &[
+            ("", Ok(&[])),
+            ("10.0.0.0/8", Ok(&["10.0.0.0/8"])),
+            (
+                " 10.0.0.0/8 , fd00::/8,192.0.2.7 ",
+                Ok(&["10.0.0.0/8", "fd00::/8", "192.0.2.7"]),
+            ),
+            ("10.0.0.0/33", Err("10.0.0.0/33")),
+            ("fd00::/129", Err("fd00::/129")),
+            ("10.0.0.0/", Err("10.0.0.0/")),
+            ("db.internal", Err("db.internal")),
+            ("10.0.0.0/8,,fd00::/8", Err("")),
+        ];
+        for (text, expected) in cases {
+            let got = cidrs(&pod_with(&[(EXCLUDE_OUTBOUND_CIDRS, text)]));
+            match (expected, got) {
+                (Ok(want), Ok(got)) => assert_eq!(got, *want, "{text:?}"),
+                (Err(entry), Err(AnnotationError::BadCidr { entry: got, .. })) => {
+                    assert_eq!(got, *entry, "{text:?}")
+                }
+                (want, got) => panic!("{text:?}: expected {want:?}, got {got:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn inject_annotation_values_are_read_exactly() {
         assert_eq!(inject_request(&Pod::default()), InjectRequest::Unset);
         assert_eq!(
@@ -289,6 +384,9 @@ mod tests {
             let o = PodOverrides::from_pod(&pod_with(&[(REWRITE_APP_PROBES, value)])).unwrap();
             assert_eq!(o.rewrite_app_probes, expected);
         }
+        let err = PodOverrides::from_pod(&pod_with(&[(LOG_LEVEL, "verbose")])).unwrap_err();
+        assert!(err.to_string().contains(LOG_LEVEL), "{err}");
+        assert!(err.to_string().contains("expected a level"), "{err}");
 
         let ok = PodOverrides::from_pod(&pod_with(&[
             (EXCLUDE_INBOUND_PORTS, "9090"),
@@ -298,5 +396,9 @@ mod tests {
         assert_eq!(ok.exclude_inbound_ports.ports(), &[9090]);
         assert_eq!(ok.proxy_cpu.map(|q| q.to_string()).as_deref(), Some("250m"));
         assert!(ok.proxy_memory.is_none());
+        assert!(ok.log_level.is_none());
+        let ok = PodOverrides::from_pod(&pod_with(&[(LOG_LEVEL, " info,trellis_proxy=debug ")]))
+            .unwrap();
+        assert_eq!(ok.log_level.as_deref(), Some("info,trellis_proxy=debug"));
     }
 }

@@ -1,6 +1,6 @@
 //! The injector's configuration: command-line flags (each also an environment variable),
 //! validated into typed values before any port is bound, and the [`InjectConfig`] the patch
-//! builder reads. Defaults live here, once, and match DESIGN.md.
+//! builder reads. Defaults live here, once, and match docs/design.md.
 //!
 //! Loading the files the flags name (serving certificate, trust bundle) is [`crate::reload`]'s
 //! job; asking the API server for its version is [`crate::apiserver`]'s.
@@ -9,17 +9,23 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Parser, ValueEnum};
 use serde_json::json;
-use trellis_ca::TrustDomain;
+use trellis_ca::{SpiffeId, TrustDomain};
+use trellis_telemetry::{LogArgs, LogFormat, check_filter};
 
 use crate::quantity::Quantity;
 
-/// Default listen address: the webhook port of DESIGN.md.
+/// Default listen address: the webhook port of docs/design.md.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:15017";
 /// Default control plane address, as the proxy's own default (ARCHITECTURE.md).
 pub const DEFAULT_CONTROL_PLANE: &str = "trellis-control-plane.trellis-system.svc:15012";
 /// Default control plane namespace: never injected.
 pub const DEFAULT_CONTROL_PLANE_NAMESPACE: &str = "trellis-system";
-/// Default trust domain (DESIGN.md "Identity").
+/// The control plane's service account: with its namespace, the identity proxies check.
+pub const CONTROL_PLANE_SERVICE_ACCOUNT: &str = "trellis-control-plane";
+/// Default log filter of the proxies (`TRELLIS_LOG`); a pod overrides it with
+/// `trellis.dev/log-level`.
+pub const DEFAULT_PROXY_LOG: &str = "info";
+/// Default trust domain (docs/design.md "Identity").
 pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
 /// Default CPU request of the proxy (and of the init step).
 pub const DEFAULT_PROXY_CPU_REQUEST: &str = "100m";
@@ -92,9 +98,23 @@ pub struct Config {
     #[arg(long, env = "TRELLIS_INJECTOR_PROXY_MEMORY_LIMIT")]
     pub proxy_memory_limit: Option<Quantity>,
 
-    /// Control plane address (host:port) the proxies connect to.
+    /// Control plane address (host:port) the proxies connect to (`TRELLIS_CONTROL_PLANE`).
     #[arg(long, env = "TRELLIS_INJECTOR_CONTROL_PLANE", default_value = DEFAULT_CONTROL_PLANE)]
     pub control_plane: String,
+
+    /// SPIFFE ID the proxies require of the control plane (`TRELLIS_CONTROL_PLANE_ID`).
+    /// Default: spiffe://<trust domain>/ns/<--control-plane-namespace>/sa/trellis-control-plane.
+    #[arg(long, env = "TRELLIS_INJECTOR_CONTROL_PLANE_ID")]
+    pub control_plane_id: Option<String>,
+
+    /// Log filter of the proxies (`TRELLIS_LOG`); a pod overrides it with
+    /// `trellis.dev/log-level`.
+    #[arg(long, env = "TRELLIS_INJECTOR_PROXY_LOG", default_value = DEFAULT_PROXY_LOG)]
+    pub proxy_log: String,
+
+    /// Log format of the proxies (`TRELLIS_LOG_FORMAT`).
+    #[arg(long, env = "TRELLIS_INJECTOR_PROXY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub proxy_log_format: LogFormat,
 
     /// Trust domain of the mesh's SPIFFE IDs.
     #[arg(long, env = "TRELLIS_INJECTOR_TRUST_DOMAIN", default_value = DEFAULT_TRUST_DOMAIN)]
@@ -119,6 +139,10 @@ pub struct Config {
     #[arg(long, env = "TRELLIS_INJECTOR_MAX_CONNECTIONS", default_value_t = 256,
           value_parser = clap::value_parser!(u32).range(1..=65536))]
     pub max_connections: u32,
+
+    /// The injector's own logs: `--log <filter>`, `--log-format text|json`.
+    #[command(flatten)]
+    pub log: LogArgs,
 }
 
 /// A flag whose value is well-formed for clap but unusable for the injector.
@@ -136,6 +160,19 @@ pub enum ConfigError {
     /// `--control-plane` is not `host:port`.
     #[error("--control-plane {0:?} is not host:port (e.g. {DEFAULT_CONTROL_PLANE})")]
     ControlPlane(String),
+    /// `--control-plane-id` is not a SPIFFE ID (or the default one cannot be formed).
+    #[error(
+        "--control-plane-id {value:?}: {reason}; expected spiffe://<trust domain>/ns/<namespace>/sa/<service account>"
+    )]
+    ControlPlaneId {
+        /// The value (or the default it would have).
+        value: String,
+        /// What is wrong with it.
+        reason: trellis_ca::SpiffeIdError,
+    },
+    /// `--proxy-log` is not a usable log filter.
+    #[error("--proxy-log: {0}")]
+    ProxyLog(trellis_telemetry::FilterError),
     /// `--control-plane-namespace` is not a Kubernetes namespace name.
     #[error(
         "--control-plane-namespace {0:?} is not a namespace name (lower-case letters, digits and '-', at most 63)"
@@ -176,6 +213,8 @@ impl Config {
         if !is_dns_label(&self.control_plane_namespace) {
             return Err(ConfigError::Namespace(self.control_plane_namespace.clone()));
         }
+        self.control_plane_id()?;
+        check_filter(&self.proxy_log).map_err(ConfigError::ProxyLog)?;
         check_limit(
             "proxy-cpu-limit",
             self.proxy_cpu_limit.as_ref(),
@@ -191,14 +230,41 @@ impl Config {
         Ok(())
     }
 
+    /// The identity proxies require of the control plane: `--control-plane-id`, or the
+    /// control plane's service account in `--control-plane-namespace`.
+    pub fn control_plane_id(&self) -> Result<SpiffeId, ConfigError> {
+        let err = |value: String| {
+            move |reason| ConfigError::ControlPlaneId {
+                value: value.clone(),
+                reason,
+            }
+        };
+        match &self.control_plane_id {
+            Some(text) => SpiffeId::parse(text).map_err(err(text.clone())),
+            None => SpiffeId::for_service_account(
+                &self.trust_domain,
+                &self.control_plane_namespace,
+                CONTROL_PLANE_SERVICE_ACCOUNT,
+            )
+            .map_err(err(format!(
+                "(default for namespace {})",
+                self.control_plane_namespace
+            ))),
+        }
+    }
+
     /// How often the watched files are checked.
     pub fn reload_interval(&self) -> Duration {
         Duration::from_secs(self.reload_interval_seconds)
     }
 
     /// The settings for [`crate::patch`], given the trust bundle's PEM and the sidecar layout.
-    pub fn inject_config(&self, trust_bundle_pem: String, native_sidecars: bool) -> InjectConfig {
-        InjectConfig {
+    pub fn inject_config(
+        &self,
+        trust_bundle_pem: String,
+        native_sidecars: bool,
+    ) -> Result<InjectConfig, ConfigError> {
+        Ok(InjectConfig {
             init_image: self
                 .init_image
                 .clone()
@@ -211,12 +277,15 @@ impl Config {
                 memory_limit: self.proxy_memory_limit.clone(),
             },
             control_plane: self.control_plane.clone(),
+            control_plane_id: self.control_plane_id()?,
             trust_domain: self.trust_domain.clone(),
             trust_bundle_pem,
             control_plane_namespace: self.control_plane_namespace.clone(),
             native_sidecars,
             rewrite_app_probes: self.rewrite_app_probes,
-        }
+            proxy_log: self.proxy_log.clone(),
+            proxy_log_format: self.proxy_log_format,
+        })
     }
 
     /// The configuration as JSON for the start-up log line and `/config_dump`. Nothing here
@@ -235,6 +304,9 @@ impl Config {
             "proxyCpuLimit": self.proxy_cpu_limit.as_ref().map(Quantity::as_str),
             "proxyMemoryLimit": self.proxy_memory_limit.as_ref().map(Quantity::as_str),
             "controlPlane": self.control_plane,
+            "controlPlaneId": self.control_plane_id().map(|id| id.to_string()).ok(),
+            "proxyLog": self.proxy_log,
+            "proxyLogFormat": format!("{:?}", self.proxy_log_format).to_lowercase(),
             "trustDomain": self.trust_domain.as_str(),
             "controlPlaneNamespace": self.control_plane_namespace,
             "nativeSidecars": format!("{:?}", self.native_sidecars).to_lowercase(),
@@ -269,6 +341,8 @@ pub struct InjectConfig {
     pub resources: ProxyResources,
     /// `TRELLIS_CONTROL_PLANE` of the proxy.
     pub control_plane: String,
+    /// `TRELLIS_CONTROL_PLANE_ID` of the proxy: the identity the control plane must prove.
+    pub control_plane_id: SpiffeId,
     /// `TRELLIS_TRUST_DOMAIN` of the proxy.
     pub trust_domain: TrustDomain,
     /// `TRELLIS_TRUST_BUNDLE` of the proxy: the PEM of the root(s) it trusts first.
@@ -279,6 +353,10 @@ pub struct InjectConfig {
     pub native_sidecars: bool,
     /// Rewrite app probes to the proxy unless the pod says otherwise.
     pub rewrite_app_probes: bool,
+    /// `TRELLIS_LOG` of the proxy, unless the pod says `trellis.dev/log-level`.
+    pub proxy_log: String,
+    /// `TRELLIS_LOG_FORMAT` of the proxy.
+    pub proxy_log_format: LogFormat,
 }
 
 impl InjectConfig {
@@ -300,11 +378,19 @@ impl InjectConfig {
                 memory_limit: None,
             },
             control_plane: DEFAULT_CONTROL_PLANE.to_owned(),
+            control_plane_id: SpiffeId::for_service_account(
+                &TrustDomain::default(),
+                DEFAULT_CONTROL_PLANE_NAMESPACE,
+                CONTROL_PLANE_SERVICE_ACCOUNT,
+            )
+            .expect("the default namespace and service account are valid SPIFFE path segments (config::tests)"),
             trust_domain: TrustDomain::default(),
             trust_bundle_pem: trust_bundle_pem.into(),
             control_plane_namespace: DEFAULT_CONTROL_PLANE_NAMESPACE.to_owned(),
             native_sidecars,
             rewrite_app_probes: true,
+            proxy_log: DEFAULT_PROXY_LOG.to_owned(),
+            proxy_log_format: LogFormat::Text,
         }
     }
 }
@@ -387,10 +473,16 @@ mod tests {
                 .unwrap()
                 .rewrite_app_probes
         );
-        let inject = config.inject_config("pem".into(), false);
+        let inject = config.inject_config("pem".into(), false).unwrap();
         let defaults = InjectConfig::with_defaults("trellis-proxy:dev", "pem", false);
         assert_eq!(inject.init_image, "trellis-proxy:dev");
         assert_eq!(inject.control_plane, defaults.control_plane);
+        assert_eq!(inject.control_plane_id, defaults.control_plane_id);
+        assert_eq!(
+            inject.control_plane_id.to_string(),
+            "spiffe://cluster.local/ns/trellis-system/sa/trellis-control-plane"
+        );
+        assert_eq!(inject.proxy_log, "info");
         assert_eq!(
             inject.resources.memory_request.as_str(),
             defaults.resources.memory_request.as_str()
@@ -415,6 +507,8 @@ mod tests {
                 "--control-plane-namespace",
             ),
             (&["--proxy-image= "][..], "--proxy-image"),
+            (&["--control-plane-id=trellis"][..], "--control-plane-id"),
+            (&["--proxy-log=loud"][..], "--proxy-log"),
             (
                 &["--proxy-memory-request=1Gi", "--proxy-memory-limit=512Mi"][..],
                 "--proxy-memory-limit",
@@ -423,6 +517,32 @@ mod tests {
             let err = parse(args).unwrap().validate().unwrap_err().to_string();
             assert!(err.contains(flag), "{args:?}: {err}");
         }
+    }
+
+    #[test]
+    fn the_control_plane_identity_follows_its_namespace_unless_given() {
+        let config = parse(&[
+            "--control-plane-namespace=mesh-system",
+            "--trust-domain=example.org",
+        ])
+        .unwrap();
+        config.validate().unwrap();
+        let inject = config.inject_config("pem".into(), true).unwrap();
+        assert_eq!(
+            inject.control_plane_id.to_string(),
+            "spiffe://example.org/ns/mesh-system/sa/trellis-control-plane"
+        );
+        let given = "spiffe://example.org/ns/ops/sa/ca";
+        let config = parse(&[&format!("--control-plane-id={given}")]).unwrap();
+        config.validate().unwrap();
+        assert_eq!(
+            config
+                .inject_config("pem".into(), true)
+                .unwrap()
+                .control_plane_id
+                .to_string(),
+            given
+        );
     }
 
     #[test]

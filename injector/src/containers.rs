@@ -17,6 +17,8 @@ use k8s_openapi::{
     apimachinery::pkg::util::intstr::IntOrString,
 };
 
+use trellis_telemetry::LogFormat;
+
 use crate::{
     annotations::PodOverrides,
     config::{InjectConfig, ProxyResources},
@@ -122,6 +124,10 @@ pub fn init_container(
         args.push("--exclude-outbound-ports".to_owned());
         args.push(overrides.exclude_outbound_ports.to_string());
     }
+    if !overrides.exclude_outbound_cidrs.is_empty() {
+        args.push("--exclude-outbound-cidrs".to_owned());
+        args.push(overrides.exclude_outbound_cidrs.join(","));
+    }
     Container {
         name: INIT_NAME.to_owned(),
         image: Some(config.init_image.clone()),
@@ -150,6 +156,7 @@ pub fn init_container(
 /// the environment of ARCHITECTURE.md, in the given layout.
 pub fn proxy_container(
     config: &InjectConfig,
+    overrides: &PodOverrides,
     resources: ResourceRequirements,
     layout: ProxyLayout,
 ) -> Container {
@@ -158,7 +165,7 @@ pub fn proxy_container(
         image: Some(config.proxy_image.clone()),
         command: Some(vec![PROXY_NAME.to_owned()]),
         args: Some(vec!["run".to_owned()]),
-        env: Some(proxy_env(config)),
+        env: Some(proxy_env(config, overrides)),
         ports: Some(vec![
             port("trellis-tunnel", TUNNEL_PORT),
             port("trellis-health", HEALTH_PORT),
@@ -228,9 +235,20 @@ pub fn token_volume() -> Volume {
     }
 }
 
-fn proxy_env(config: &InjectConfig) -> Vec<EnvVar> {
+fn proxy_env(config: &InjectConfig, overrides: &PodOverrides) -> Vec<EnvVar> {
+    let log = overrides.log_level.as_deref().unwrap_or(&config.proxy_log);
+    let log_format = match config.proxy_log_format {
+        LogFormat::Text => "text",
+        LogFormat::Json => "json",
+    };
     vec![
         value("TRELLIS_CONTROL_PLANE", &config.control_plane),
+        value(
+            "TRELLIS_CONTROL_PLANE_ID",
+            &config.control_plane_id.to_string(),
+        ),
+        value("TRELLIS_LOG", log),
+        value("TRELLIS_LOG_FORMAT", log_format),
         value("TRELLIS_TRUST_DOMAIN", config.trust_domain.as_str()),
         value("TRELLIS_TRUST_BUNDLE", &config.trust_bundle_pem),
         value("TRELLIS_TOKEN_FILE", &format!("{TOKEN_DIR}/{TOKEN_PATH}")),
@@ -327,6 +345,54 @@ mod tests {
         assert_eq!(r.limits.unwrap()["memory"].0, "256Mi");
     }
 
+    fn env_of(c: &Container) -> BTreeMap<String, String> {
+        c.env
+            .iter()
+            .flatten()
+            .filter_map(|e| Some((e.name.clone(), e.value.clone()?)))
+            .collect()
+    }
+
+    #[test]
+    fn the_proxy_is_told_the_control_plane_identity_and_its_log_settings() {
+        let mut c = config();
+        c.control_plane = "trellis-control-plane.mesh-system.svc:15012".into();
+        c.control_plane_id = trellis_ca::SpiffeId::parse(
+            "spiffe://cluster.local/ns/mesh-system/sa/trellis-control-plane",
+        )
+        .unwrap();
+        c.proxy_log = "warn".into();
+        c.proxy_log_format = LogFormat::Json;
+        let resources = ResourceRequirements::default();
+        let plain = proxy_container(
+            &c,
+            &PodOverrides::default(),
+            resources.clone(),
+            ProxyLayout::NativeSidecar,
+        );
+        let env = env_of(&plain);
+        assert_eq!(
+            env["TRELLIS_CONTROL_PLANE"],
+            "trellis-control-plane.mesh-system.svc:15012"
+        );
+        assert_eq!(
+            env["TRELLIS_CONTROL_PLANE_ID"],
+            "spiffe://cluster.local/ns/mesh-system/sa/trellis-control-plane"
+        );
+        assert_eq!(env["TRELLIS_LOG"], "warn");
+        assert_eq!(env["TRELLIS_LOG_FORMAT"], "json");
+
+        let debug = PodOverrides {
+            log_level: Some("info,trellis_proxy=debug".into()),
+            ..PodOverrides::default()
+        };
+        let annotated = proxy_container(&c, &debug, resources, ProxyLayout::FirstContainer);
+        assert_eq!(
+            env_of(&annotated)["TRELLIS_LOG"],
+            "info,trellis_proxy=debug"
+        );
+    }
+
     #[test]
     fn init_flags_only_name_given_exclusions() {
         let c = config();
@@ -342,5 +408,13 @@ mod tests {
             .args
             .unwrap();
         assert_eq!(args[5..], ["--exclude-outbound-ports", "5432,6379"]);
+        overrides.exclude_outbound_cidrs = vec!["10.0.0.0/8".into(), "fd00::/8".into()];
+        let args = init_container(&c, &overrides, ResourceRequirements::default())
+            .args
+            .unwrap();
+        assert_eq!(
+            args[7..],
+            ["--exclude-outbound-cidrs", "10.0.0.0/8,fd00::/8"]
+        );
     }
 }

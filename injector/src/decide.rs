@@ -1,7 +1,7 @@
 //! Whether a pod gets the mesh: a pure function of the pod, its namespace and which webhook
 //! path the API server called. No I/O, no configuration beyond the control plane's namespace.
 //!
-//! The rules (DESIGN.md, issue "injector"): a pod is injected when its namespace has the label
+//! The rules (docs/design.md, issue "injector"): a pod is injected when its namespace has the label
 //! `trellis-injection=enabled` unless it says `trellis.dev/inject: "disabled"`, or when it says
 //! `"enabled"` in any namespace but the control plane's; never when it is already injected or
 //! uses the host's network.

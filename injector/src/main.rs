@@ -9,18 +9,18 @@
 //!   --proxy-image ghcr.io/trellis-mesh/trellis-proxy:0.1.0
 //! ```
 //!
-//! Logs go to stderr; `RUST_LOG` sets the filter (default `info`).
+//! Logs go to stderr: `--log <filter>` (`TRELLIS_LOG`, then `RUST_LOG`; default `info`) and
+//! `--log-format text|json` (`TRELLIS_LOG_FORMAT`), as in every Trellis binary.
 
 #![forbid(unsafe_code)]
 
-use std::{io::IsTerminal as _, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use bytes::Bytes;
 use clap::Parser as _;
 use tokio::sync::watch;
 use tracing::{Instrument as _, info, info_span, warn};
-use tracing_subscriber::EnvFilter;
 use trellis_injector::{
     Config,
     apiserver::ApiServer,
@@ -35,15 +35,8 @@ const VERSION_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
-
     let config = Config::parse();
+    trellis_telemetry::init(&config.log)?;
     config.validate()?;
     info!(config = %config.dump(), "trellis-injector starting");
 
@@ -62,7 +55,7 @@ async fn main() -> anyhow::Result<()> {
     info!(native_sidecars, "proxy layout chosen");
 
     let (config_tx, config_rx) = watch::channel(Arc::new(
-        config.inject_config(loaded.trust_bundle_pem, native_sidecars),
+        config.inject_config(loaded.trust_bundle_pem, native_sidecars)?,
     ));
     let (serving_tx, serving_rx) = watch::channel(Arc::new(loaded.serving));
     let tls = tls::server_config(Arc::new(LatestCertificate::new(serving_rx)))?;

@@ -65,7 +65,7 @@ pub fn build(pod: &Pod, config: &InjectConfig) -> Result<Injection, PatchError> 
     let layout = ProxyLayout::of(config);
     let resources = containers::resources(&config.resources, &overrides);
     let init = containers::init_container(config, &overrides, resources.clone());
-    let mut proxy = containers::proxy_container(config, resources, layout);
+    let mut proxy = containers::proxy_container(config, &overrides, resources, layout);
 
     // App probes first: their operations use the container indexes of the pod as sent.
     let rewrite_probes = overrides

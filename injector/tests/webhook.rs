@@ -172,6 +172,20 @@ fn assert_injected(before: &Value, after: &Pod, config: &InjectConfig) {
         Some("trellis-control-plane.trellis-system.svc:15012")
     );
     assert_eq!(
+        env_value(proxy, "TRELLIS_CONTROL_PLANE_ID")
+            .value
+            .as_deref(),
+        Some("spiffe://cluster.local/ns/trellis-system/sa/trellis-control-plane")
+    );
+    assert_eq!(
+        env_value(proxy, "TRELLIS_LOG").value.as_deref(),
+        Some("info")
+    );
+    assert_eq!(
+        env_value(proxy, "TRELLIS_LOG_FORMAT").value.as_deref(),
+        Some("text")
+    );
+    assert_eq!(
         env_value(proxy, "TRELLIS_TOKEN_FILE").value.as_deref(),
         Some("/var/run/secrets/trellis/tokens/trellis-token")
     );
@@ -389,6 +403,8 @@ async fn bad_annotations_allow_the_pod_uninjected_with_a_warning() {
         ("trellis.dev/exclude-outbound-ports", "99999"),
         ("trellis.dev/proxy-cpu", "a lot"),
         ("trellis.dev/proxy-memory", "12XB"),
+        ("trellis.dev/log-level", "verbose"),
+        ("trellis.dev/exclude-outbound-cidrs", "10.0.0.0/40"),
     ] {
         let review = with_annotations(review_fixture(FIXTURES[0]), json!({key: value}));
         let response = webhook.review("/inject", &review).await;
@@ -406,8 +422,10 @@ async fn pod_annotations_set_exclusions_and_resources() {
         json!({
             "trellis.dev/exclude-inbound-ports": "9090, 9091",
             "trellis.dev/exclude-outbound-ports": "5432",
+            "trellis.dev/exclude-outbound-cidrs": "198.18.0.0/15",
             "trellis.dev/proxy-cpu": "250m",
             "trellis.dev/proxy-memory": "256Mi",
+            "trellis.dev/log-level": "info,trellis_proxy=debug",
         }),
     );
     let (_, pod) = apply(
@@ -428,7 +446,9 @@ async fn pod_annotations_set_exclusions_and_resources() {
             "--exclude-inbound-ports",
             "9090,9091",
             "--exclude-outbound-ports",
-            "5432"
+            "5432",
+            "--exclude-outbound-cidrs",
+            "198.18.0.0/15"
         ]
     );
     let requests = find(&inits, "trellis-proxy")
@@ -439,4 +459,10 @@ async fn pod_annotations_set_exclusions_and_resources() {
         .unwrap();
     assert_eq!(requests["cpu"].0, "250m");
     assert_eq!(requests["memory"].0, "256Mi");
+    assert_eq!(
+        env_value(find(&inits, "trellis-proxy"), "TRELLIS_LOG")
+            .value
+            .as_deref(),
+        Some("info,trellis_proxy=debug")
+    );
 }

@@ -1,10 +1,12 @@
 //! The admin endpoint (127.0.0.1:15000 only): `/ready` `/live` `/identity` `/handshakes`
-//! `/metrics` `/config_dump`, and `POST /quitquitquit` ([`crate::quit`]); and the health
-//! endpoint on the pod IP (15020) for kubelet and Prometheus, which serves only `/ready` `/live`
-//! `/metrics` and the app probes `/app-health/...` ([`crate::probe`]).
+//! `/metrics` `/config_dump` (configuration, workloads known, Services and their endpoints),
+//! `/logging` ([`crate::log_level`]), and `POST /quitquitquit` ([`crate::quit`]); and the
+//! health endpoint on the pod IP (15020) for kubelet and Prometheus, which serves only `/ready`
+//! `/live` `/metrics` and the app probes
+//! `/app-health/...` ([`crate::probe`]).
 //!
-//! Owns: routing and rendering of those pages. It reads shared state; only `/quitquitquit`
-//! changes anything (it starts the drain).
+//! Owns: routing and rendering of those pages. It reads shared state; only `/logging` (the log
+//! filter) and `/quitquitquit` (the drain) change anything.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -22,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::context::ProxyContext;
-use crate::{probe, quit};
+use crate::{probe, quit, services};
 
 /// Which set of pages a listener serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +74,9 @@ async fn handle(
 ) -> Response<Full<Bytes>> {
     let path = req.uri().path();
     match surface {
+        Surface::Admin if path == crate::log_level::PATH => {
+            crate::log_level::respond(req, ctx).await
+        }
         Surface::Admin if path == quit::PATH => {
             let (status, body) = quit::answer(req.method(), quit_requested);
             let mut r = text(status, body);
@@ -123,10 +128,14 @@ fn respond(req: &Request<Incoming>, surface: Surface, ctx: &ProxyContext) -> Res
             let body: Vec<_> = records.iter().map(|r| &**r).collect();
             json_response(&json!(body))
         }
-        (Surface::Admin, "/config_dump") => json_response(&json!({
-            "config": ctx.config,
-            "workloads_known": ctx.state.borrow().len(),
-        })),
+        (Surface::Admin, "/config_dump") => {
+            let state = ctx.state.borrow().clone();
+            json_response(&json!({
+                "config": ctx.config,
+                "workloads_known": state.len(),
+                "services": services::dump(state.services()),
+            }))
+        }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }
@@ -164,7 +173,8 @@ fn query_param<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
     })
 }
 
-fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+/// A plain-text response.
+pub(crate) fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body.to_owned())));
     *r.status_mut() = status;
     r.headers_mut().insert(

@@ -1,7 +1,7 @@
 //! `trellis-proxy run` configuration: one clap struct (each flag also an env var, names as in
 //! ARCHITECTURE.md), validated into [`Config`] before any port is bound.
 //!
-//! Owns: flag names, defaults (DESIGN.md ports), and parsing of the explicit-mode and static
+//! Owns: flag names, defaults (docs/design.md ports), and parsing of the explicit-mode and static
 //! workload flags. Secrets (the token) are read later by `identity`, never printed here.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -244,12 +244,9 @@ pub struct RunArgs {
     /// keyed by path (see the `probe::spec` module).
     #[arg(long, env = "TRELLIS_APP_PROBES")]
     pub app_probes: Option<String>,
-    /// Log filter (tracing env-filter syntax).
-    #[arg(long, env = "TRELLIS_LOG", default_value = "info")]
-    pub log: String,
-    /// Log as JSON lines.
-    #[arg(long, env = "TRELLIS_LOG_JSON")]
-    pub log_json: bool,
+    /// Logs: `--log <filter>`, `--log-format text|json` (shared by every Trellis binary).
+    #[command(flatten)]
+    pub log: trellis_telemetry::LogArgs,
 }
 
 /// Why the configuration is unusable; each message names the flag.
@@ -348,6 +345,10 @@ pub struct Config {
     pub handshake_log: usize,
     /// The app's original probes, served at 15020 /app-health/... (header values not shown).
     pub app_probes: crate::probe::AppProbes,
+    /// The process's log filter, read and changed at run time on the admin port's `/logging`.
+    /// Set by `main` once the subscriber is installed; `None` where nothing installed one.
+    #[serde(skip)]
+    pub log_control: Option<trellis_telemetry::LogHandle>,
 }
 
 mod humantime_serde_compat {
@@ -374,6 +375,8 @@ impl RunArgs {
     pub fn validate(self) -> Result<Config, ConfigError> {
         let trust_domain = TrustDomain::new(&self.trust_domain)
             .map_err(|e| invalid("--trust-domain", &self.trust_domain, e.to_string()))?;
+        trellis_client::parse_address(&self.control_plane)
+            .map_err(|e| invalid("--control-plane", &self.control_plane, e.to_string()))?;
         let control_plane_id = match &self.control_plane_id {
             Some(s) => {
                 SpiffeId::parse(s).map_err(|e| invalid("--control-plane-id", s, e.to_string()))?
@@ -490,6 +493,7 @@ impl RunArgs {
             drain: self.drain,
             handshake_log: self.handshake_log.max(1),
             app_probes,
+            log_control: None,
         })
     }
 }
@@ -571,6 +575,19 @@ mod tests {
         ])
         .unwrap_err();
         assert!(err.to_string().starts_with("--admin-listen"), "{err}");
+    }
+
+    #[test]
+    fn a_control_plane_address_without_a_port_is_refused_naming_the_flag() {
+        let err = parse(&[
+            &format!("--trust-bundle={}", root()),
+            "--control-plane",
+            "trellis-control-plane.trellis-system.svc",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("--control-plane"), "{err}");
+        assert!(err.contains("has no port; give host:port"), "{err}");
     }
 
     #[test]

@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::identity::SvidWatch;
 use crate::metrics::{ConnLabels, Metrics, RefusalLabels};
 use crate::records::{ConnRecord, Direction, HandshakeLog, TlsFacts};
+use crate::refusals::{Refusal, RefusalLog};
 use crate::state::StateWatch;
 
 /// Shared by every listener and connection task.
@@ -39,6 +40,8 @@ pub struct ProxyContext {
     pub own_addrs: Vec<SocketAddr>,
     /// The app's original probes, run for kubelet on the health port.
     pub app_health: crate::probe::AppHealth,
+    /// Rate-limited `info` lines for refused connections.
+    pub refusals: RefusalLog,
 }
 
 impl ProxyContext {
@@ -84,8 +87,9 @@ impl ProxyContext {
             .inc();
     }
 
-    /// A refused connection: counted under `code` (the refusal metric's reason) and recorded
-    /// with decision `deny` and the human-readable `reason`.
+    /// A refused connection: counted under `code` (the refusal metric's reason), logged at
+    /// `info` (rate limited per code, see [`crate::refusals`]) and recorded with decision
+    /// `deny` and the human-readable `reason`.
     #[allow(clippy::too_many_arguments)]
     pub fn deny(
         &self,
@@ -98,6 +102,15 @@ impl ProxyContext {
         reason: impl Into<String>,
     ) {
         self.refuse(direction, code);
+        let reason = reason.into();
+        self.refusals.refused(&Refusal {
+            direction,
+            reason: code,
+            peer_addr,
+            peer_id: peer_id.as_deref(),
+            dst,
+            detail: &reason,
+        });
         self.record(direction, peer_addr, peer_id, dst, tls, "deny", reason);
     }
 }

@@ -195,6 +195,12 @@ impl IdentityManager {
         let src = &self.source;
         let token = std::fs::read_to_string(&src.token_file)
             .map_err(|e| format!("cannot read token file {}: {e}", src.token_file.display()))?;
+        if token.trim().is_empty() {
+            return Err(format!(
+                "token file {} is empty; it must hold the bearer token (the projected ServiceAccount token, or a join token)",
+                src.token_file.display()
+            ));
+        }
         let bundle = current.map_or_else(|| src.bootstrap_bundle.clone(), |s| s.bundle().clone());
         // An expired certificate would make the control plane refuse the TLS handshake (a
         // client certificate that is presented must be valid), and no renewal could ever

@@ -110,13 +110,13 @@ async fn pass_through(
     let app = match TcpStream::connect(app_addr).await {
         Ok(s) => s,
         Err(e) => {
-            ctx.record(
+            ctx.deny(
                 Direction::InboundPlain,
+                "app_unreachable",
                 remote,
                 None,
                 Some(dst),
                 None,
-                "deny",
                 format!("application not reachable on {app_addr}: {e}"),
             );
             return;

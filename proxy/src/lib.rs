@@ -5,7 +5,7 @@
 //! | module | owns |
 //! |---|---|
 //! | [`config`] | `run` flags (each an env var), validated before any port is bound |
-//! | [`ports`] | the well-known ports of DESIGN.md |
+//! | [`ports`] | the well-known ports of docs/design.md |
 //! | [`identity`] | key in memory, SVID from the control plane, renewal at half-life with jitter and backoff |
 //! | [`state`] | the mesh snapshot: which address is which workload (identity, tunnel), which ClusterIP:port is which Service |
 //! | [`services`] | Services as held: endpoints with their health and live load |
@@ -19,11 +19,13 @@
 //! | [`tunnel`] | 15008 server (mTLS + HTTP/2 CONNECT) and the client pool (one connection per peer) |
 //! | [`copy`] | bytes both ways: half-close, backpressure, idle timeout, live counters |
 //! | [`records`] | the connection log behind `/handshakes` |
+//! | [`refusals`] | the rate-limited `info` line of every refused connection |
 //! | [`metrics`] | `trellis_proxy_*` Prometheus metrics |
 //! | [`admin`] | 127.0.0.1:15000 admin pages and the pod-IP :15020 health/metrics |
 //! | [`probe`] | the app's original probes, run on kubelet's behalf at 15020 `/app-health/...` |
 //! | [`quit`] | `POST /quitquitquit` on the admin port: a Job's app stops its sidecar |
 //! | [`wait`] | `trellis-proxy wait`: the classic layout's postStart hook, until `/ready` |
+//! | [`log_level`] | the admin page `/logging`: the log filter, read and changed at run time |
 //! | [`orig_dst`] | `SO_ORIGINAL_DST` |
 //! | [`redirect`] | `trellis-proxy init`: the iptables rules that send a pod's TCP to the proxy |
 //! | [`context`] | the handles every listener shares |
@@ -46,6 +48,7 @@ pub mod copy;
 pub mod discovery;
 pub mod identity;
 pub mod inbound;
+pub mod log_level;
 pub mod metrics;
 pub mod orig_dst;
 pub mod outbound;
@@ -55,6 +58,7 @@ pub mod probe;
 pub mod quit;
 pub mod records;
 pub mod redirect;
+pub mod refusals;
 pub mod route;
 pub mod run;
 pub mod services;

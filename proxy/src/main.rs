@@ -4,8 +4,8 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use tracing_subscriber::EnvFilter;
 use trellis_proxy::config::RunArgs;
+use trellis_telemetry::LogArgs;
 
 /// The Trellis sidecar proxy.
 #[derive(Debug, Parser)]
@@ -20,7 +20,14 @@ enum Command {
     /// Run the sidecar.
     Run(Box<RunArgs>),
     /// Install the iptables rules that send the pod's TCP through the proxy (init container).
-    Init(Box<trellis_proxy::redirect::InitArgs>),
+    Init {
+        /// What to install.
+        #[command(flatten)]
+        args: Box<trellis_proxy::redirect::InitArgs>,
+        /// Logs (on stderr: `--dry-run` prints the rules on stdout).
+        #[command(flatten)]
+        log: LogArgs,
+    },
     /// Wait until the sidecar in this pod is ready (GET http://127.0.0.1:15000/ready).
     Wait(trellis_proxy::wait::WaitArgs),
 }
@@ -29,12 +36,8 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => run(*args),
-        Command::Init(args) => {
-            // Logs go to stderr: `--dry-run` prints the rules on stdout.
-            tracing_subscriber::fmt()
-                .with_writer(std::io::stderr)
-                .with_env_filter(EnvFilter::new("info"))
-                .init();
+        Command::Init { args, log } => {
+            trellis_telemetry::init(&log)?;
             Ok(trellis_proxy::redirect::run(&args)?)
         }
         Command::Wait(args) => Ok(trellis_proxy::wait::wait(&args)?),
@@ -42,20 +45,10 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
-    let filter = EnvFilter::try_new(&args.log).with_context(|| format!("--log {:?}", args.log))?;
-    if args.log_json {
-        tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(filter)
-            .init();
-    } else {
-        tracing_subscriber::fmt()
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-            .with_env_filter(filter)
-            .init();
-    }
+    let logs = trellis_telemetry::init(&args.log)?;
     let workers = args.worker_threads.clamp(1, 64);
-    let config = args.validate()?;
+    let mut config = args.validate()?;
+    config.log_control = Some(logs);
     raise_fd_limit();
     tracing::info!(config = %serde_json::to_string(&config).unwrap_or_default(), "starting");
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -1,4 +1,4 @@
-//! The proxy's well-known ports (DESIGN.md "Ports and names"), in one place.
+//! The proxy's well-known ports (docs/design.md "Ports and names"), in one place.
 
 /// Admin endpoint, 127.0.0.1 only.
 pub const ADMIN: u16 = 15000;

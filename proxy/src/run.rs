@@ -245,6 +245,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         tracker: TaskTracker::new(),
         shutdown: CancellationToken::new(),
         own_addrs,
+        refusals: crate::refusals::RefusalLog::default(),
     });
     let background = CancellationToken::new();
     let pool = Arc::new(Pool::new());
@@ -283,6 +284,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         tokio::spawn(admin::serve(l, Surface::Health, ctx.clone()));
     }
     spawn_reaper(ctx.clone(), pool.clone(), background.clone());
+    tokio::spawn({
+        let (ctx, stop) = (ctx.clone(), background.clone());
+        async move { ctx.refusals.run_summaries(stop).await }
+    });
     info!(?addrs, mode = ?ctx.config.mode, "proxy listening");
     Ok(Running {
         addrs,

@@ -17,7 +17,7 @@ use crate::netns::Cmd;
 use crate::pod::Pod;
 use crate::process::{Process, tail};
 
-/// The proxy's UID and GID (DESIGN.md): its own connections are never redirected.
+/// The proxy's UID and GID (docs/design.md): its own connections are never redirected.
 pub const PROXY_UID: u32 = 1337;
 /// The admin endpoint, inside the pod.
 pub const ADMIN_URL: &str = "http://127.0.0.1:15000";

@@ -3,16 +3,6 @@ Shared pieces of the Trellis chart. Object names are fixed (see values.yaml, "Na
 parts of Trellis find them by name.
 */}}
 
-{{/* The only namespace the mesh works in: the proxies' default control-plane identity names it. */}}
-{{- define "trellis.namespace" -}}trellis-system{{- end }}
-
-{{/* Refuses any other release namespace, saying why. */}}
-{{- define "trellis.checkNamespace" -}}
-{{- if ne .Release.Namespace (include "trellis.namespace" .) -}}
-{{- fail (printf "Trellis must be installed in the namespace %q (got %q): proxies verify the control plane as spiffe://<trust domain>/ns/%s/sa/trellis-control-plane. Use --namespace %s --create-namespace." (include "trellis.namespace" .) .Release.Namespace (include "trellis.namespace" .) (include "trellis.namespace" .)) -}}
-{{- end -}}
-{{- end }}
-
 {{/* Labels on every object. */}}
 {{- define "trellis.labels" -}}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
@@ -59,9 +49,17 @@ chart's appVersion.
 {{- end -}}
 {{- end }}
 
-{{/* The control plane's address as proxies dial it (DESIGN.md: port 15012). */}}
+{{/* The control plane's address as proxies dial it (port 15012, docs/design.md). */}}
 {{- define "trellis.controlPlaneAddress" -}}
 trellis-control-plane.{{ .Release.Namespace }}.svc:15012
+{{- end }}
+
+{{/*
+The control plane's SPIFFE ID, which proxies require it to present: its ServiceAccount in the
+release namespace. The control plane is started with the same namespace and ServiceAccount.
+*/}}
+{{- define "trellis.controlPlaneId" -}}
+spiffe://{{ .Values.trustDomain }}/ns/{{ .Release.Namespace }}/sa/trellis-control-plane
 {{- end }}
 
 {{/*

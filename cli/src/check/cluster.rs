@@ -34,7 +34,7 @@ use crate::{health_probe, x509};
 const GRPC_PORT: u16 = 15012;
 /// Selects the control plane's pods (chart: `trellis.selectorLabels`).
 const CONTROL_PLANE_SELECTOR: &str = "app.kubernetes.io/name=trellis-control-plane";
-/// The default trust domain (DESIGN.md).
+/// The default trust domain (docs/design.md).
 const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
 
 /// Reads everything `trellis check` judges. `trust_domain` overrides the one read from the

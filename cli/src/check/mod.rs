@@ -52,13 +52,13 @@ Exit status: 0 when every check passed or only warned (‼), 1 when one failed (
 pub struct CheckArgs {
     /// Check a control plane on this machine at ADDR (host:port of its gRPC port) instead of
     /// a cluster.
-    #[arg(long, value_name = "ADDR", requires = "trust_bundle")]
+    #[arg(long, value_name = "ADDR", requires = "trust_bundle", value_parser = crate::dial::host_port)]
     local: Option<String>,
     /// With --local: PEM file of the mesh's root(s) (the control plane's root-cert.pem).
     #[arg(long, value_name = "FILE", requires = "local")]
     trust_bundle: Option<PathBuf>,
     /// With --local: the control plane's metrics address, to check its /ready.
-    #[arg(long, value_name = "ADDR", requires = "local")]
+    #[arg(long, value_name = "ADDR", requires = "local", value_parser = crate::dial::host_port)]
     metrics: Option<String>,
     /// The mesh's trust domain (default: the control plane's --trust-domain in a cluster,
     /// else cluster.local).

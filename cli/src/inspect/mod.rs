@@ -56,7 +56,8 @@ pub struct InspectArgs {
         long,
         value_name = "ADDR",
         env = "TRELLIS_ADMIN",
-        conflicts_with = "pod"
+        conflicts_with = "pod",
+        value_parser = crate::dial::host_port
     )]
     admin: Option<String>,
     /// Namespace of POD (default: the kubeconfig context's).

@@ -42,6 +42,12 @@ impl Mesh {
         let app = echo_app().await;
         let tokens: String = TOKENS.iter().map(|(t, id)| format!("{t} {id}\n")).collect();
         std::fs::write(dir.path().join("tokens"), tokens).unwrap();
+        // Join-token files must be private: the control plane refuses others' access.
+        std::fs::set_permissions(
+            dir.path().join("tokens"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
         for (t, _) in TOKENS {
             std::fs::write(dir.path().join(t), t).unwrap();
         }

@@ -5,8 +5,10 @@
 //! join tokens) — and the errors they report. The identity always comes from here, never from
 //! the CSR; comparing the two is the CA's job.
 
+pub mod join_token_file;
 mod join_tokens;
 mod tokenreview;
+pub mod used_tokens;
 
 use std::time::Duration;
 
@@ -14,7 +16,7 @@ pub use join_tokens::{JoinTokenError, JoinTokens};
 pub use tokenreview::TokenReviewer;
 use trellis_ca::SpiffeId;
 
-/// Token audience every Trellis token must carry (DESIGN.md).
+/// Token audience every Trellis token must carry (docs/design.md).
 pub const AUDIENCE: &str = "trellis-ca";
 
 /// A caller whose token was accepted.
@@ -69,7 +71,17 @@ impl Attestor {
         }
         match self {
             Attestor::Kubernetes(reviewer) => reviewer.review(token).await,
-            Attestor::Local(tokens) => tokens.lookup(token),
+            Attestor::Local(tokens) => tokens.lookup(token, std::time::SystemTime::now()),
+        }
+    }
+
+    /// Whether checking `token` costs nothing but this process's time: a join-token lookup,
+    /// or a token the TokenReview cache holds. Only attempts that would cost an API call need
+    /// the per-source limit on failed attempts.
+    pub fn is_cheap(&self, token: &str) -> bool {
+        match self {
+            Attestor::Kubernetes(reviewer) => reviewer.knows(token),
+            Attestor::Local(_) => true,
         }
     }
 

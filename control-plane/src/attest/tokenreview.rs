@@ -80,6 +80,11 @@ impl TokenReviewer {
         Ok(attested)
     }
 
+    /// Whether `token` was reviewed positively a moment ago (answering needs no API call).
+    pub fn knows(&self, token: &str) -> bool {
+        self.cached(&token_digest(token), Instant::now()).is_some()
+    }
+
     fn cached(&self, key: &[u8; 32], now: Instant) -> Option<Attested> {
         let cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
         match cache.get(key) {

@@ -43,6 +43,7 @@ impl DirStore {
 
     /// Loads the material; `Ok(None)` when none of the files exist.
     pub fn load(&self) -> Result<Option<CaMaterial>, StoreError> {
+        self.check_dir_mode()?;
         let names = [CA_CERT, CA_KEY, CERT_CHAIN, ROOT_CERT];
         let present: Vec<bool> = names.iter().map(|n| self.path.join(n).exists()).collect();
         if present.iter().all(|p| !p) {
@@ -80,6 +81,7 @@ impl DirStore {
             .mode(0o700)
             .create(&self.path)
             .map_err(|e| self.io(&self.path, e))?;
+        self.check_dir_mode()?;
         // The key goes last: a crash before it leaves an incomplete state, which stops the
         // next start with a clear error instead of silently making another root.
         self.write_atomic(CA_CERT, &material.ca_cert_pem, 0o644)?;
@@ -87,6 +89,25 @@ impl DirStore {
         self.write_atomic(ROOT_CERT, &material.root_cert_pem, 0o644)?;
         self.write_atomic(CA_KEY, &material.ca_key_pem, 0o600)?;
         Ok(Created::Stored)
+    }
+
+    /// Refuses a directory other users may write to (even with the sticky bit, they could
+    /// plant files before ours are written). A missing directory is fine: it is made 0700.
+    fn check_dir_mode(&self) -> Result<(), StoreError> {
+        let mode = match fs::metadata(&self.path) {
+            Ok(meta) => meta.permissions().mode() & 0o7777,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(self.io(&self.path, e)),
+        };
+        if mode & 0o002 != 0 {
+            return Err(StoreError::DirPermissions {
+                path: self.path.clone(),
+                mode,
+                // A plug-in `cacerts` directory is the operator's; our own state is private.
+                fix: if self.chain_optional { "o-w" } else { "700" },
+            });
+        }
+        Ok(())
     }
 
     fn check_key_mode(&self) -> Result<(), StoreError> {

@@ -56,6 +56,19 @@ pub enum StoreError {
         /// Its permission bits.
         mode: u32,
     },
+    /// Other users may create, rename or delete files in the directory.
+    #[error(
+        "{path} has mode {mode:04o}: every user of this machine can replace or remove the CA's files in it; make it private with `chmod {fix} {path}`",
+        path = path.display()
+    )]
+    DirPermissions {
+        /// The directory.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+        /// The `chmod` argument that fixes it.
+        fix: &'static str,
+    },
     /// A file is not UTF-8 PEM.
     #[error("{location}: {name} is not PEM text")]
     NotText {

@@ -1,9 +1,15 @@
 //! The `AuthorizationPolicy` custom resource (`trellis.dev/v1alpha1`, namespaced) and its
 //! conversion into the checked [`Policy`] the rest of the control plane uses.
 //!
-//! Owns: the Rust type the CRD YAML in `charts/trellis/crds/` is generated from (a test fails if
-//! the chart's copy drifts), the OpenAPI schema that lets the API server reject malformed
-//! policies, and the same checks done again here for policies from a mesh file.
+//! Owns: the Rust type the CRD YAML in `charts/trellis/files/` is generated from (a test fails
+//! if the chart's copy drifts; the chart's `templates/crds.yaml` renders it), the OpenAPI
+//! schema that lets the API server reject malformed policies, what `kubectl explain` and
+//! `kubectl get` show, and the same checks done again here for policies from a mesh file.
+//!
+//! Names: the short name is `tauthz` ("Trellis authz"). `tap` was taken by Linkerd's
+//! vocabulary (`linkerd viz tap`), and Istio's `AuthorizationPolicy` shares our kind and
+//! plural, so with both installed `kubectl get authorizationpolicies` is ambiguous while
+//! `kubectl get tauthz` is not. The category `trellis` makes `kubectl get trellis` list them.
 
 use std::collections::BTreeMap;
 
@@ -19,8 +25,13 @@ use trellis_ca::{IdentityPattern, TrustDomain};
     version = "v1alpha1",
     kind = "AuthorizationPolicy",
     namespaced,
-    shortname = "tap",
-    printcolumn = r#"{"name":"Mode","type":"string","jsonPath":".spec.mode"}"#,
+    shortname = "tauthz",
+    category = "trellis",
+    doc = "An allow-list of workload identities for the meshed pods it selects in its namespace. Once a pod is selected by at least one policy in enforce mode, its Trellis sidecar accepts a mesh connection only if a policy covering the target port lists the caller's SPIFFE ID (exactly, or by an ns/<ns>/sa/* or ns/<ns>/* wildcard); ports no policy covers are refused too. A policy in audit mode refuses nothing and records what it would refuse. A pod selected by no policy accepts any identity of the mesh's trust domain. Refusals appear in the sidecar's log (kubectl logs -c trellis-proxy) and in trellis inspect.",
+    printcolumn = r#"{"name":"Mode","type":"string","jsonPath":".spec.mode","description":"enforce or audit"}"#,
+    printcolumn = r#"{"name":"Selector","type":"string","jsonPath":".spec.selector.matchLabels","description":"labels of the pods it applies to (empty: every pod of the namespace)"}"#,
+    printcolumn = r#"{"name":"Ports","type":"string","jsonPath":".spec.ports","priority":1,"description":"target ports covered (empty: every port)"}"#,
+    printcolumn = r#"{"name":"Allow","type":"string","jsonPath":".spec.allow","priority":1,"description":"identities allowed"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -175,7 +186,7 @@ impl Policy {
     }
 }
 
-/// The CRD as YAML, as it is committed in `charts/trellis/crds/authorizationpolicies.yaml`.
+/// The CRD as YAML, as it is committed in `charts/trellis/files/authorizationpolicies.yaml`.
 pub fn crd_yaml() -> String {
     use kube::CustomResourceExt;
     let header = "# Generated from control-plane/src/mesh/crd.rs by the test\n\

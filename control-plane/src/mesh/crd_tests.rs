@@ -13,7 +13,7 @@ fn policy(yaml: &str) -> AuthorizationPolicy {
 #[test]
 fn crd_in_the_chart_is_generated_from_the_rust_type() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../charts/trellis/crds/authorizationpolicies.yaml");
+        .join("../charts/trellis/files/authorizationpolicies.yaml");
     let want = crd_yaml();
     if std::env::var_os("TRELLIS_REGENERATE_CRD").is_some() {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -25,6 +25,39 @@ fn crd_in_the_chart_is_generated_from_the_rust_type() {
         have == want,
         "{} is out of date: run TRELLIS_REGENERATE_CRD=1 cargo test -p trellis-control-plane crd",
         path.display()
+    );
+}
+
+#[test]
+fn kubectl_shows_an_unambiguous_short_name_a_description_and_the_policy_columns() {
+    let crd =
+        serde_json::to_value(<AuthorizationPolicy as kube::CustomResourceExt>::crd()).unwrap();
+    let names = &crd["spec"]["names"];
+    assert_eq!(names["shortNames"], serde_json::json!(["tauthz"]));
+    assert_eq!(names["categories"], serde_json::json!(["trellis"]));
+    let version = &crd["spec"]["versions"][0];
+    let description = version["schema"]["openAPIV3Schema"]["description"]
+        .as_str()
+        .unwrap();
+    assert!(
+        description.starts_with("An allow-list of workload identities"),
+        "{description}"
+    );
+    let columns: Vec<(&str, &str)> = version["additionalPrinterColumns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["name"].as_str().unwrap(), c["jsonPath"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        columns,
+        [
+            ("Mode", ".spec.mode"),
+            ("Selector", ".spec.selector.matchLabels"),
+            ("Ports", ".spec.ports"),
+            ("Allow", ".spec.allow"),
+            ("Age", ".metadata.creationTimestamp"),
+        ]
     );
 }
 

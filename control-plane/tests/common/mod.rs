@@ -157,10 +157,18 @@ pub fn write_join_tokens(path: &Path, entries: &[(&str, &str)]) {
     write_atomically(path, text.as_bytes());
 }
 
-/// Replaces `path` with `contents` through a rename, so a reader never sees half a file.
+/// Replaces `path` with `contents` through a rename, so a reader never sees half a file. The
+/// file is private (0600), as a join-token file must be.
 pub fn write_atomically(path: &Path, contents: &[u8]) {
+    use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
-    let mut file = std::fs::File::create(&tmp).expect("create a temporary file");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .expect("create a temporary file");
     file.write_all(contents).expect("write the temporary file");
     file.sync_all().expect("sync the temporary file");
     std::fs::rename(&tmp, path).expect("rename over the old file");

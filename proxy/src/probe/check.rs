@@ -258,7 +258,7 @@ async fn grpc(g: &Grpc, addr: SocketAddr, timeout: Duration) -> Result<String, C
         .timeout(timeout)
         .connect_with_connector(connector)
         .await
-        .map_err(|e| err(trellis_client::channel::error_chain(&e)))?;
+        .map_err(|e| err(trellis_client::diagnose::error_chain(&e)))?;
     let request = HealthCheckRequest {
         service: g.service.clone(),
     };

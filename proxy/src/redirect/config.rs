@@ -18,7 +18,7 @@ use clap::{Args, ValueEnum};
 
 use crate::ports;
 
-/// UID the proxy runs as (DESIGN.md "Ports and names"); its traffic is never redirected.
+/// UID the proxy runs as (docs/design.md "Ports and names"); its traffic is never redirected.
 pub const DEFAULT_PROXY_UID: u32 = 1337;
 /// GID the proxy runs as; traffic of this group is never redirected either.
 pub const DEFAULT_PROXY_GID: u32 = 1337;

@@ -11,21 +11,21 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use h2::RecvStream;
 use h2::server::SendResponse;
-use http::{Method, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tracing::{Instrument, debug, info_span};
 
+use super::admit::admit_connect;
 use super::read_ahead::ReadAhead;
 use super::stream::H2Stream;
 use super::{
     CONNECTION_WINDOW, MAX_FRAME_SIZE, MAX_HEADER_LIST_SIZE, REASON_HEADER, STREAM_WINDOW,
-    keepalive, parse_authority,
+    keepalive,
 };
 use crate::context::ProxyContext;
 use crate::copy;
 use crate::metrics::DecisionLabels;
-use crate::ports::PROXY_PORTS;
 use crate::records::{Direction, TlsFacts};
 
 /// Time a client has to complete its TLS handshake.
@@ -304,43 +304,26 @@ async fn admit(
             reason,
         );
     };
-    if req.method() != Method::CONNECT {
-        record_deny(None, "not_connect", "only CONNECT is served on the tunnel");
-        return Err(refusal(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "only CONNECT is served on the tunnel",
-        ));
-    }
-    let target = match parse_authority(req.uri().authority()) {
-        Ok(t) => t,
-        Err(reason) => {
-            record_deny(None, "bad_authority", &reason);
-            return Err(refusal(StatusCode::BAD_REQUEST, &reason));
+    let admitted = admit_connect(
+        req.method(),
+        req.uri().authority(),
+        |ip| ctx.is_local(ip),
+        &ctx.state.borrow().policy,
+        &peer.id,
+        &ctx.config.trust_domain,
+    );
+    let (target, decision) = match admitted {
+        Ok(admitted) => admitted,
+        Err(refused) => {
+            if let Some(decision) = &refused.decision {
+                let labels =
+                    decision_labels(decision, &peer.id, refused.target.map_or(0, |t| t.port()));
+                ctx.metrics.decisions.get_or_create(&labels).inc();
+            }
+            record_deny(refused.target, refused.code, &refused.reason);
+            return Err(refusal(refused.status, &refused.reason));
         }
     };
-    if !ctx.is_local(target.ip()) {
-        let reason = format!("target {target} is outside this pod");
-        record_deny(Some(target), "target_outside_pod", &reason);
-        return Err(refusal(StatusCode::FORBIDDEN, &reason));
-    }
-    if PROXY_PORTS.contains(&target.port()) {
-        let reason = format!("port {} belongs to the proxy", target.port());
-        record_deny(Some(target), "proxy_port", &reason);
-        return Err(refusal(StatusCode::FORBIDDEN, &reason));
-    }
-    let decision =
-        ctx.state
-            .borrow()
-            .policy
-            .authorize(&peer.id, target.port(), &ctx.config.trust_domain);
-    if !decision.admits() {
-        ctx.metrics
-            .decisions
-            .get_or_create(&decision_labels(&decision, &peer.id, target.port()))
-            .inc();
-        record_deny(Some(target), "policy", decision.reason());
-        return Err(refusal(StatusCode::FORBIDDEN, decision.reason()));
-    }
     let Ok(permit) = ctx.conn_limit.clone().try_acquire_owned() else {
         record_deny(Some(target), "overloaded", "too many connections");
         return Err(refusal(

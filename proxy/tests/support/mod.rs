@@ -30,6 +30,12 @@ impl ControlPlane {
         let dir = tempfile::tempdir().unwrap();
         let tokens: String = TOKENS.iter().map(|(t, id)| format!("{t} {id}\n")).collect();
         std::fs::write(dir.path().join("tokens"), tokens).unwrap();
+        // Join-token files must be private: the control plane refuses others' access.
+        std::fs::set_permissions(
+            dir.path().join("tokens"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
         for (t, _) in TOKENS {
             std::fs::write(dir.path().join(t), t).unwrap();
         }
@@ -76,6 +82,31 @@ pub async fn proxy(
     token: &str,
     extra: &[String],
 ) -> trellis_proxy::run::Running {
+    proxy_with_logs(cp, token, extra, None).await
+}
+
+/// [`proxy`], with the handle of the log filter its admin `/logging` page controls.
+pub async fn proxy_with_logs(
+    cp: &ControlPlane,
+    token: &str,
+    extra: &[String],
+    log_control: Option<trellis_telemetry::LogHandle>,
+) -> trellis_proxy::run::Running {
+    let running = proxy_started(cp, token, extra, log_control).await;
+    assert!(
+        running.ready(Duration::from_secs(10)).await,
+        "proxy got no certificate"
+    );
+    running
+}
+
+/// [`proxy_with_logs`] without waiting for its certificate.
+pub async fn proxy_started(
+    cp: &ControlPlane,
+    token: &str,
+    extra: &[String],
+    log_control: Option<trellis_telemetry::LogHandle>,
+) -> trellis_proxy::run::Running {
     let mut argv = vec![
         "trellis-proxy".to_string(),
         "--mode=explicit".into(),
@@ -87,13 +118,9 @@ pub async fn proxy(
         "--drain=1s".into(),
     ];
     argv.extend(extra.iter().cloned());
-    let config = Cli::try_parse_from(argv).unwrap().run.validate().unwrap();
-    let running = trellis_proxy::run::start(config).await.unwrap();
-    assert!(
-        running.ready(Duration::from_secs(10)).await,
-        "proxy got no certificate"
-    );
-    running
+    let mut config = Cli::try_parse_from(argv).unwrap().run.validate().unwrap();
+    config.log_control = log_control;
+    trellis_proxy::run::start(config).await.unwrap()
 }
 
 /// A backend proxy (identity of `TOKENS[1]`) fronting `app`, and a frontend proxy (`TOKENS[0]`)

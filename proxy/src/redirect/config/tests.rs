@@ -1,4 +1,4 @@
-//! Parsing `trellis-proxy init` flags: defaults from DESIGN.md, typed lists, and errors that
+//! Parsing `trellis-proxy init` flags: defaults from docs/design.md, typed lists, and errors that
 //! name the flag and the bad value.
 
 use clap::Parser;
