@@ -86,7 +86,9 @@ pub struct Figures {
     pub resyncs: u64,
     /// See `resyncs`.
     pub misses: u64,
-    /// Watch streams lost (the proxy reconnected).
+    /// Restart storm: Watch connections that failed or were lost (the proxy tried again).
+    pub storm_reconnects: usize,
+    /// Churn: Watch streams lost (the proxy reconnected and resumed).
     pub reconnects: usize,
     /// On demand instead: one unary round trip on an open channel, p50 / p99 (ms).
     pub rtt_p50_ms: Option<f64>,
@@ -352,7 +354,7 @@ pub fn markdown(r: &Report) -> String {
         head.join(" | "),
         "---:|".repeat(head.len())
     );
-    let rows: [(&str, fn(&Figures) -> String); 20] = [
+    let rows: [(&str, fn(&Figures) -> String); 21] = [
         (
             "restart storm: all hold certificates (p50 / p99 / all)",
             |f| spread(&f.certified),
@@ -409,8 +411,11 @@ pub fn markdown(r: &Report) -> String {
         ("updates per proxy per second", |f| {
             num(f.updates_per_proxy_s, 2)
         }),
-        ("resyncs / missed bases / lost streams", |f| {
+        ("churn: resyncs / missed bases / lost streams", |f| {
             format!("{} / {} / {}", f.resyncs, f.misses, f.reconnects)
+        }),
+        ("restart storm: Watch connections retried", |f| {
+            f.storm_reconnects.to_string()
         }),
         ("simulated proxy: memory for the mesh state", |f| {
             format!("{} MiB", num(f.sim_state_mib, 1))

@@ -164,6 +164,13 @@ async fn measure(
         f.synced = summary(&synced, sc.watchers);
         f.certify_failures = progress.counts().2;
     }
+    if let Some(first) = first_of(&progress.failures) {
+        f.problems.push(format!(
+            "{} proxies gave up on Certify; the first: {first}",
+            f.certify_failures
+        ));
+    }
+    f.storm_reconnects = len_of(&progress.reconnects);
     if !settled {
         f.problems.push(format!(
             "restart storm: {} of {} proxies synced within {:?}",
@@ -200,14 +207,12 @@ async fn measure(
         (Some(a), Some(b)) => Some(a.max(b)),
         (a, b) => a.or(b),
     };
-    f.reconnects = progress.reconnects.lock().map(|r| r.len()).unwrap_or(0);
-    if let Some(first) = progress
-        .reconnects
-        .lock()
-        .ok()
-        .and_then(|r| r.first().cloned())
+    f.reconnects = len_of(&progress.reconnects) - f.storm_reconnects;
+    if f.reconnects > 0
+        && let Some(first) = first_of(&progress.reconnects)
     {
-        f.problems.push(format!("a Watch stream was lost: {first}"));
+        f.problems
+            .push(format!("a Watch stream was lost during the churn: {first}"));
     }
     f.tokenreviews = api.cluster.reviews();
     stop.cancel();
@@ -235,6 +240,14 @@ fn clone_shared(s: &Shared) -> Shared {
         stats: Arc::new(Stats::default()),
         start: s.start,
     }
+}
+
+fn len_of(list: &std::sync::Mutex<Vec<String>>) -> usize {
+    list.lock().map(|l| l.len()).unwrap_or(0)
+}
+
+fn first_of(list: &std::sync::Mutex<Vec<String>>) -> Option<String> {
+    list.lock().ok().and_then(|l| l.first().cloned())
 }
 
 fn sorted(list: &std::sync::Mutex<Vec<f64>>) -> Vec<f64> {
