@@ -86,6 +86,9 @@ enum Sub {
     /// The control plane at scale: P pods, S Services, W watching proxies, R changes per
     /// second, in Kubernetes mode against a fake API server (see bench/README.md).
     ControlPlane(control_plane::Args),
+    /// One simulated proxy measuring its own memory (started by `control-plane`).
+    #[command(hide = true)]
+    ControlPlaneProxy(control_plane::ProbeArgs),
     /// The backend process (started by the bench itself).
     #[command(hide = true)]
     Backend {
@@ -111,6 +114,7 @@ fn main() -> ExitCode {
             };
         }
         Some(Sub::ControlPlane(args)) => control_plane::main(args),
+        Some(Sub::ControlPlaneProxy(args)) => control_plane::probe_main(args),
         None => bench(&cli),
     };
     match outcome {

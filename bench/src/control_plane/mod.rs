@@ -16,10 +16,12 @@
 //! - `mesh` — the synthetic cluster's objects and the churn (pure).
 //! - `processes` — the control plane under test and one real sidecar.
 //! - `proxies` — the simulated proxies: Certify, Watch, acknowledge, apply.
+//! - `alone` — one simulated proxy in a process of its own: its memory for the mesh state.
 //! - `tracker` — which proxy applied which change when; what they received.
 //! - `scenario` — one mesh size, phase by phase.
 //! - `report` — figures, targets, Markdown.
 
+mod alone;
 mod apiserver;
 mod mesh;
 mod plan;
@@ -35,6 +37,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::routes::Bins;
+pub use alone::{ProbeArgs, main as probe_main};
 use plan::{Plan, Scenario};
 
 /// Flags of `trellis-bench control-plane`.

@@ -139,7 +139,8 @@ pub async fn run(
     }
 }
 
-async fn certify(me: &Identity, shared: &Shared) -> anyhow::Result<Svid> {
+/// Certifies as `me`, retrying what is retryable for [`CERTIFY_FOR`].
+pub async fn certify(me: &Identity, shared: &Shared) -> anyhow::Result<Svid> {
     let deadline = Instant::now() + CERTIFY_FOR;
     loop {
         let key = WorkloadKey::generate()?;

@@ -50,7 +50,8 @@ pub struct Figures {
     pub full_state_bytes: Option<f64>,
     /// See `full_state_bytes`.
     pub full_state_messages: Option<f64>,
-    /// Growth of the bench's RSS when one simulated proxy (with a real `MeshState`) synced.
+    /// Growth of one simulated proxy's RSS (a process of its own, a real `MeshState`) from
+    /// holding its certificate to holding the full state.
     pub sim_state_mib: Option<f64>,
     /// A real `trellis-proxy`: time to sync, RSS after the churn, peak RSS.
     pub sidecar_sync_s: Option<f64>,
@@ -287,7 +288,7 @@ pub fn thousands(n: usize) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -298,6 +299,9 @@ pub fn thousands(n: usize) -> String {
 fn num(v: Option<f64>, digits: usize) -> String {
     v.map_or_else(|| "—".into(), |v| format!("{v:.digits$}"))
 }
+
+/// One row of the figures table: its label and how a mesh size's cell reads.
+type Row = (&'static str, fn(&Figures) -> String);
 
 /// The report as Markdown.
 pub fn markdown(r: &Report) -> String {
@@ -354,7 +358,7 @@ pub fn markdown(r: &Report) -> String {
         head.join(" | "),
         "---:|".repeat(head.len())
     );
-    let rows: [(&str, fn(&Figures) -> String); 21] = [
+    let rows: &[Row] = &[
         (
             "restart storm: all hold certificates (p50 / p99 / all)",
             |f| spread(&f.certified),
@@ -417,9 +421,10 @@ pub fn markdown(r: &Report) -> String {
         ("restart storm: Watch connections retried", |f| {
             f.storm_reconnects.to_string()
         }),
-        ("simulated proxy: memory for the mesh state", |f| {
-            format!("{} MiB", num(f.sim_state_mib, 1))
-        }),
+        (
+            "simulated proxy (own process): RSS growth for the mesh state",
+            |f| format!("{} MiB", num(f.sim_state_mib, 1)),
+        ),
         ("real sidecar: time to sync", |f| {
             format!("{} s", num(f.sidecar_sync_s, 2))
         }),
@@ -443,7 +448,7 @@ pub fn markdown(r: &Report) -> String {
             }
         }),
     ];
-    for (label, cell) in rows {
+    for (label, cell) in rows.iter().copied() {
         let cells: Vec<String> = r.figures.iter().map(cell).collect();
         let _ = writeln!(out, "| {label} | {} |", cells.join(" | "));
     }

@@ -14,6 +14,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use trellis_ca::{SpiffeId, TrustBundle, TrustDomain};
 
+use super::alone;
 use super::apiserver::{ApiServer, Cluster, token_for};
 use super::mesh::{Change, Mesh};
 use super::plan::{Plan, Scenario};
@@ -29,10 +30,6 @@ const CONTROL_PLANE_ID: &str = "spiffe://cluster.local/ns/trellis-system/sa/trel
 
 fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
-}
-
-fn own_rss_kib() -> u64 {
-    procs::rss_kib(&[std::process::id()])
 }
 
 /// Polls `done` every 20 ms until it holds or `limit` passes; whether it held.
@@ -102,28 +99,19 @@ async fn measure(
         }
     };
 
-    // 1. One proxy alone, with a real state: how much this process grows by it.
-    let before = own_rss_kib();
-    let alone = Arc::new(Progress::default());
-    let stop_alone = CancellationToken::new();
-    let one = tokio::spawn(proxies::run(
-        identity(sc.watchers, true),
-        shared.clone(),
-        alone.clone(),
-        stop_alone.clone(),
-    ));
-    if !until(Duration::from_secs(60), || proxies::settled(&alone, 1)).await {
-        bail!("one proxy did not get the full state within 60 s");
-    }
-    if alone.counts().2 > 0 {
-        bail!(
-            "the first proxy failed: {:?}",
-            alone.failures.lock().ok().map(|f| f.clone())
-        );
-    }
-    f.sim_state_mib = Some(mib(own_rss_kib().saturating_sub(before)));
-    stop_alone.cancel();
-    let _ = one.await;
+    // 1. One proxy alone, in a process of its own, with a real state: how much it grows by it.
+    let (ns, sa, pod) = &pinned[sc.watchers];
+    let grown = alone::measure(
+        sup,
+        dir,
+        &shared,
+        &cp.root_pem,
+        pod,
+        &token_for(ns, sa, pod),
+        &format!("proxy-alone-{}", sc.pods),
+    )
+    .await?;
+    f.sim_state_mib = Some(mib(grown));
 
     // 2. W proxies restarting at once: Certify, then Watch and the full state.
     procs::reset_peak_rss(&[cp.pid]);
