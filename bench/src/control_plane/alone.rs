@@ -8,6 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -36,6 +37,10 @@ pub struct ProbeArgs {
     /// The pod's token.
     #[arg(long)]
     token: String,
+    /// Workloads the mesh has: the state counts once it holds them all (a control plane still
+    /// listing the cluster serves part of it).
+    #[arg(long)]
+    workloads: usize,
 }
 
 /// Runs the probe: prints `<KiB before> <KiB after>`.
@@ -74,9 +79,14 @@ async fn probe(args: &ProbeArgs) -> anyhow::Result<(u64, u64)> {
     let stop = CancellationToken::new();
     let task = tokio::spawn(proxies::run(me, shared, progress.clone(), stop.clone()));
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !proxies::settled(&progress, 1) {
+    let holds_all = || progress.workloads_held.load(Ordering::Relaxed) >= args.workloads;
+    while !(holds_all() || progress.counts().2 > 0) {
         if Instant::now() > deadline {
-            bail!("no full state within 60 s");
+            bail!(
+                "no state with {} workloads within 60 s (holding {})",
+                args.workloads,
+                progress.workloads_held.load(Ordering::Relaxed)
+            );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -94,15 +104,16 @@ async fn probe(args: &ProbeArgs) -> anyhow::Result<(u64, u64)> {
     Ok((before, after))
 }
 
-/// Runs the probe as `name` for the pod (namespace, service account, pod name) and returns the
-/// growth of its RSS (KiB).
+/// Runs the probe as `name` for `me` until it holds `workloads` workloads and returns the
+/// growth of its RSS (KiB). The fleet starts after it: so also after the control plane has
+/// the whole mesh.
 pub async fn measure(
     sup: &mut Supervisor,
     dir: &Path,
     shared: &Shared,
     root_pem: &str,
-    pod: &str,
-    token: &str,
+    me: &Identity,
+    workloads: usize,
     name: &str,
 ) -> anyhow::Result<u64> {
     let root = dir.join(format!("{name}.root.pem"));
@@ -115,8 +126,9 @@ pub async fn measure(
             .arg(format!("--control-plane={}", shared.control_plane))
             .arg(format!("--control-plane-id={}", shared.control_plane_id))
             .arg(format!("--root-file={}", root.display()))
-            .arg(format!("--pod={pod}"))
-            .arg(format!("--token={token}")),
+            .arg(format!("--pod={}", me.pod))
+            .arg(format!("--token={}", me.token))
+            .arg(format!("--workloads={workloads}")),
         Duration::from_secs(90),
     )
     .await?;

@@ -78,6 +78,8 @@ pub struct Progress {
     pub failures: Mutex<Vec<String>>,
     /// Why Watch streams were lost (the proxy reconnects and resumes).
     pub reconnects: Mutex<Vec<String>>,
+    /// Workloads in the latest state applied by a proxy that keeps a real one.
+    pub workloads_held: std::sync::atomic::AtomicUsize,
 }
 
 impl Progress {
@@ -274,6 +276,9 @@ fn on_update(
             loads,
         };
         *state = apply(state, update, &mut cx).map_err(|e| e.to_string())?;
+        progress
+            .workloads_held
+            .store(state.len(), Ordering::Relaxed);
     }
     (held.epoch, held.version) = (update.epoch, update.version);
     shared.stats.count(&shared.stats.updates);

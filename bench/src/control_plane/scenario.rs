@@ -100,14 +100,13 @@ async fn measure(
     };
 
     // 1. One proxy alone, in a process of its own, with a real state: how much it grows by it.
-    let (ns, sa, pod) = &pinned[sc.watchers];
     let grown = alone::measure(
         sup,
         dir,
         &shared,
         &cp.root_pem,
-        pod,
-        &token_for(ns, sa, pod),
+        &identity(sc.watchers, true),
+        mesh.pod_count(),
         &format!("proxy-alone-{}", sc.pods),
     )
     .await?;
