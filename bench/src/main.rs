@@ -15,8 +15,11 @@
 //! - `load` — the open-loop generator, the new-connection loop, single-stream transfers.
 //! - `run` — the schedule: repetitions, routes alternating; raw samples.
 //! - `report` — medians, added latency, targets, completeness; `markdown` and `svg` render it.
+//! - `control_plane` — `trellis-bench control-plane`: the control plane at scale (its own
+//!   layout in its module).
 
 mod backend;
+mod control_plane;
 mod load;
 mod markdown;
 mod plan;
@@ -81,6 +84,12 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Sub {
+    /// The control plane at scale: P pods, S Services, W watching proxies, R changes per
+    /// second, in Kubernetes mode against a fake API server (see bench/README.md).
+    ControlPlane(control_plane::Args),
+    /// One simulated proxy measuring its own memory (started by `control-plane`).
+    #[command(hide = true)]
+    ControlPlaneProxy(control_plane::ProbeArgs),
     /// The backend process (started by the bench itself).
     #[command(hide = true)]
     Backend {
@@ -95,16 +104,21 @@ enum Sub {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Sub::Backend { http, stream }) = cli.command {
-        return match backend::run(http, stream) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("backend: {e:#}");
-                ExitCode::FAILURE
-            }
-        };
-    }
-    match bench(&cli) {
+    let outcome = match &cli.command {
+        Some(Sub::Backend { http, stream }) => {
+            return match backend::run(*http, *stream) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("backend: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Some(Sub::ControlPlane(args)) => control_plane::main(args),
+        Some(Sub::ControlPlaneProxy(args)) => control_plane::probe_main(args),
+        None => bench(&cli),
+    };
+    match outcome {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(2),
         Err(e) => {
@@ -125,21 +139,7 @@ fn bench(cli: &Cli) -> anyhow::Result<bool> {
     if let Some(n) = cli.repetitions {
         plan.repetitions = n.max(1);
     }
-    let bin_dir = match &cli.bin_dir {
-        Some(d) => d.clone(),
-        None => {
-            let exe = std::env::current_exe()?;
-            // target/<profile>/trellis-bench → target/release
-            let target = exe
-                .parent()
-                .and_then(Path::parent)
-                .context("cannot locate target/")?;
-            if !cli.no_build {
-                build_binaries()?;
-            }
-            target.join("release")
-        }
-    };
+    let bin_dir = bin_dir(cli.bin_dir.as_deref(), cli.no_build)?;
     let bins = routes::Bins::in_dir(&bin_dir)?;
     for tool in ["haproxy", "nginx"] {
         if Command::new(routes::tool(tool)).arg("-v").output().is_err() {
@@ -219,6 +219,24 @@ fn bench(cli: &Cli) -> anyhow::Result<bool> {
     Ok(report.complete)
 }
 
+/// Where the binaries under test are: `given`, or the workspace's target/release (built first
+/// unless `no_build`).
+fn bin_dir(given: Option<&Path>, no_build: bool) -> anyhow::Result<PathBuf> {
+    if let Some(d) = given {
+        return Ok(d.to_owned());
+    }
+    let exe = std::env::current_exe()?;
+    // target/<profile>/trellis-bench → target/release
+    let target = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("cannot locate target/")?;
+    if !no_build {
+        build_binaries()?;
+    }
+    Ok(target.join("release"))
+}
+
 /// Builds the binaries under test when the bench runs through cargo (which sets `CARGO`).
 fn build_binaries() -> anyhow::Result<()> {
     let Some(cargo) = std::env::var_os("CARGO") else {
@@ -292,13 +310,18 @@ fn loadavg() -> String {
         .join(" ")
 }
 
-fn environment(bins: &routes::Bins) -> Environment {
+/// The CPU model from /proc/cpuinfo.
+fn cpu_model() -> String {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let cpu = cpuinfo
+    cpuinfo
         .lines()
         .find_map(|l| l.strip_prefix("model name"))
         .and_then(|l| l.split_once(':'))
-        .map_or_else(|| "unknown CPU".into(), |(_, m)| m.trim().to_owned());
+        .map_or_else(|| "unknown CPU".into(), |(_, m)| m.trim().to_owned())
+}
+
+fn environment(bins: &routes::Bins) -> Environment {
+    let cpu = cpu_model();
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
     Environment {
         date: first_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),

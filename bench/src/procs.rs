@@ -296,3 +296,19 @@ pub fn reset_peak_rss(pids: &[u32]) -> bool {
     pids.iter()
         .all(|p| fs::write(format!("/proc/{p}/clear_refs"), "5").is_ok())
 }
+
+/// Sum of the resident set sizes (`VmRSS`, KiB) of `pids` now.
+pub fn rss_kib(pids: &[u32]) -> u64 {
+    pids.iter().filter_map(|&p| status_kib(p, "VmRSS:")).sum()
+}
+
+/// Bytes `pid` passed to write-like system calls (`wchar` of `/proc/PID/io`): for a server,
+/// mostly what it sent on its sockets.
+pub fn written_bytes(pid: u32) -> Option<u64> {
+    let io = fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    io.lines()
+        .find_map(|l| l.strip_prefix("wchar:"))?
+        .trim()
+        .parse()
+        .ok()
+}

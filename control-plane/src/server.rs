@@ -15,7 +15,6 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 use trellis_ca::{TrustBundle, certs_from_pem};
-use trellis_proto::discovery::discovery_server::DiscoveryServer;
 use trellis_proto::identity::identity_server::IdentityServer;
 use trellis_proto::istio::istio_certificate_service_server::IstioCertificateServiceServer;
 
@@ -25,7 +24,9 @@ use crate::ca_live::{LiveCa, LiveClientVerifier};
 use crate::ca_store::{CaStore, DirStore, Origin, Published, SecretStore, load_or_init};
 use crate::certify::Certifier;
 use crate::config::{Config, Mode};
-use crate::grpc::{DiscoveryService, IdentityService, IstioCaService, MAX_MESSAGE_BYTES};
+use crate::grpc::{
+    DiscoveryServer, DiscoveryService, IdentityService, IstioCaService, MAX_MESSAGE_BYTES,
+};
 use crate::metrics::{self, Metrics};
 use crate::node_agent::NodeAgents;
 use crate::rate_limit::RateLimiter;

@@ -8,7 +8,7 @@ mod discovery;
 mod identity;
 mod istio;
 
-pub use discovery::{DiscoveryService, WatcherInfo, Watchers};
+pub use discovery::{DiscoveryServer, DiscoveryService, WatcherInfo, Watchers};
 pub use identity::IdentityService;
 pub use istio::IstioCaService;
 use tonic::{Code, Status};

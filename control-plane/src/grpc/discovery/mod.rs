@@ -4,11 +4,15 @@
 //!
 //! Owns: one task per stream that follows the published [`MeshView`]s and the trust bundle,
 //! reads the proxy's acknowledgements, and sends updates. A slow proxy holds at most one
-//! update in its queue: while it is full the task waits, and the next update it sends covers
+//! message in its queue: while it is full the task waits, and the next update it sends covers
 //! every change since the last one sent (changes coalesce; memory does not grow). A proxy that
 //! reports it could not apply an update, or that fell behind the history, gets the full state.
-//! Large updates are split into messages of at most [`MESSAGE_BYTES`].
+//! Large updates are split into messages of at most [`MESSAGE_BYTES`]. What every proxy gets
+//! alike is encoded once per change and shared by the streams ([`frames`]); the service itself
+//! is written out in [`server`] so that those bytes reach hyper uncopied.
 
+mod frames;
+mod server;
 mod watchers;
 mod wire;
 
@@ -16,16 +20,16 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use prost::Message;
+use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Status, Streaming};
 use tracing::{Instrument, debug, info, info_span, warn};
 use trellis_ca::{SpiffeId, TrustBundle};
-use trellis_proto::discovery::discovery_server::Discovery;
 use trellis_proto::discovery::{MeshUpdate, WatchRequest};
 
+use frames::EncodedPart;
+pub use server::DiscoveryServer;
 pub use watchers::{WatcherInfo, Watchers};
 use wire::GlobalPart;
 
@@ -77,23 +81,19 @@ impl DiscoveryService {
     }
 }
 
-#[tonic::async_trait]
-impl Discovery for DiscoveryService {
-    type WatchStream = ReceiverStream<Result<MeshUpdate, Status>>;
-
-    async fn watch(
+impl DiscoveryService {
+    /// Opens a Watch stream for the caller on `peer` (its verified identity, never the
+    /// request's): waits for its first request, then spawns the stream's task and returns the
+    /// frames it will send.
+    async fn open(
         &self,
-        request: Request<Streaming<WatchRequest>>,
-    ) -> Result<Response<Self::WatchStream>, Status> {
-        let peer = request
-            .extensions()
-            .get::<PeerInfo>()
-            .cloned()
-            .ok_or_else(|| Status::internal("connection information missing"))?;
+        peer: Option<PeerInfo>,
+        mut requests: Streaming<WatchRequest>,
+    ) -> Result<mpsc::Receiver<Bytes>, Status> {
+        let peer = peer.ok_or_else(|| Status::internal("connection information missing"))?;
         let caller = peer.id.clone().ok_or_else(|| {
             Status::unauthenticated("Watch needs a client certificate (the proxy's SVID)")
         })?;
-        let mut requests = request.into_inner();
         let first = match tokio::time::timeout(FIRST_REQUEST_TIMEOUT, requests.message()).await {
             Ok(Ok(Some(first))) => first,
             Ok(Ok(None)) => {
@@ -108,7 +108,8 @@ impl Discovery for DiscoveryService {
                 ));
             }
         };
-        let (tx, rx) = mpsc::channel(1);
+        // Room for one message: its own bytes and the shared chunk.
+        let (tx, rx) = mpsc::channel(2);
         let info = WatcherInfo {
             id: caller.clone(),
             node: truncated(&first.node),
@@ -142,7 +143,7 @@ impl Discovery for DiscoveryService {
                 )
                 .instrument(span),
         );
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(rx)
     }
 }
 
@@ -176,19 +177,19 @@ impl WatchStream {
         mut views: watch::Receiver<Arc<MeshView>>,
         mut bundles: watch::Receiver<Arc<TrustBundle>>,
         mut requests: Streaming<WatchRequest>,
-        tx: mpsc::Sender<Result<MeshUpdate, Status>>,
+        tx: mpsc::Sender<Bytes>,
         shutdown: CancellationToken,
     ) {
         let mut first = true;
         loop {
             let view = views.borrow_and_update().clone();
             let bundle = bundles.borrow_and_update().clone();
-            let messages = self.next_update(&view, &bundle, first);
+            let frames = self.next_update(&view, &bundle, first);
             first = false;
-            for message in messages {
+            for frame in frames {
                 tokio::select! {
                     () = shutdown.cancelled() => return,
-                    sent = tx.send(Ok(message)) => if sent.is_err() { return },
+                    sent = tx.send(frame) => if sent.is_err() { return },
                 }
             }
             tokio::select! {
@@ -222,15 +223,15 @@ impl WatchStream {
         }
     }
 
-    /// The messages that bring the proxy from what it holds to `view` and `bundle`; empty when
-    /// it is current. The first update of a stream always carries the inbound view and bundle;
-    /// later ones carry them when they changed.
+    /// The frames (buffers of gRPC messages, in order) that bring the proxy from what it holds
+    /// to `view` and `bundle`; empty when it is current. The first update of a stream always
+    /// carries the inbound view and bundle; later ones carry them when they changed.
     fn next_update(
         &mut self,
         view: &MeshView,
         bundle: &Arc<TrustBundle>,
         first: bool,
-    ) -> Vec<MeshUpdate> {
+    ) -> Vec<Bytes> {
         let since = if std::mem::take(&mut self.resync) {
             Since::Everything
         } else {
@@ -257,29 +258,21 @@ impl WatchStream {
         // Sent even when it carries nothing for this proxy (a change elsewhere): the version
         // moves on, so every proxy's acknowledged version says exactly what it holds.
         let global = self.parts.get(view, &since, self.held.1);
-        let base_version = self.held.1;
-        let mut messages = split(&global, MESSAGE_BYTES)
-            .into_iter()
-            .map(|part| MeshUpdate {
-                epoch: view.epoch,
-                version: view.version,
-                base_version,
-                full: part.full,
-                workloads: part.workloads,
-                removed_workloads: part.removed_workloads,
-                services: part.services,
-                removed_services: part.removed_services,
-                inbound: None,
-                trust_bundle: None,
-                more: true,
-            })
-            .collect::<Vec<_>>();
-        if let Some(head) = messages.first_mut() {
-            head.inbound = inbound.as_ref().map(wire::inbound);
-            head.trust_bundle = bundle_changed.then(|| wire::bundle(bundle));
-        }
-        if let Some(last) = messages.last_mut() {
-            last.more = false;
+        let mut head = MeshUpdate {
+            epoch: view.epoch,
+            version: view.version,
+            base_version: self.held.1,
+            full: global.full,
+            inbound: inbound.as_ref().map(wire::inbound),
+            trust_bundle: bundle_changed.then(|| wire::bundle(bundle)),
+            ..MeshUpdate::default()
+        };
+        let mut out = Vec::with_capacity(global.chunks.len() * 2);
+        for (i, chunk) in global.chunks.iter().enumerate() {
+            head.more = i + 1 < global.chunks.len();
+            out.extend(frames::frame(&head, chunk));
+            // Only the first message says `full` and carries the proxy's own parts.
+            (head.full, head.inbound, head.trust_bundle) = (false, None, None);
         }
         if matches!(since, Since::Everything) && !first {
             info!(version = view.version, "sending the full state again");
@@ -290,60 +283,17 @@ impl WatchStream {
         self.last_bundle = Some(bundle.clone());
         self.held = (view.epoch, view.version);
         self.handle.update(|i| i.sent = (view.epoch, view.version));
-        messages
+        out
     }
 }
 
-/// Splits `part` into parts whose entries encode to at most about `limit` bytes each (one
-/// entry larger than `limit` still goes, alone). Always at least one part; only the first
-/// keeps `full`.
-fn split(part: &GlobalPart, limit: usize) -> Vec<GlobalPart> {
-    let mut out = vec![GlobalPart {
-        full: part.full,
-        ..GlobalPart::default()
-    }];
-    let mut size = 0usize;
-    let mut room = |out: &mut Vec<GlobalPart>, len: usize| {
-        if size + len > limit && size > 0 {
-            out.push(GlobalPart::default());
-            size = 0;
-        }
-        size += len;
-    };
-    for w in &part.removed_workloads {
-        room(&mut out, w.encoded_len());
-        if let Some(p) = out.last_mut() {
-            p.removed_workloads.push(w.clone());
-        }
-    }
-    for w in &part.workloads {
-        room(&mut out, w.encoded_len());
-        if let Some(p) = out.last_mut() {
-            p.workloads.push(w.clone());
-        }
-    }
-    for s in &part.removed_services {
-        room(&mut out, s.len() + 2);
-        if let Some(p) = out.last_mut() {
-            p.removed_services.push(s.clone());
-        }
-    }
-    for s in &part.services {
-        room(&mut out, s.encoded_len());
-        if let Some(p) = out.last_mut() {
-            p.services.push(s.clone());
-        }
-    }
-    out
-}
-
-/// Global parts recently built, by (epoch, base version, version); base 0 is the full state.
-/// Most streams are at the same version, so each part is built once per change, not once per
-/// stream.
+/// Global parts recently built and encoded, by (epoch, base version, version); base 0 is the
+/// full state. Most streams are at the same version, so each part is built and encoded once
+/// per change, not once per stream.
 #[derive(Debug, Default)]
 struct PartCache {
     /// A few recent parts.
-    entries: Mutex<VecDeque<(PartKey, Arc<GlobalPart>)>>,
+    entries: Mutex<VecDeque<(PartKey, Arc<EncodedPart>)>>,
 }
 
 /// (epoch, base version or 0 for the full state, version).
@@ -354,9 +304,9 @@ impl PartCache {
     const SIZE: usize = 4;
 
     /// The part for a proxy at version `held` of `view`'s epoch, given `since`.
-    fn get(&self, view: &MeshView, since: &Since, held: u64) -> Arc<GlobalPart> {
+    fn get(&self, view: &MeshView, since: &Since, held: u64) -> Arc<EncodedPart> {
         let base = match since {
-            Since::Nothing => return Arc::new(GlobalPart::default()),
+            Since::Nothing => return Arc::new(EncodedPart::encode(&GlobalPart::default(), 0)),
             Since::Everything => 0,
             Since::Changed(_) => held,
         };
@@ -365,7 +315,10 @@ impl PartCache {
         if let Some((_, part)) = entries.iter().find(|(k, _)| *k == key) {
             return part.clone();
         }
-        let part = Arc::new(GlobalPart::of(&view.model, since));
+        let part = Arc::new(EncodedPart::encode(
+            &GlobalPart::of(&view.model, since),
+            MESSAGE_BYTES,
+        ));
         entries.push_back((key, part.clone()));
         if entries.len() > Self::SIZE {
             entries.pop_front();

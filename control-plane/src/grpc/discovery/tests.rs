@@ -58,6 +58,32 @@ fn stream(caller: &str, ip: &str, held: (u64, u64)) -> WatchStream {
     }
 }
 
+/// The messages in `frames`, as a proxy decodes them.
+fn decode(frames: Vec<Bytes>) -> Vec<MeshUpdate> {
+    use prost::Message as _;
+    let bytes: Vec<u8> = frames.iter().flat_map(|b| b.iter().copied()).collect();
+    let mut rest = bytes.as_slice();
+    let mut out = Vec::new();
+    while !rest.is_empty() {
+        assert_eq!(rest[0], 0, "not compressed");
+        let len = u32::from_be_bytes(rest[1..5].try_into().unwrap()) as usize;
+        out.push(MeshUpdate::decode(&rest[5..5 + len]).unwrap());
+        rest = &rest[5 + len..];
+    }
+    out
+}
+
+impl WatchStream {
+    fn next_messages(
+        &mut self,
+        view: &MeshView,
+        bundle: &Arc<TrustBundle>,
+        first: bool,
+    ) -> Vec<MeshUpdate> {
+        decode(self.next_update(view, bundle, first))
+    }
+}
+
 fn ips(u: &MeshUpdate) -> Vec<String> {
     u.workloads
         .iter()
@@ -73,7 +99,7 @@ fn the_first_update_is_the_full_state_with_inbound_view_and_bundle() {
     let (_p, views) = Publisher::with_epoch(base(), 9);
     let mut s = stream("ns/shop/sa/backend", "198.18.0.3", (0, 0));
     let b = bundle();
-    let msgs = s.next_update(&views.borrow(), &b, true);
+    let msgs = s.next_messages(&views.borrow(), &b, true);
     assert_eq!(msgs.len(), 1);
     let u = &msgs[0];
     assert!(u.full && !u.more);
@@ -82,7 +108,7 @@ fn the_first_update_is_the_full_state_with_inbound_view_and_bundle() {
     assert!(u.inbound.is_some());
     assert_eq!(u.trust_bundle.as_ref().unwrap().roots_pem.len(), 1);
     // Nothing changed: nothing to send.
-    assert!(s.next_update(&views.borrow(), &b, false).is_empty());
+    assert!(s.next_messages(&views.borrow(), &b, false).is_empty());
 }
 
 #[test]
@@ -90,7 +116,7 @@ fn a_change_sends_only_what_changed_on_top_of_the_version_held() {
     let (p, views) = Publisher::with_epoch(base(), 9);
     let b = bundle();
     let mut s = stream("ns/shop/sa/frontend", "198.18.0.2", (0, 0));
-    s.next_update(&views.borrow(), &b, true);
+    s.next_messages(&views.borrow(), &b, true);
     let mut m = base();
     m.add_workload(workload(
         "shop",
@@ -103,7 +129,7 @@ fn a_change_sends_only_what_changed_on_top_of_the_version_held() {
         port: 0,
     });
     p.publish(m);
-    let msgs = s.next_update(&views.borrow(), &b, false);
+    let msgs = s.next_messages(&views.borrow(), &b, false);
     assert_eq!(msgs.len(), 1);
     let u = &msgs[0];
     assert!(!u.full);
@@ -122,13 +148,13 @@ fn a_slow_proxy_gets_one_update_covering_every_change_it_missed() {
     let (p, views) = Publisher::with_epoch(base(), 9);
     let b = bundle();
     let mut s = stream("ns/shop/sa/frontend", "198.18.0.2", (0, 0));
-    s.next_update(&views.borrow(), &b, true);
+    s.next_messages(&views.borrow(), &b, true);
     let mut m = base();
     for last in 10..15 {
         m.add_workload(workload("shop", "w", &format!("198.18.0.{last}"), &[]));
         p.publish(m.clone());
     }
-    let msgs = s.next_update(&views.borrow(), &b, false);
+    let msgs = s.next_messages(&views.borrow(), &b, false);
     assert_eq!(msgs.len(), 1);
     assert_eq!((msgs[0].base_version, msgs[0].version), (1, 6));
     assert_eq!(msgs[0].workloads.len(), 5);
@@ -140,12 +166,12 @@ fn policy_edits_reach_the_selected_proxy_only_when_its_view_changes() {
     let b = bundle();
     let mut backend = stream("ns/shop/sa/backend", "198.18.0.3", (0, 0));
     let mut frontend = stream("ns/shop/sa/frontend", "198.18.0.2", (0, 0));
-    backend.next_update(&views.borrow(), &b, true);
-    frontend.next_update(&views.borrow(), &b, true);
+    backend.next_messages(&views.borrow(), &b, true);
+    frontend.next_messages(&views.borrow(), &b, true);
     let mut m = base();
     m.policies = vec![policy("shop", "allow-fe", "backend", "ns/shop/sa/frontend")];
     p.publish(m);
-    let to_backend = backend.next_update(&views.borrow(), &b, false);
+    let to_backend = backend.next_messages(&views.borrow(), &b, false);
     assert_eq!(to_backend.len(), 1);
     let inbound = to_backend[0].inbound.as_ref().unwrap();
     assert_eq!(inbound.rules[0].name, "shop/allow-fe");
@@ -154,17 +180,21 @@ fn policy_edits_reach_the_selected_proxy_only_when_its_view_changes() {
     let mut m = base();
     m.policies = vec![policy("shop", "allow-fe", "backend", "unauthenticated")];
     p.publish(m);
-    let to_backend = backend.next_update(&views.borrow(), &b, false);
+    let to_backend = backend.next_messages(&views.borrow(), &b, false);
     let inbound = to_backend[0].inbound.as_ref().unwrap();
     assert!(inbound.rules[0].allow_unauthenticated);
     assert!(inbound.rules[0].allow.is_empty(), "{inbound:?}");
-    let to_frontend = frontend.next_update(&views.borrow(), &b, false);
+    let to_frontend = frontend.next_messages(&views.borrow(), &b, false);
     assert_eq!(to_frontend.len(), 1, "the version moves on for everyone");
     assert!(
         to_frontend[0].inbound.is_none() && to_frontend[0].workloads.is_empty(),
         "no policy selects the frontend: nothing else to send it"
     );
-    assert!(frontend.next_update(&views.borrow(), &b, false).is_empty());
+    assert!(
+        frontend
+            .next_messages(&views.borrow(), &b, false)
+            .is_empty()
+    );
 }
 
 #[test]
@@ -172,14 +202,14 @@ fn a_proxy_that_could_not_apply_an_update_gets_the_full_state() {
     let (_p, views) = Publisher::with_epoch(base(), 9);
     let b = bundle();
     let mut s = stream("ns/shop/sa/frontend", "198.18.0.2", (0, 0));
-    s.next_update(&views.borrow(), &b, true);
+    s.next_messages(&views.borrow(), &b, true);
     s.on_request(&WatchRequest {
         epoch: 9,
         version: 0,
         error: "update applies on version 1 but I hold 0".into(),
         ..WatchRequest::default()
     });
-    let msgs = s.next_update(&views.borrow(), &b, false);
+    let msgs = s.next_messages(&views.borrow(), &b, false);
     assert!(msgs[0].full);
     assert_eq!(ips(&msgs[0]).len(), 2);
 }
@@ -192,7 +222,7 @@ fn a_reconnecting_proxy_of_the_same_epoch_resumes_and_of_another_gets_everything
     m.add_workload(workload("shop", "w", "198.18.0.20", &[]));
     p.publish(m);
     let mut resumed = stream("ns/shop/sa/frontend", "198.18.0.2", (9, 1));
-    let msgs = resumed.next_update(&views.borrow(), &b, true);
+    let msgs = resumed.next_messages(&views.borrow(), &b, true);
     assert!(!msgs[0].full);
     assert_eq!(ips(&msgs[0]), ["198.18.0.20"]);
     assert!(
@@ -200,7 +230,7 @@ fn a_reconnecting_proxy_of_the_same_epoch_resumes_and_of_another_gets_everything
         "a new stream always restates the inbound view and bundle"
     );
     let mut other_epoch = stream("ns/shop/sa/frontend", "198.18.0.2", (8, 2));
-    assert!(other_epoch.next_update(&views.borrow(), &b, true)[0].full);
+    assert!(other_epoch.next_messages(&views.borrow(), &b, true)[0].full);
 }
 
 #[test]
@@ -234,16 +264,18 @@ fn a_large_update_is_split_and_only_its_last_message_ends_it() {
         }],
     });
     let part = GlobalPart::of(&m, &Since::Everything);
-    let parts = split(&part, 32 * 1024);
-    assert!(parts.len() > 3, "{} parts", parts.len());
-    assert!(parts[0].full && parts[1..].iter().all(|p| !p.full));
+    let encoded = EncodedPart::encode(&part, 32 * 1024);
+    assert!(encoded.chunks.len() > 3, "{} chunks", encoded.chunks.len());
+    assert!(encoded.full);
+    assert!(encoded.chunks.iter().all(|c| c.len() <= 32 * 1024));
+    let parts: Vec<MeshUpdate> = encoded
+        .chunks
+        .iter()
+        .map(|c| prost::Message::decode(c.clone()).unwrap())
+        .collect();
     let total: usize = parts.iter().map(|p| p.workloads.len()).sum();
     assert_eq!(total, 3000);
     assert_eq!(parts.iter().map(|p| p.services.len()).sum::<usize>(), 1);
-    for p in &parts {
-        let len: usize = p.workloads.iter().map(Message::encoded_len).sum();
-        assert!(len <= 32 * 1024, "{len}");
-    }
 
     for i in 3000..25_000u32 {
         m.add_workload(workload(
@@ -255,10 +287,18 @@ fn a_large_update_is_split_and_only_its_last_message_ends_it() {
     }
     let (_p, views) = Publisher::with_epoch(m, 9);
     let mut s = stream("ns/shop/sa/sa1", "198.18.0.2", (0, 0));
-    let msgs = s.next_update(&views.borrow(), &bundle(), true);
+    let msgs = s.next_messages(&views.borrow(), &bundle(), true);
     assert!(msgs.len() > 1, "25,000 workloads in one message");
     assert!(msgs[..msgs.len() - 1].iter().all(|m| m.more));
     assert!(!msgs[msgs.len() - 1].more);
     assert!(msgs.iter().all(|m| m.version == 1 && m.epoch == 9));
     assert!(msgs[0].inbound.is_some() && msgs[1..].iter().all(|m| m.inbound.is_none()));
+    assert!(
+        msgs[0].full && msgs[1..].iter().all(|m| !m.full),
+        "only the first says full"
+    );
+    assert_eq!(
+        msgs.iter().map(|m| m.workloads.len()).sum::<usize>(),
+        25_000
+    );
 }

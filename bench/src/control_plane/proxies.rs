@@ -1,0 +1,336 @@
+//! The simulated proxies: W tasks in this process, each doing what a restarting sidecar does
+//! with the control plane — a new key, `Certify` with its pod's ServiceAccount token (over
+//! TLS, no client certificate yet), then `Watch` over a second TLS connection presenting the
+//! SVID it got: the full state, then deltas, each checked against the version held and
+//! acknowledged (or reported as missed, which brings the full state again). Updates are
+//! assembled with the proxy's own `Assembler`; one proxy in [`REAL_STATE_EVERY`] also applies
+//! them to a real `MeshState` with the proxy's `apply`, the others keep only the version
+//! (holding 2,000 full states would measure this process's memory, not the control plane's).
+//!
+//! Owns: one proxy's life ([`run`]), what the fleet reports ([`Progress`]), and the probe of
+//! what an on-demand lookup would cost: one unary round trip on an open channel ([`rtt_probe`]).
+
+use std::net::Ipv4Addr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use prost::Message;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use trellis_ca::{SpiffeId, Svid, TrustBundle, TrustDomain, WorkloadKey};
+use trellis_client::{IdentityClient, connect};
+use trellis_proto::discovery::discovery_client::DiscoveryClient;
+use trellis_proto::discovery::{MeshUpdate, WatchRequest};
+use trellis_proxy::discovery::apply::{ApplyContext, Assembler, apply};
+use trellis_proxy::services::Loads;
+use trellis_proxy::state::MeshState;
+
+use super::tracker::{Stats, Tracker};
+
+/// One proxy in this many holds a real `MeshState`.
+pub const REAL_STATE_EVERY: usize = 100;
+/// Largest discovery message accepted (as the proxy).
+const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+/// How long a proxy keeps retrying Certify (rate limited, unavailable).
+const CERTIFY_FOR: Duration = Duration::from_secs(60);
+
+/// What every simulated proxy shares.
+#[derive(Debug)]
+pub struct Shared {
+    /// The control plane's gRPC address.
+    pub control_plane: String,
+    /// Its identity.
+    pub control_plane_id: SpiffeId,
+    /// The roots (bootstrap trust).
+    pub bundle: TrustBundle,
+    /// The trust domain.
+    pub trust_domain: TrustDomain,
+    /// Who applied which churn change.
+    pub tracker: Arc<Tracker>,
+    /// What the proxies received while recording.
+    pub stats: Arc<Stats>,
+    /// When the proxies (re)started, all at once.
+    pub start: Instant,
+}
+
+/// One simulated proxy: its pod and token.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// Pod name.
+    pub pod: String,
+    /// Its ServiceAccount token.
+    pub token: String,
+    /// Whether it applies updates to a real `MeshState`.
+    pub real_state: bool,
+}
+
+/// What the fleet reports, as it happens.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Seconds from the start until each proxy held its certificate.
+    pub certified: Mutex<Vec<f64>>,
+    /// Seconds from the start until each proxy applied its first full state.
+    pub synced: Mutex<Vec<f64>>,
+    /// Why proxies gave up (Certify refused or never answered).
+    pub failures: Mutex<Vec<String>>,
+    /// Why Watch streams were lost (the proxy reconnects and resumes).
+    pub reconnects: Mutex<Vec<String>>,
+    /// Workloads in the latest state applied by a proxy that keeps a real one.
+    pub workloads_held: std::sync::atomic::AtomicUsize,
+}
+
+impl Progress {
+    fn push(list: &Mutex<Vec<f64>>, since: Instant) {
+        list.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(since.elapsed().as_secs_f64());
+    }
+
+    fn note(list: &Mutex<Vec<String>>, error: String) {
+        list.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(error);
+    }
+
+    /// Counts of (certified, synced, failed).
+    pub fn counts(&self) -> (usize, usize, usize) {
+        let len = |m: &Mutex<Vec<_>>| m.lock().unwrap_or_else(PoisonError::into_inner).len();
+        (
+            len(&self.certified),
+            len(&self.synced),
+            self.failures
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .len(),
+        )
+    }
+}
+
+/// One proxy's life until `stop`: certify, then watch (reconnecting, resuming from the version
+/// held, if the stream drops).
+pub async fn run(
+    me: Identity,
+    shared: Arc<Shared>,
+    progress: Arc<Progress>,
+    stop: CancellationToken,
+) {
+    let svid = tokio::select! {
+        () = stop.cancelled() => return,
+        svid = certify(&me, &shared) => match svid {
+            Ok(s) => s,
+            Err(e) => return Progress::note(&progress.failures, format!("{}: certify: {e:#}", me.pod)),
+        },
+    };
+    Progress::push(&progress.certified, shared.start);
+    let mut held = Held::default();
+    let mut first = true;
+    while !stop.is_cancelled() {
+        match watch(&me, &svid, &shared, &progress, &mut held, &mut first, &stop).await {
+            Ok(()) => return,
+            Err(e) => {
+                Progress::note(&progress.reconnects, format!("{}: watch: {e:#}", me.pod));
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Certifies as `me`, retrying what is retryable for [`CERTIFY_FOR`].
+pub async fn certify(me: &Identity, shared: &Shared) -> anyhow::Result<Svid> {
+    let deadline = Instant::now() + CERTIFY_FOR;
+    loop {
+        let key = WorkloadKey::generate()?;
+        let channel = connect(
+            &shared.control_plane,
+            shared.bundle.clone(),
+            Some(shared.control_plane_id.clone()),
+            None,
+        )
+        .await;
+        let result = match channel {
+            Ok(c) => IdentityClient::new(c)
+                .certify(&key, None, &me.token, None)
+                .await
+                .map_err(|e| (e.is_retryable(), e.to_string())),
+            Err(e) => Err((true, e.to_string())),
+        };
+        match result {
+            Ok(svid) => return Ok(svid),
+            Err((true, e)) if Instant::now() < deadline => {
+                tracing_retry(&e);
+                tokio::time::sleep(Duration::from_millis(200 + fastrand::u64(0..300))).await;
+            }
+            Err((_, e)) => bail!(e),
+        }
+    }
+}
+
+fn tracing_retry(e: &str) {
+    if std::env::var_os("TRELLIS_BENCH_VERBOSE").is_some() {
+        eprintln!("bench: certify retried: {e}");
+    }
+}
+
+/// The version a proxy holds and, for some, the state itself.
+#[derive(Debug, Default)]
+struct Held {
+    epoch: u64,
+    version: u64,
+    state: Option<(MeshState, Loads)>,
+}
+
+fn ipv4(bytes: &[u8]) -> Option<Ipv4Addr> {
+    <[u8; 4]>::try_from(bytes).ok().map(Ipv4Addr::from)
+}
+
+async fn watch(
+    me: &Identity,
+    svid: &Svid,
+    shared: &Shared,
+    progress: &Progress,
+    held: &mut Held,
+    first: &mut bool,
+    stop: &CancellationToken,
+) -> anyhow::Result<()> {
+    let channel = connect(
+        &shared.control_plane,
+        svid.bundle().clone(),
+        Some(shared.control_plane_id.clone()),
+        Some(svid),
+    )
+    .await?;
+    let (requests, rx) = mpsc::channel(4);
+    let ask = |held: &Held, error: String| WatchRequest {
+        node: me.pod.clone(),
+        proxy_version: "trellis-bench".into(),
+        epoch: held.epoch,
+        version: held.version,
+        error,
+    };
+    requests.send(ask(held, String::new())).await?;
+    let mut stream = DiscoveryClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .watch(ReceiverStream::new(rx))
+        .await
+        .context("Watch refused")?
+        .into_inner();
+    if me.real_state && held.state.is_none() {
+        held.state = Some((MeshState::default(), Loads::default()));
+    }
+    let mut assembler = Assembler::default();
+    loop {
+        let message = tokio::select! {
+            () = stop.cancelled() => return Ok(()),
+            m = stream.message() => m?.context("the control plane ended the stream")?,
+        };
+        shared.stats.message(message.encoded_len());
+        let Some(update) = assembler.push(message)? else {
+            continue;
+        };
+        let error = match on_update(&update, shared, progress, held, first) {
+            Ok(()) => String::new(),
+            Err(e) => e,
+        };
+        // As the proxy: acknowledgements are small; a full queue means the stream is stuck.
+        let _ = requests.try_send(ask(held, error));
+    }
+}
+
+/// Checks and applies one whole update; `Err` says why it does not apply (a resync follows).
+fn on_update(
+    update: &MeshUpdate,
+    shared: &Shared,
+    progress: &Progress,
+    held: &mut Held,
+    first: &mut bool,
+) -> Result<(), String> {
+    if !update.full && (update.epoch, update.base_version) != (held.epoch, held.version) {
+        shared.stats.count(&shared.stats.misses);
+        return Err(format!(
+            "update on {}/{} but holding {}/{}",
+            update.epoch, update.base_version, held.epoch, held.version
+        ));
+    }
+    if update.full {
+        if std::mem::take(first) {
+            Progress::push(&progress.synced, shared.start);
+        } else {
+            shared.stats.count(&shared.stats.resyncs);
+        }
+    } else {
+        let added = update.workloads.iter().filter_map(|w| ipv4(&w.ip));
+        shared.tracker.applied(added, true);
+        let removed = update.removed_workloads.iter().filter_map(|w| ipv4(&w.ip));
+        shared.tracker.applied(removed, false);
+    }
+    if let Some((state, loads)) = held.state.as_mut() {
+        let mut cx = ApplyContext {
+            trust_domain: &shared.trust_domain,
+            static_workloads: &[],
+            loads,
+        };
+        *state = apply(state, update, &mut cx).map_err(|e| e.to_string())?;
+        progress
+            .workloads_held
+            .store(state.len(), Ordering::Relaxed);
+    }
+    (held.epoch, held.version) = (update.epoch, update.version);
+    shared.stats.count(&shared.stats.updates);
+    Ok(())
+}
+
+/// Round trips of a unary call (`grpc.health.v1.Health/Check`) on one open channel, every
+/// `every`, until `stop`: what resolving a destination on demand would add to a first
+/// connection. Seconds, in order.
+pub async fn rtt_probe(shared: Arc<Shared>, every: Duration, stop: CancellationToken) -> Vec<f64> {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    let Ok(channel) = connect(
+        &shared.control_plane,
+        shared.bundle.clone(),
+        Some(shared.control_plane_id.clone()),
+        None,
+    )
+    .await
+    else {
+        return Vec::new();
+    };
+    let mut client = HealthClient::new(channel);
+    let mut out = Vec::new();
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return out,
+            _ = tick.tick() => {}
+        }
+        let started = Instant::now();
+        let call = client.check(HealthCheckRequest::default());
+        if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(5), call).await {
+            out.push(started.elapsed().as_secs_f64());
+        }
+    }
+}
+
+/// Whether every started proxy has failed or synced: `synced + failed >= total`.
+pub fn settled(progress: &Progress, total: usize) -> bool {
+    let (_, synced, failed) = progress.counts();
+    synced + failed >= total
+}
+
+/// Stats readout: (messages, bytes, updates, resyncs, misses).
+pub fn totals(stats: &Stats) -> (u64, u64, u64, u64, u64) {
+    let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    (
+        get(&stats.messages),
+        get(&stats.bytes),
+        get(&stats.updates),
+        get(&stats.resyncs),
+        get(&stats.misses),
+    )
+}
