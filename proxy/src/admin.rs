@@ -20,7 +20,6 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
 
 use crate::context::ProxyContext;
 use crate::{probe, quit};
@@ -36,14 +35,12 @@ pub enum Surface {
 
 /// Serves `surface` on `listener` until shutdown.
 pub async fn serve(listener: TcpListener, surface: Surface, ctx: Arc<ProxyContext>) {
-    loop {
-        let (tcp, _) = tokio::select! {
-            () = ctx.shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => { debug!(error = %e, "admin accept failed"); continue; }
-            },
-        };
+    let name = match surface {
+        Surface::Admin => "admin",
+        Surface::Health => "health",
+    };
+    let mut acceptor = trellis_listener::Acceptor::new(listener, name);
+    while let Some((tcp, _)) = acceptor.accept(&ctx.shutdown).await {
         let ctx = ctx.clone();
         tokio::spawn(async move {
             let ctx2 = ctx.clone();

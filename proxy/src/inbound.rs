@@ -17,14 +17,8 @@ use crate::records::Direction;
 
 /// Accepts plaintext inbound connections until shutdown.
 pub async fn serve(listener: TcpListener, ctx: Arc<ProxyContext>) {
-    loop {
-        let (tcp, remote) = tokio::select! {
-            () = ctx.shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => { debug!(error = %e, "inbound accept failed"); continue; }
-            },
-        };
+    let mut acceptor = trellis_listener::Acceptor::new(listener, "inbound");
+    while let Some((tcp, remote)) = acceptor.accept(&ctx.shutdown).await {
         // Explicit mode has no redirect: the listener stands for one application address.
         let dst = match (ctx.config.mode, ctx.config.inbound_target) {
             (Mode::Transparent, _) => original_dst(&tcp),

@@ -62,14 +62,8 @@ impl TunnelPeer {
 
 /// Accepts tunnel connections until shutdown.
 pub async fn serve(listener: TcpListener, ctx: Arc<ProxyContext>) {
-    loop {
-        let (tcp, remote) = tokio::select! {
-            () = ctx.shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => { debug!(error = %e, "tunnel accept failed"); continue; }
-            },
-        };
+    let mut acceptor = trellis_listener::Acceptor::new(listener, "tunnel");
+    while let Some((tcp, remote)) = acceptor.accept(&ctx.shutdown).await {
         let ctx2 = ctx.clone();
         ctx.tracker.spawn(
             handle_connection(tcp, remote, ctx2)
