@@ -1,5 +1,7 @@
 //! The admin endpoint (127.0.0.1:15000 only): `/ready` `/live` `/identity` `/handshakes`
 //! `/metrics` `/config_dump` `/logging` ([`crate::log_level`]), and `POST /quitquitquit`
+//! (`/handshakes` is `{"connections": [...], "failed_handshakes": {...}}`: the connection
+//! log and the summary of [`crate::failures`])
 //! ([`crate::quit`]); and the health endpoint on the pod IP (15020) for kubelet and
 //! Prometheus, which serves only `/ready` `/live` `/metrics` and the app probes
 //! `/app-health/...` ([`crate::probe`]).
@@ -121,8 +123,11 @@ fn respond(req: &Request<Incoming>, surface: Surface, ctx: &ProxyContext) -> Res
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(100);
             let records = ctx.log.recent(limit);
-            let body: Vec<_> = records.iter().map(|r| &**r).collect();
-            json_response(&json!(body))
+            let connections: Vec<_> = records.iter().map(|r| &**r).collect();
+            json_response(&json!({
+                "connections": connections,
+                "failed_handshakes": ctx.failures.summary(),
+            }))
         }
         (Surface::Admin, "/config_dump") => json_response(&json!({
             "config": ctx.config,
