@@ -291,10 +291,10 @@ fn failed_handshakes_show_as_one_line_with_the_top_sources() {
           {"source":"198.18.0.8","reason":"handshakes_per_source","count":10}]}"#,
     )
     .unwrap();
-    let line = view::failed_handshakes(Some(&failed));
+    let line = failed_handshakes(Some(&failed));
     assert_eq!(
         line,
         "failed handshakes from outside (last 600s): 1000 — 198.18.0.9 tls_handshake ×990, 198.18.0.8 handshakes_per_source ×10\n"
     );
-    assert_eq!(view::failed_handshakes(None), "");
+    assert_eq!(failed_handshakes(None), "");
 }
