@@ -374,7 +374,7 @@ impl CertificateAuthority {
 
     /// Signs a leaf (`cA=false`, KeyUsage digitalSignature) with the given SANs and EKUs over
     /// `public_key`, valid for `ttl` from `now` (back-dated for skew) but never past the issuer.
-    fn sign_leaf(
+    pub(crate) fn sign_leaf(
         &self,
         sans: Vec<SanType>,
         ekus: Vec<ExtendedKeyUsagePurpose>,

@@ -8,6 +8,7 @@
 //! | [`workload`] | the workload's in-memory P-256 key and its CSR |
 //! | [`csr`] | the CA side of a CSR: signature, key type, no CA powers, requested identity |
 //! | [`authority`] | [`CertificateAuthority`]: root or plug-in intermediate (Istio `cacerts`), issuing |
+//! | [`server_names`] | [`ServerNames`]: DNS names and IPs beside a SPIFFE ID on a serving certificate |
 //! | [`svid`] | [`Svid`]: a workload's checked leaf + chain + key + bundle, and its TLS configs |
 //! | [`pattern`] | allow-list entries: exact IDs, `ns/<ns>/sa/*` and `ns/<ns>/*` wildcards |
 //! | [`bundle`] | [`TrustBundle`]: one or several roots, for rotation |
@@ -25,6 +26,7 @@ pub mod authority;
 pub mod bundle;
 pub mod csr;
 pub mod pattern;
+pub mod server_names;
 pub mod spiffe;
 pub mod svid;
 pub mod tls;
@@ -35,6 +37,7 @@ pub use authority::{CaLoadError, CaMaterial, CertificateAuthority, IssueError, I
 pub use bundle::{BundleError, TrustBundle, certs_from_pem, der_to_pem};
 pub use csr::{CsrError, ValidatedCsr};
 pub use pattern::{IdentityPattern, PatternError};
+pub use server_names::{ServerNameError, ServerNames};
 pub use spiffe::{SpiffeId, SpiffeIdError, TrustDomain};
 pub use svid::{Svid, SvidError};
 pub use verify::{PeerRole, VerifiedSvid, VerifyError, peer_spiffe_id, verify_svid};

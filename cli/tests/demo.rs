@@ -1,8 +1,10 @@
 //! `trellis demo` as people run it: the built `trellis` binary, `demo --duration 20s`, its
-//! output read for the story it must tell — the frontend allowed with both SPIFFE IDs, the
-//! intruder refused with its SPIFFE ID and the reason, a policy update taking effect, a
-//! certificate rotation — and the machine checked afterwards for anything left behind: network
-//! namespaces, iptables rules, processes, the temporary directory.
+//! output read for the story it must tell — the frontend allowed with both SPIFFE IDs, through
+//! the Service, on both backend pods (each paying its own handshake), the intruder refused with
+//! its SPIFFE ID and the reason, a policy update taking effect, a certificate rotation, the
+//! callers' sidecars choosing the pods (kube-proxy taking none of it, as root) — and the machine
+//! checked afterwards for anything left behind: network namespaces, iptables rules, processes,
+//! the temporary directory.
 //!
 //! As root the first test runs the network-namespace mode (what `sudo trellis demo` does), else
 //! the loopback mode; the second forces loopback mode (`--loopback`), so CI covers both. Needs
@@ -82,31 +84,46 @@ fn demo(args: &[&str]) -> Run {
     run
 }
 
-/// Asserts the output tells the whole story.
-fn assert_story(run: &Run, app_port: &str) {
+/// Asserts the output tells the whole story; `pods` are the backend pods with the address
+/// (pod IP and target port) their sidecar is asked for.
+fn assert_story(run: &Run, pods: &[(&str, &str)]) {
     let out = &run.stdout;
     assert!(run.status.success(), "exit status {}", run.status);
     let lines: Vec<&str> = out.lines().collect();
     let has = |what: &str, f: &dyn Fn(&str) -> bool| {
         assert!(lines.iter().any(|l| f(l)), "no line with {what}");
     };
-    has(
-        "the frontend allowed, with both SPIFFE IDs and TLS 1.3",
-        &|l| {
-            l.contains(&format!(
-                "✔ allowed {FRONTEND_ID} → {BACKEND_ID} :{app_port}  TLSv1_3"
-            ))
-        },
-    );
+    for (pod, dst) in pods {
+        has(
+            &format!(
+                "the frontend allowed on {pod}, with both SPIFFE IDs, TLS 1.3 and a handshake"
+            ),
+            &|l| {
+                l.contains(&format!(
+                    "✔ allowed {FRONTEND_ID} → {BACKEND_ID} on {pod} ({dst})  TLSv1_3"
+                )) && l.contains("(handshake ")
+            },
+        );
+    }
     has(
         "the intruder refused, with its SPIFFE ID and the reason",
         &|l| {
             l.contains(&format!(
-                "✘ refused {INTRUDER_ID} → {BACKEND_ID} :{app_port}: "
+                "✘ refused {INTRUDER_ID} → {BACKEND_ID} on backend-"
             )) && l.contains("is not allowed on port")
                 && l.contains("shop/backend-allow")
         },
     );
+    has("the Service and its endpoints", &|l| {
+        l.starts_with("service shop/backend: 198.19.0.10:8080")
+            && pods
+                .iter()
+                .all(|(pod, dst)| l.contains(&format!("{pod} {dst}")))
+    });
+    has("the callers' sidecars choosing both pods", &|l| {
+        l.contains("⇄ via Service shop/backend ")
+            && pods.iter().all(|(pod, _)| l.contains(&format!("{pod} ")))
+    });
     has("a policy update", &|l| l.contains("✎ policy updated: "));
     has("the intruder allowed after the update", &|l| {
         l.contains("✎ policy in effect: the intruder is now allowed")
@@ -221,13 +238,32 @@ fn the_demo_tells_the_story_and_leaves_nothing_behind() {
             )),
             "the demo names its sandbox"
         );
-        assert_story(&run, "8080");
+        assert_story(
+            &run,
+            &[
+                ("backend-1", "198.18.0.3:8080"),
+                ("backend-2", "198.18.0.5:8080"),
+            ],
+        );
+        // The callers' apps called the ClusterIP (by name and by address); their sidecars
+        // balanced it; the node's DNAT never saw a connection.
+        assert!(
+            run.stdout
+                .contains("kube-proxy (the node's DNAT for the ClusterIP) took 0 of them"),
+            "kube-proxy took meshed connections"
+        );
     } else {
         assert!(
             run.stdout
                 .contains("mode: loopback, because this is not root")
         );
-        assert_story(&run, "21080");
+        assert_story(
+            &run,
+            &[
+                ("backend-1", "127.0.0.1:21080"),
+                ("backend-2", "127.0.0.1:21083"),
+            ],
+        );
     }
     assert_nothing_left(&run);
 }
@@ -237,9 +273,15 @@ fn the_loopback_demo_tells_the_story_and_leaves_nothing_behind() {
     // Ports of its own, so it can run next to the test above when that one is on loopback too.
     let run = demo(&["--duration", "20s", "--loopback", "--base-port", "23000"]);
     assert!(run.stdout.contains("mode: loopback (--loopback)"));
-    assert_story(&run, "23080");
+    assert_story(
+        &run,
+        &[
+            ("backend-1", "127.0.0.1:23080"),
+            ("backend-2", "127.0.0.1:23083"),
+        ],
+    );
     assert_nothing_left(&run);
-    let ports_free = [23012, 23080, 23108, 23208, 23308]
+    let ports_free = [23012, 23080, 23083, 23108, 23208, 23258, 23308]
         .iter()
         .all(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok());
     assert!(ports_free, "a port of the demo is still bound");

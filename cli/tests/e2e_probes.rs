@@ -305,6 +305,7 @@ fn the_classic_layout_starts_and_a_job_stops_its_sidecar_with_quitquitquit() {
         "sidecar exit {exit}: {}",
         sidecar.process().stderr()
     );
-    let log = sidecar.process().stdout();
+    // Logs go to stderr (trellis-telemetry), as for every Trellis binary.
+    let log = sidecar.process().stderr();
     assert!(log.contains("POST /quitquitquit: draining"), "{log}");
 }

@@ -12,8 +12,9 @@ use std::time::{Duration, Instant, SystemTime};
 use rustls_pki_types::CertificateDer;
 use trellis_ca::{CertificateAuthority, CsrError, IssueError, IssuedSvid, SpiffeId, ValidatedCsr};
 
-use crate::attest::{AttestError, Attestor};
+use crate::attest::{AttestError, Attested, Attestor};
 use crate::metrics::Metrics;
+use crate::node_agent::{ImpersonationError, NodeAgents};
 use crate::rate_limit::RateLimiter;
 
 /// Why a certificate was not issued.
@@ -31,6 +32,9 @@ pub enum CertifyError {
         /// When a token will be free.
         retry_after: Duration,
     },
+    /// A node agent may not have the identity it asked for (`ImpersonatedIdentity`).
+    #[error(transparent)]
+    Impersonation(#[from] ImpersonationError),
     /// The CSR was refused (including a CSR asking for another identity).
     #[error(transparent)]
     Csr(#[from] CsrError),
@@ -44,11 +48,12 @@ impl CertifyError {
     pub fn reason(&self) -> &'static str {
         match self {
             CertifyError::Attest(AttestError::MissingToken) => "missing_token",
-            CertifyError::Attest(AttestError::WrongAudience(_)) => "wrong_audience",
+            CertifyError::Attest(AttestError::WrongAudience { .. }) => "wrong_audience",
             CertifyError::Attest(AttestError::NotAServiceAccount(_)) => "not_service_account",
             CertifyError::Attest(AttestError::Unavailable(_)) => "attestation_unavailable",
             CertifyError::Attest(_) => "token_rejected",
             CertifyError::RateLimited { .. } => "rate_limited",
+            CertifyError::Impersonation(e) => e.reason(),
             CertifyError::Csr(CsrError::IdentityMismatch { .. })
             | CertifyError::Issue(IssueError::Csr(CsrError::IdentityMismatch { .. })) => {
                 "identity_mismatch"
@@ -86,6 +91,9 @@ pub struct CertifyRequest<'a> {
     pub csr: &'a [u8],
     /// The requested lifetime, if any.
     pub ttl: Option<Duration>,
+    /// The identity a node agent asks for on behalf of a pod of its node (Istio's
+    /// `ImpersonatedIdentity`); `None`: the caller's own.
+    pub impersonate: Option<&'a str>,
     /// The caller's address, for the audit line.
     pub peer: Option<SocketAddr>,
     /// Which API was called, for the audit line.
@@ -107,6 +115,8 @@ pub struct Certifier {
     metrics: Arc<Metrics>,
     /// Lifetime when none is requested.
     default_ttl: Duration,
+    /// Who may ask for the identities of pods on their node; `None`: nobody.
+    node_agents: Option<NodeAgents>,
 }
 
 impl Certifier {
@@ -125,7 +135,14 @@ impl Certifier {
             source_limiter: RateLimiter::new(SOURCE_RATE, SOURCE_BURST),
             metrics,
             default_ttl,
+            node_agents: None,
         }
+    }
+
+    /// Lets `node_agents` ask for the identities of pods on their node.
+    pub fn with_node_agents(mut self, node_agents: NodeAgents) -> Self {
+        self.node_agents = Some(node_agents);
+        self
     }
 
     /// The attestor (the join-token reloader needs it).
@@ -137,14 +154,15 @@ impl Certifier {
     pub async fn certify(&self, req: CertifyRequest<'_>) -> Result<Certified, CertifyError> {
         let result = self.run(&req).await;
         match &result {
-            Ok((c, pod)) => {
+            Ok((c, caller)) => {
                 self.metrics.issued.inc();
                 tracing::info!(
                     target: "trellis::audit",
                     api = req.api,
                     peer.addr = ?req.peer,
                     peer.id = %c.id,
-                    pod = pod.as_deref().unwrap_or(""),
+                    caller.id = %caller.id,
+                    pod = caller.pod.as_deref().unwrap_or(""),
                     serial = %c.svid.serial,
                     not_after = %humantime::format_rfc3339_seconds(c.svid.not_after),
                     "certificate issued"
@@ -165,10 +183,7 @@ impl Certifier {
         result.map(|(certified, _)| certified)
     }
 
-    async fn run(
-        &self,
-        req: &CertifyRequest<'_>,
-    ) -> Result<(Certified, Option<String>), CertifyError> {
+    async fn run(&self, req: &CertifyRequest<'_>) -> Result<(Certified, Attested), CertifyError> {
         // Failed attestations are counted per source address: a flood of bad tokens must not
         // become a flood of TokenReviews. A source over its budget is refused only for attempts
         // that would cost an API call; a join token, or a token reviewed positively a moment
@@ -194,22 +209,36 @@ impl Certifier {
             let _ = self.source_limiter.check(&ip, Instant::now());
         }
         let attested = attested?;
+        // The identity to issue: the caller's own, or — for a node agent — that of a pod on its
+        // node. Limits apply per issued identity.
+        let id = match req.impersonate {
+            None => attested.id.clone(),
+            Some(requested) => match &self.node_agents {
+                Some(agents) => agents.authorize(&attested, requested)?,
+                None => {
+                    return Err(ImpersonationError::NotANodeAgent {
+                        caller: attested.id,
+                    }
+                    .into());
+                }
+            },
+        };
         self.limiter
-            .check(&attested.id, Instant::now())
+            .check(&id, Instant::now())
             .map_err(|retry_after| CertifyError::RateLimited {
-                caller: attested.id.to_string(),
+                caller: id.to_string(),
                 retry_after,
             })?;
         let csr = ValidatedCsr::parse(req.csr)?;
         let ttl = req.ttl.unwrap_or(self.default_ttl);
-        let svid = self.ca.issue(&csr, &attested.id, ttl, SystemTime::now())?;
+        let svid = self.ca.issue(&csr, &id, ttl, SystemTime::now())?;
         Ok((
             Certified {
-                id: attested.id,
+                id,
                 svid,
                 bundle: self.ca.bundle().roots().to_vec(),
             },
-            attested.pod,
+            attested,
         ))
     }
 }

@@ -9,7 +9,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use trellis_ca::{SpiffeId, TrustDomain};
+use trellis_ca::{ServerNames, SpiffeId, TrustDomain};
+
+use crate::serving_cert::{Reachable, server_names};
 
 /// Where the control plane runs: decides the attestation kind and where CA state is kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -51,6 +53,23 @@ pub struct Args {
         default_value = "trellis-control-plane"
     )]
     pub service_account: String,
+    /// Kubernetes mode: the control plane's Service; its DNS names (`<svc>`, `<svc>.<ns>`,
+    /// `<svc>.<ns>.svc`, `<svc>.<ns>.svc.<cluster domain>`) go in the serving certificate, so
+    /// clients that verify by host name (ztunnel, grpcurl, Go and Java gRPC) accept it.
+    #[arg(long, env = "TRELLIS_SERVICE", default_value = "trellis-control-plane")]
+    pub service: String,
+    /// Kubernetes mode: the cluster's DNS domain (the last of the Service's names).
+    #[arg(long, env = "TRELLIS_CLUSTER_DOMAIN", default_value = "cluster.local")]
+    pub cluster_domain: String,
+    /// More DNS names or IP addresses for the serving certificate (comma-separated), e.g. a
+    /// load balancer's name. Local mode always names the listen address.
+    #[arg(long, env = "TRELLIS_EXTRA_SERVER_NAMES", value_delimiter = ',')]
+    pub extra_server_names: Vec<String>,
+    /// Kubernetes mode: node agents (e.g. Istio's ztunnel) that may ask for the identity of a pod
+    /// on their own node with `ImpersonatedIdentity`, as istiod's `CA_TRUSTED_NODE_ACCOUNTS`:
+    /// `<namespace>/<service account>` or a SPIFFE ID, comma-separated. Empty: nobody may.
+    #[arg(long, env = "TRELLIS_NODE_AGENTS", value_delimiter = ',')]
+    pub node_agents: Vec<String>,
     /// Local mode: directory holding the CA (ca-cert.pem, ca-key.pem 0600, ...).
     #[arg(long, env = "TRELLIS_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
@@ -79,6 +98,15 @@ pub struct Args {
     /// Mesh-wide mTLS mode (namespaces may override; a mesh file's `mtls` takes precedence).
     #[arg(long, env = "TRELLIS_MTLS_MODE", value_enum, default_value = "strict")]
     pub mtls_mode: crate::mesh::MtlsMode,
+    /// Kubernetes mode: token audiences accepted (comma-separated), checked by TokenReview.
+    /// Istio's clients (ztunnel, istio-agent) send tokens for `istio-ca`.
+    #[arg(
+        long,
+        env = "TRELLIS_TOKEN_AUDIENCES",
+        value_delimiter = ',',
+        default_value = "trellis-ca"
+    )]
+    pub token_audiences: Vec<String>,
     /// Kubernetes mode: how long a positive TokenReview is cached.
     #[arg(long, env = "TRELLIS_TOKEN_CACHE_TTL", default_value = "10s", value_parser = humantime::parse_duration)]
     pub token_cache_ttl: Duration,
@@ -183,6 +211,34 @@ pub enum ConfigError {
         /// The flag.
         flag: &'static str,
     },
+    /// A name for the serving certificate is not a DNS name or an IP address.
+    #[error("{flag}: {reason}")]
+    ServerName {
+        /// The flag (or flags) the name came from.
+        flag: &'static str,
+        /// What is wrong with it.
+        reason: trellis_ca::ServerNameError,
+    },
+    /// A `--node-agents` entry is not `<namespace>/<service account>` or a SPIFFE ID.
+    #[error(
+        "--node-agents {value:?}: expected <namespace>/<service account> or spiffe://<trust domain>/ns/<ns>/sa/<sa> of this trust domain ({reason})"
+    )]
+    NodeAgent {
+        /// The entry.
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// `--token-audiences` is empty or has an empty entry.
+    #[error(
+        "--token-audiences {0:?}: expected one or more non-empty audiences, e.g. trellis-ca,istio-ca"
+    )]
+    TokenAudiences(Vec<String>),
+    /// `--node-agents` needs the pods of a cluster.
+    #[error(
+        "--node-agents: only in --mode kubernetes (a node agent's node comes from the cluster's pods)"
+    )]
+    NodeAgentsNeedKubernetes,
     /// The rate limit is not a positive number.
     #[error("--rate-limit-per-second {0}: must be a positive number")]
     RateLimit(f64),
@@ -197,6 +253,10 @@ pub struct Config {
     pub trust_domain: TrustDomain,
     /// The control plane's own SPIFFE ID (its serving certificate).
     pub own_id: SpiffeId,
+    /// The host names on its serving certificate, beside `own_id`.
+    pub server_names: ServerNames,
+    /// The node agents (`--node-agents`).
+    pub node_agents: Vec<SpiffeId>,
 }
 
 impl Args {
@@ -263,12 +323,61 @@ impl Args {
         if !(self.rate_limit_per_second.is_finite() && self.rate_limit_per_second > 0.0) {
             return Err(ConfigError::RateLimit(self.rate_limit_per_second));
         }
+        let reachable = Reachable {
+            mode: self.mode,
+            listen: self.listen,
+            service: &self.service,
+            namespace: &self.namespace,
+            cluster_domain: &self.cluster_domain,
+        };
+        let server_names = server_names(reachable, &self.extra_server_names).map_err(|reason| {
+            let extra_names = self.extra_server_names.iter();
+            let flag = if extra_names.clone().any(|n| n.contains(&reason.value)) {
+                "--extra-server-names"
+            } else {
+                "--service / --namespace / --cluster-domain"
+            };
+            ConfigError::ServerName { flag, reason }
+        })?;
+        if self.token_audiences.is_empty()
+            || self.token_audiences.iter().any(|a| a.trim().is_empty())
+        {
+            return Err(ConfigError::TokenAudiences(self.token_audiences.clone()));
+        }
+        let node_agents = self
+            .node_agents
+            .iter()
+            .map(|v| node_agent(v.trim(), &trust_domain))
+            .collect::<Result<Vec<_>, _>>()?;
+        if !node_agents.is_empty() && self.mode != Mode::Kubernetes {
+            return Err(ConfigError::NodeAgentsNeedKubernetes);
+        }
         Ok(Config {
             trust_domain,
             own_id,
+            server_names,
+            node_agents,
             args: self,
         })
     }
+}
+
+/// A `--node-agents` entry: `<namespace>/<service account>` (istiod's form) or a SPIFFE ID.
+fn node_agent(value: &str, td: &TrustDomain) -> Result<SpiffeId, ConfigError> {
+    let bad = |reason: String| ConfigError::NodeAgent {
+        value: value.to_owned(),
+        reason,
+    };
+    let id = match value.split_once('/') {
+        Some((ns, sa)) if !value.starts_with("spiffe:") => {
+            SpiffeId::for_service_account(td, ns, sa).map_err(|e| bad(e.to_string()))?
+        }
+        _ => SpiffeId::parse(value).map_err(|e| bad(e.to_string()))?,
+    };
+    if id.trust_domain() != td || id.service_account().is_none() {
+        return Err(bad(format!("{id} is not a service account of {td}")));
+    }
+    Ok(id)
 }
 
 #[cfg(test)]
@@ -293,6 +402,37 @@ mod tests {
         assert_eq!(c.args.default_ttl, Duration::from_secs(24 * 3600));
         assert_eq!(c.args.max_pending_handshakes_per_source, 32);
         assert_eq!(c.args.handshake_timeout, Duration::from_secs(3));
+        assert_eq!(c.args.token_audiences, ["trellis-ca"]);
+    }
+
+    #[test]
+    fn node_agents_are_namespace_and_service_account_or_spiffe_ids_in_kubernetes_mode() {
+        let c = parse(&[
+            "--node-agents",
+            "istio-system/ztunnel, spiffe://cluster.local/ns/kube-system/sa/ztunnel",
+        ])
+        .unwrap();
+        let agents: Vec<String> = c.node_agents.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            agents,
+            [
+                "spiffe://cluster.local/ns/istio-system/sa/ztunnel",
+                "spiffe://cluster.local/ns/kube-system/sa/ztunnel"
+            ]
+        );
+        assert!(parse(&[]).unwrap().node_agents.is_empty());
+        let err = parse(&[
+            "--mode",
+            "local",
+            "--state-dir",
+            "/s",
+            "--join-tokens",
+            "/t",
+            "--node-agents",
+            "istio-system/ztunnel",
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("--mode kubernetes"), "{err}");
     }
 
     #[test]
@@ -320,6 +460,19 @@ mod tests {
         assert!(err.to_string().starts_with("--trust-domain"), "{err}");
         let err = parse(&["--default-ttl", "30d"]).unwrap_err();
         assert!(err.to_string().starts_with("--default-ttl"), "{err}");
+        let err = parse(&["--extra-server-names", "ok.example,bad name"]).unwrap_err();
+        assert!(err.to_string().starts_with("--extra-server-names"), "{err}");
+        let err = parse(&["--cluster-domain", "bad_domain."]).unwrap_err();
+        assert!(err.to_string().starts_with("--service"), "{err}");
+        let err = parse(&["--node-agents", "istio-system/ztunnel,ztunnel"]).unwrap_err();
+        assert!(
+            err.to_string().starts_with("--node-agents \"ztunnel\""),
+            "{err}"
+        );
+        let err = parse(&["--node-agents", "spiffe://other.example/ns/a/sa/b"]).unwrap_err();
+        assert!(err.to_string().starts_with("--node-agents"), "{err}");
+        let err = parse(&["--token-audiences", "trellis-ca,,istio-ca"]).unwrap_err();
+        assert!(err.to_string().starts_with("--token-audiences"), "{err}");
         let err = parse(&["--rate-limit-per-second", "0"]).unwrap_err();
         assert!(
             err.to_string().starts_with("--rate-limit-per-second"),

@@ -11,6 +11,7 @@
 //! | [`certify`] | the pipeline: authenticate → rate-limit → check CSR → issue → count → audit |
 //! | [`injector_cert`] | Kubernetes mode: the webhook's DNS serving certificate (Secret) and the webhook caBundle |
 //! | [`mesh`] | the mesh model (workloads, AuthorizationPolicies, mTLS modes) from the cluster or a file, cut per proxy |
+//! | [`node_agent`] | node agents (ztunnel) asking for identities of pods on their node: istiod's rule, pure |
 //! | [`rate_limit`] | per-caller token buckets |
 //! | [`grpc`] | the gRPC fronts (Trellis `Certify`, Istio `CreateCertificate`, discovery `Watch`) and error → status mapping |
 //! | [`tls_listener`] | concurrent TLS handshakes feeding tonic, with the caller's address and SPIFFE ID |
@@ -33,6 +34,7 @@ pub mod grpc;
 pub mod injector_cert;
 pub mod mesh;
 pub mod metrics;
+pub mod node_agent;
 pub mod rate_limit;
 pub mod server;
 pub mod serving_cert;

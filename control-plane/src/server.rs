@@ -26,6 +26,7 @@ use crate::certify::Certifier;
 use crate::config::{Config, Mode};
 use crate::grpc::{DiscoveryService, IdentityService, IstioCaService, MAX_MESSAGE_BYTES};
 use crate::metrics::{self, Metrics};
+use crate::node_agent::NodeAgents;
 use crate::rate_limit::RateLimiter;
 use crate::serving_cert::ServingCert;
 use crate::tls_listener;
@@ -174,7 +175,11 @@ pub async fn start(config: &Config, kube: Option<kube::Client>) -> Result<Runnin
         }
         Mode::Kubernetes => {
             let client = kube.clone().ok_or(StartError::NoKubernetesClient)?;
-            Attestor::Kubernetes(TokenReviewer::new(client, td.clone(), args.token_cache_ttl))
+            let audiences = args.token_audiences.iter().map(|a| a.trim().to_owned());
+            Attestor::Kubernetes(
+                TokenReviewer::new(client, td.clone(), args.token_cache_ttl)
+                    .with_audiences(audiences.collect()),
+            )
         }
     };
 
@@ -190,13 +195,24 @@ pub async fn start(config: &Config, kube: Option<kube::Client>) -> Result<Runnin
         .earliest_expiry()
         .unwrap_or(ca.issuer_not_after());
     let metrics = Arc::new(Metrics::new(root_not_after, ca.issuer_not_after()));
-    let certifier = Arc::new(Certifier::new(
+    // The cluster's pods, filled by the cluster source (step 5): node agents' nodes.
+    let (pods, pods_writer) = crate::mesh::kubernetes::pod_index();
+    let mut certifier = Certifier::new(
         ca.clone(),
         attestor,
         RateLimiter::new(args.rate_limit_per_second, args.rate_limit_burst),
         metrics.clone(),
         args.default_ttl,
-    ));
+    );
+    if args.mode == Mode::Kubernetes && !config.node_agents.is_empty() {
+        info!(node_agents = ?config.node_agents, "node agents may ask for identities of pods on their node");
+        certifier = certifier.with_node_agents(NodeAgents::new(
+            config.node_agents.clone(),
+            td.clone(),
+            Some(pods),
+        ));
+    }
+    let certifier = Arc::new(certifier);
     spawn_join_token_reloader(certifier.clone(), shutdown.clone());
     // Kubernetes mode: keep the webhook's serving certificate and caBundle current.
     if let (Mode::Kubernetes, Some(client), false) =
@@ -217,8 +233,17 @@ pub async fn start(config: &Config, kube: Option<kube::Client>) -> Result<Runnin
     }
 
     // 4. TLS: our own SVID; clients may come without a certificate (they are here to get one).
-    let serving = Arc::new(ServingCert::issue(&ca, &config.own_id)?);
-    serving.spawn_renewal(ca.clone(), config.own_id.clone(), shutdown.clone());
+    let serving = Arc::new(ServingCert::issue(
+        &ca,
+        &config.own_id,
+        &config.server_names,
+    )?);
+    serving.spawn_renewal(
+        ca.clone(),
+        config.own_id.clone(),
+        config.server_names.clone(),
+        shutdown.clone(),
+    );
     let mut tls = ServerConfig::builder_with_provider(trellis_ca::tls::provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(Arc::new(SpiffeClientVerifier::optional(
@@ -258,6 +283,7 @@ pub async fn start(config: &Config, kube: Option<kube::Client>) -> Result<Runnin
                 td.clone(),
                 args.mtls_mode,
                 publisher,
+                pods_writer,
                 shutdown.clone(),
             ));
         }
@@ -310,7 +336,13 @@ pub async fn start(config: &Config, kube: Option<kube::Client>) -> Result<Runnin
             .instrument(info_span!("grpc", addr = %grpc_addr)),
     );
     tokio::spawn(metrics::serve(metrics_listener, metrics, shutdown.clone()));
-    info!(grpc = %grpc_addr, metrics = %metrics_addr, id = %config.own_id, "control plane serving");
+    info!(
+        grpc = %grpc_addr,
+        metrics = %metrics_addr,
+        id = %config.own_id,
+        server_names = %config.server_names,
+        "control plane serving"
+    );
 
     Ok(Running {
         grpc_addr,

@@ -1,10 +1,10 @@
 //! The admin endpoint (127.0.0.1:15000 only): `/ready` `/live` `/identity` `/handshakes`
-//! `/metrics` `/config_dump` `/logging` ([`crate::log_level`]), and `POST /quitquitquit`
-//! (`/handshakes` is `{"connections": [...], "failed_handshakes": {...}}`: the connection
-//! log and the summary of [`crate::failures`])
-//! ([`crate::quit`]); and the health endpoint on the pod IP (15020) for kubelet and
-//! Prometheus, which serves only `/ready` `/live` `/metrics` and the app probes
-//! `/app-health/...` ([`crate::probe`]).
+//! `/metrics` `/config_dump` (configuration, workloads known, Services and their endpoints),
+//! `/logging` ([`crate::log_level`]), and `POST /quitquitquit` ([`crate::quit`]); and the
+//! health endpoint on the pod IP (15020) for kubelet and Prometheus, which serves only `/ready`
+//! `/live` `/metrics` and the app probes
+//! `/app-health/...` ([`crate::probe`]). `/handshakes` is `{"connections": [...],
+//! "failed_handshakes": {...}}`: the connection log and the summary of [`crate::failures`].
 //!
 //! Owns: routing and rendering of those pages. It reads shared state; only `/logging` (the log
 //! filter) and `/quitquitquit` (the drain) change anything.
@@ -24,7 +24,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::context::ProxyContext;
-use crate::{probe, quit};
+use crate::{probe, quit, services};
 
 /// Which set of pages a listener serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,10 +129,14 @@ fn respond(req: &Request<Incoming>, surface: Surface, ctx: &ProxyContext) -> Res
                 "failed_handshakes": ctx.failures.summary(),
             }))
         }
-        (Surface::Admin, "/config_dump") => json_response(&json!({
-            "config": ctx.config,
-            "workloads_known": ctx.state.borrow().len(),
-        })),
+        (Surface::Admin, "/config_dump") => {
+            let state = ctx.state.borrow().clone();
+            json_response(&json!({
+                "config": ctx.config,
+                "workloads_known": state.len(),
+                "services": services::dump(state.services()),
+            }))
+        }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }

@@ -1,6 +1,6 @@
 //! Choosing the endpoint of a Service for a new connection, as a pure function: power of two
 //! choices over the endpoints' connections in flight, with the moving average of tunnel open
-//! latency breaking ties when one endpoint is clearly (2×) slower to open.
+//! latency breaking ties when one endpoint is clearly slower to open (2× and by a millisecond).
 //!
 //! Rules: never an endpoint that is not serving; terminating-but-serving endpoints only when no
 //! endpoint is ready; endpoints already tried for this connection are skipped. Two candidates
@@ -71,12 +71,17 @@ fn two_choices<'a>(
     }
 }
 
-/// Whether an average open latency of `x` µs is clearly below `y` µs: at most half, both
-/// measured. Small differences are noise; breaking ties on them would send every connection of
-/// a quiet client to whichever endpoint happened to measure fastest.
+/// Whether an average open latency of `x` µs is clearly below `y` µs: at most half and at least
+/// [`NOISE_US`] less, both measured. Small differences are noise (a stream on a pooled tunnel
+/// opens in tens of µs, and a busy node doubles that at random); breaking ties on them would
+/// send every connection of a quiet client to whichever endpoints happened to measure fastest
+/// and starve the rest.
 fn clearly_faster(x: u32, y: u32) -> bool {
-    x > 0 && y > 0 && x.saturating_mul(2) <= y
+    x > 0 && y > 0 && x.saturating_mul(2) <= y && y - x >= NOISE_US
 }
+
+/// Differences in open latency below this (µs) never decide between two endpoints.
+const NOISE_US: u32 = 1_000;
 
 #[cfg(test)]
 #[path = "balance_tests.rs"]

@@ -88,6 +88,12 @@ fn of_the_two_drawn_the_one_with_fewer_connections_wins_then_the_faster() {
     n.endpoints[1].load.observe_open(Duration::from_micros(200));
     assert_eq!(picked(&n, &[], 0, 0), Some(0));
     assert_eq!(picked(&n, &[], 1, 0), Some(1));
+    // ...and so is a large ratio of tiny latencies (a pooled tunnel on a busy node).
+    let t = port("RR");
+    t.endpoints[0].load.observe_open(Duration::from_micros(400));
+    t.endpoints[1].load.observe_open(Duration::from_micros(150));
+    assert_eq!(picked(&t, &[], 0, 0), Some(0));
+    assert_eq!(picked(&t, &[], 1, 0), Some(1));
 }
 
 #[test]

@@ -180,3 +180,110 @@ impl Loads {
         self.by_addr.is_empty()
     }
 }
+
+impl Health {
+    /// `ready`, `draining` or `unavailable`, as `/config_dump` shows it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Health::Ready => "ready",
+            Health::Draining => "draining",
+            Health::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// The Services as `/config_dump` shows them, sorted by name: ClusterIPs, and per port the
+/// endpoints with their health and connections in flight — so a person (or a test) can see
+/// which endpoints this proxy balances over.
+pub fn dump<'a>(services: impl Iterator<Item = &'a ServiceEntry>) -> serde_json::Value {
+    let mut all: Vec<&ServiceEntry> = services.collect();
+    all.sort_by(|a, b| a.name.cmp(&b.name));
+    let rendered: Vec<serde_json::Value> = all
+        .into_iter()
+        .map(|s| {
+            let ports: Vec<serde_json::Value> = s
+                .ports
+                .iter()
+                .map(|p| {
+                    let endpoints: Vec<serde_json::Value> = p
+                        .endpoints
+                        .iter()
+                        .map(|e| {
+                            serde_json::json!({
+                                "addr": e.addr.to_string(),
+                                "health": e.health.label(),
+                                "active": e.load.active(),
+                            })
+                        })
+                        .collect();
+                    serde_json::json!({"port": p.port, "name": p.name, "endpoints": endpoints})
+                })
+                .collect();
+            let addresses: Vec<String> = s.addresses.iter().map(IpAddr::to_string).collect();
+            serde_json::json!({"name": s.name, "addresses": addresses, "ports": ports})
+        })
+        .collect();
+    serde_json::Value::Array(rendered)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint(addr: &str, health: Health) -> Endpoint {
+        Endpoint {
+            addr: addr.parse().unwrap(),
+            health,
+            load: Arc::default(),
+        }
+    }
+
+    #[test]
+    fn the_dump_lists_services_by_name_with_each_endpoint_and_its_health() {
+        let service = |name: &str, vip: &str, endpoints| ServiceEntry {
+            name: name.into(),
+            addresses: vec![vip.parse().unwrap()],
+            ports: vec![ServicePort::new(80, "http".into(), endpoints)],
+        };
+        let b = service(
+            "shop/backend",
+            "198.19.0.10",
+            vec![
+                endpoint("198.18.0.3:8080", Health::Ready),
+                endpoint("198.18.0.5:8081", Health::Draining),
+                endpoint("198.18.0.6:8080", Health::Unavailable),
+            ],
+        );
+        let a = service("shop/a", "198.19.0.11", Vec::new());
+        let _held = b.ports[0].endpoints[0].load.start();
+        let dump = dump([&b, &a].into_iter());
+        assert_eq!(dump[0]["name"], "shop/a");
+        assert_eq!(dump[0]["ports"][0]["endpoints"], serde_json::json!([]));
+        assert_eq!(dump[1]["addresses"], serde_json::json!(["198.19.0.10"]));
+        let port = &dump[1]["ports"][0];
+        assert_eq!(
+            (port["port"].as_u64(), port["name"].as_str()),
+            (Some(80), Some("http"))
+        );
+        let endpoints: Vec<(&str, &str, u64)> = port["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["addr"].as_str().unwrap(),
+                    e["health"].as_str().unwrap(),
+                    e["active"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            endpoints,
+            [
+                ("198.18.0.3:8080", "ready", 1),
+                ("198.18.0.5:8081", "draining", 0),
+                ("198.18.0.6:8080", "unavailable", 0)
+            ]
+        );
+    }
+}

@@ -1,11 +1,10 @@
 //! How each line of the demo's story reads: an allowed or refused connection with both SPIFFE
-//! IDs, a rotation, a policy edit and its effect. [`Line`] holds the facts; [`Line::render`]
+//! IDs and the backend pod that decided, a rotation, a policy edit and its effect. [`Line`] holds the facts; [`Line::render`]
 //! lays them out, in colour when the palette says so. Deciding which lines to print is
 //! [`super::story`]'s business.
 
 use std::time::Duration;
 
-use super::Role;
 use super::story::PolicyStep;
 use crate::style::{Palette, Style};
 
@@ -31,8 +30,10 @@ pub enum Line {
         from: String,
         /// The backend's SPIFFE ID.
         to: String,
-        /// The target port.
-        port: String,
+        /// The backend pod whose sidecar decided (`backend-1`).
+        pod: String,
+        /// The address its sidecar was asked for: the pod's IP and target port.
+        dst: String,
         /// TLS version and cipher suite.
         tls: Option<(String, String)>,
         /// Handshake or reuse.
@@ -46,8 +47,10 @@ pub enum Line {
         from: String,
         /// The backend's SPIFFE ID.
         to: String,
-        /// The target port.
-        port: String,
+        /// The backend pod whose sidecar decided (`backend-1`).
+        pod: String,
+        /// The address its sidecar was asked for: the pod's IP and target port.
+        dst: String,
         /// The backend's record's reason.
         reason: String,
     },
@@ -59,8 +62,10 @@ pub enum Line {
         from: String,
         /// The backend's SPIFFE ID.
         to: String,
-        /// The target port.
-        port: String,
+        /// The backend pod whose sidecar decided (`backend-1`).
+        pod: String,
+        /// The address its sidecar was asked for: the pod's IP and target port.
+        dst: String,
         /// The backend's record's reason.
         reason: String,
     },
@@ -68,8 +73,8 @@ pub enum Line {
     Rotated {
         /// When it was seen.
         at: Duration,
-        /// Whose.
-        role: Role,
+        /// Whose (the pod's name).
+        who: String,
         /// The old serial.
         old: String,
         /// The new serial.
@@ -92,7 +97,7 @@ pub enum Line {
         at: Duration,
         /// Which policy.
         step: PolicyStep,
-        /// From the edit to the backend's sidecar applying it, if that was seen.
+        /// From the edit to the last backend sidecar applying it, if that was seen.
         applied: Option<Duration>,
         /// From the edit to the backend's first decision under it (record time).
         decided: Duration,
@@ -101,8 +106,8 @@ pub enum Line {
     Trouble {
         /// When.
         at: Duration,
-        /// Which.
-        role: Role,
+        /// Which pod.
+        who: String,
         /// What went wrong.
         message: String,
     },
@@ -117,7 +122,8 @@ impl Line {
                 at,
                 from,
                 to,
-                port,
+                pod,
+                dst,
                 tls,
                 handshake,
             } => {
@@ -130,9 +136,10 @@ impl Line {
                     Handshaking::None => String::new(),
                 };
                 format!(
-                    "{} {} {from} → {to} :{port}  {tls} {}",
+                    "{} {} {from} → {to} on {} ({dst})  {tls} {}",
                     time(at),
                     p.paint(Style::Good, "✔ allowed"),
+                    p.paint(Style::Strong, pod),
                     p.paint(Style::Faint, &hs)
                 )
             }
@@ -140,10 +147,11 @@ impl Line {
                 at,
                 from,
                 to,
-                port,
+                pod,
+                dst,
                 reason,
             } => format!(
-                "{} {} {from} → {to} :{port}: {reason}",
+                "{} {} {from} → {to} on {pod} ({dst}): {reason}",
                 time(at),
                 p.paint(Style::Bad, "✘ refused"),
             ),
@@ -151,16 +159,17 @@ impl Line {
                 at,
                 from,
                 to,
-                port,
+                pod,
+                dst,
                 reason,
             } => format!(
-                "{} {} {from} → {to} :{port}: {reason}",
+                "{} {} {from} → {to} on {pod} ({dst}): {reason}",
                 time(at),
                 p.paint(Style::Warn, "‼ would-deny, let through (audit)"),
             ),
             Line::Rotated {
                 at,
-                role,
+                who,
                 old,
                 new,
                 generation,
@@ -169,7 +178,7 @@ impl Line {
                 "{} {} {} serial {} → {} (certificate #{generation}, valid for {valid_for} s)",
                 time(at),
                 p.paint(Style::Strong, "↻ certificate rotated:"),
-                role.name(),
+                who,
                 short_serial(old),
                 short_serial(new),
             ),
@@ -187,7 +196,7 @@ impl Line {
             } => {
                 let applied = applied.map_or_else(String::new, |a| {
                     format!(
-                        "the backend's sidecar had it {:.2} s after the edit; ",
+                        "the backends' sidecars had it {:.2} s after the edit; ",
                         a.as_secs_f64()
                     )
                 });
@@ -199,11 +208,10 @@ impl Line {
                     decided.as_secs_f64(),
                 )
             }
-            Line::Trouble { at, role, message } => format!(
-                "{} {} {}: {message}",
+            Line::Trouble { at, who, message } => format!(
+                "{} {} {who}: {message}",
                 time(at),
                 p.paint(Style::Warn, "‼"),
-                role.name()
             ),
         }
     }

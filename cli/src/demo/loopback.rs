@@ -1,16 +1,19 @@
 //! The demo without root: no namespaces and no iptables, every process on 127.0.0.1 with
 //! ports of its own (from `--base-port`), the proxies in explicit mode as in
-//! `proxy/tests/policy_mesh.rs` — each caller's app connects to its proxy's `--outbound`
-//! listener, which stands for the backend's app port. The backend's app is a small HTTP server
-//! in this process ([`super::loopback_app`]). The mesh file tells the workloads apart by port
-//! and tunnel.
+//! `proxy/tests/service_mesh.rs` — each caller's app connects to its proxy's `--outbound`
+//! listener, which stands for the Service's ClusterIP:port (198.19.0.10:8080, an address that
+//! exists nowhere here: only the proxy's own balancing reaches a backend). The backends' apps are
+//! small HTTP servers in this process ([`super::loopback_app`]). The mesh file tells the pods
+//! apart by port and tunnel; the two backends give their port named `http` different numbers,
+//! and the Service's named target port finds each.
 //!
 //! ```text
 //!   BASE+12, +14   trellis-control-plane: gRPC, metrics
-//!   BASE+80        the backend's app (HTTP)
-//!   BASE+100 +101 +108   frontend proxy: admin, outbound (→ BASE+80), tunnel
-//!   BASE+200      +208   backend proxy: admin, tunnel
-//!   BASE+300 +301 +308   intruder proxy: admin, outbound (→ BASE+80), tunnel
+//!   BASE+80, +83   backend-1's and backend-2's apps (HTTP, named http)
+//!   BASE+100 +101 +108   frontend proxy: admin, outbound (→ 198.19.0.10:8080), tunnel
+//!   BASE+200      +208   backend-1 proxy: admin, tunnel
+//!   BASE+250      +258   backend-2 proxy: admin, tunnel
+//!   BASE+300 +301 +308   intruder proxy: admin, outbound (→ 198.19.0.10:8080), tunnel
 //! ```
 
 use std::fs::Permissions;
@@ -31,7 +34,7 @@ use super::loopback_app::BackendApp;
 use super::mesh_file::{self, Endpoint, Layout};
 use super::observer::SiteSpec;
 use super::story::PolicyStep;
-use super::{Backing, Cleanup, DemoArgs, Out, Role, Started};
+use super::{Backing, Cleanup, DemoArgs, Out, Replica, Role, Started};
 
 /// The default `--base-port`.
 pub const DEFAULT_BASE_PORT: u16 = 21000;
@@ -69,50 +72,52 @@ impl Ports {
     fn metrics(self) -> SocketAddr {
         self.at(14)
     }
-    /// The app port of `role` (only the backend's has a server; the others are names).
-    fn app(self, role: Role) -> SocketAddr {
-        self.at(match role {
-            Role::Backend => 80,
-            Role::Frontend => 81,
-            Role::Intruder => 82,
+    /// The app port of `replica` (only the backends' have a server; the others are names).
+    fn app(self, replica: Replica) -> SocketAddr {
+        self.at(match (replica.role, replica.n) {
+            (Role::Backend, 1) => 80,
+            (Role::Frontend, _) => 81,
+            (Role::Intruder, _) => 82,
+            (Role::Backend, _) => 83,
         })
     }
-    fn admin(self, role: Role) -> SocketAddr {
-        self.at(block(role))
+    fn admin(self, replica: Replica) -> SocketAddr {
+        self.at(block(replica))
     }
-    fn outbound(self, role: Role) -> SocketAddr {
-        self.at(block(role) + 1)
+    fn outbound(self, replica: Replica) -> SocketAddr {
+        self.at(block(replica) + 1)
     }
-    fn tunnel(self, role: Role) -> SocketAddr {
-        self.at(block(role) + 8)
+    fn tunnel(self, replica: Replica) -> SocketAddr {
+        self.at(block(replica) + 8)
     }
     /// Every port bound, with what binds it.
     fn all(self) -> Vec<(SocketAddr, String)> {
         let mut all = vec![
             (self.grpc(), "control plane gRPC".to_owned()),
             (self.metrics(), "control plane metrics".to_owned()),
-            (self.app(Role::Backend), "the backend's app".to_owned()),
         ];
-        for role in Role::ALL {
-            all.push((self.admin(role), format!("{} proxy admin", role.name())));
-            all.push((self.tunnel(role), format!("{} proxy tunnel", role.name())));
-            if role.calls() {
-                all.push((
-                    self.outbound(role),
-                    format!("{} proxy outbound", role.name()),
-                ));
+        for replica in Replica::BACKENDS {
+            all.push((self.app(replica), format!("the {} app", replica.name())));
+        }
+        for replica in Replica::ALL {
+            let name = replica.name();
+            all.push((self.admin(replica), format!("{name} proxy admin")));
+            all.push((self.tunnel(replica), format!("{name} proxy tunnel")));
+            if replica.role.calls() {
+                all.push((self.outbound(replica), format!("{name} proxy outbound")));
             }
         }
         all
     }
 }
 
-/// The offset of `role`'s proxy ports.
-fn block(role: Role) -> u16 {
-    match role {
-        Role::Frontend => 100,
-        Role::Backend => 200,
-        Role::Intruder => 300,
+/// The offset of `replica`'s proxy ports.
+fn block(replica: Replica) -> u16 {
+    match (replica.role, replica.n) {
+        (Role::Frontend, _) => 100,
+        (Role::Backend, 1) => 200,
+        (Role::Backend, _) => 250,
+        (Role::Intruder, _) => 300,
     }
 }
 
@@ -121,8 +126,8 @@ fn block(role: Role) -> u16 {
 pub struct Mesh {
     /// Control plane first, then the proxies.
     processes: Vec<(String, Process)>,
-    /// The backend's app, in this process.
-    app: Option<BackendApp>,
+    /// The backends' apps, in this process.
+    apps: Vec<BackendApp>,
     /// Tokens, state, logs, the mesh file; removed on drop.
     dir: Option<tempfile::TempDir>,
 }
@@ -156,7 +161,7 @@ pub fn start(args: &DemoArgs, out: &Out) -> anyhow::Result<Started> {
     // From here on, dropping `mesh` stops what started and removes the directory.
     let mut mesh = Mesh {
         processes: Vec::new(),
-        app: None,
+        apps: Vec::new(),
         dir: Some(dir),
     };
     out.line(&format!(
@@ -191,49 +196,48 @@ pub fn start(args: &DemoArgs, out: &Out) -> anyhow::Result<Started> {
             Ok(((), format!("{}  (pid {})", ports.grpc(), p.pid())))
         },
     )?;
-    out.step(
-        &format!(
-            "starting the backend's app (HTTP {})",
-            ports.app(Role::Backend)
-        ),
-        || {
-            let listener = TcpListener::bind(ports.app(Role::Backend))
-                .with_context(|| format!("binding {}", ports.app(Role::Backend)))?;
-            mesh.app = Some(BackendApp::start(listener)?);
-            Ok(((), "in this process".to_owned()))
-        },
-    )?;
-    for role in Role::ALL {
+    for replica in Replica::BACKENDS {
+        let addr = ports.app(replica);
         out.step(
-            &format!("starting the {} proxy (explicit mode)", role.name()),
+            &format!(
+                "starting the {} app (HTTP {addr}, named http)",
+                replica.name()
+            ),
             || {
-                let mut cmd = proxy_command(args, ports, role, &root)?;
-                let p = mesh.spawn(
-                    &format!("{} proxy", role.name()),
-                    role.name(),
-                    &mut cmd,
-                    &root,
-                )?;
-                wait_ready(&p, ports.admin(role), None)?;
+                let listener =
+                    TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?;
+                mesh.apps
+                    .push(BackendApp::start(&replica.name(), listener)?);
+                Ok(((), "in this process".to_owned()))
+            },
+        )?;
+    }
+    for replica in Replica::ALL {
+        let name = replica.name();
+        out.step(
+            &format!("starting the {name} proxy (explicit mode)"),
+            || {
+                let mut cmd = proxy_command(args, ports, replica, &root)?;
+                let p = mesh.spawn(&format!("{name} proxy"), &name, &mut cmd, &root)?;
+                wait_ready(&p, ports.admin(replica), None)?;
                 Ok((
                     (),
-                    format!("tunnel {}  (pid {})", ports.tunnel(role), p.pid()),
+                    format!("tunnel {}  (pid {})", ports.tunnel(replica), p.pid()),
                 ))
             },
         )?;
     }
-    let sites = Role::ALL
+    let sites = Replica::ALL
         .iter()
-        .map(|role| SiteSpec {
-            role: *role,
+        .map(|replica| SiteSpec {
+            replica: *replica,
             netns: None,
-            admin: ports.admin(*role),
-            call: role.calls().then_some(ports.outbound(*role)),
-            records: *role == Role::Backend,
+            admin: ports.admin(*replica),
+            call: replica.role.calls().then_some(ports.outbound(*replica)),
             place: format!(
                 "127.0.0.1 (admin :{}, tunnel :{})",
-                ports.admin(*role).port(),
-                ports.tunnel(*role).port()
+                ports.admin(*replica).port(),
+                ports.tunnel(*replica).port()
             ),
         })
         .collect();
@@ -245,16 +249,17 @@ pub fn start(args: &DemoArgs, out: &Out) -> anyhow::Result<Started> {
     })
 }
 
-/// `trellis-proxy run` for `role`, in explicit mode on its ports.
+/// `trellis-proxy run` for `replica`, in explicit mode on its ports. A caller's outbound
+/// listener stands for the Service's ClusterIP:port; where that goes, discovery says.
 fn proxy_command(
     args: &DemoArgs,
     ports: Ports,
-    role: Role,
+    replica: Replica,
     root: &Path,
 ) -> anyhow::Result<Command> {
-    let backend = ports.app(Role::Backend);
+    let role = replica.role;
     let mut cmd = Command::new(binary(PROXY)?);
-    cmd.args(["run", "--mode", "explicit", "--pod-name", role.name()])
+    cmd.args(["run", "--mode", "explicit", "--pod-name", &replica.name()])
         .args(["--pod-namespace", role.namespace()])
         .args(["--service-account", role.service_account()])
         .args(["--control-plane", &ports.grpc().to_string()])
@@ -262,33 +267,32 @@ fn proxy_command(
         .arg(root.join(format!("token-{}", role.name())))
         .arg("--trust-bundle-file")
         .arg(root.join("state/root-cert.pem"))
-        .args(["--tunnel-listen", &ports.tunnel(role).to_string()])
-        .args(["--admin-listen", &ports.admin(role).to_string()])
+        .args(["--tunnel-listen", &ports.tunnel(replica).to_string()])
+        .args(["--admin-listen", &ports.admin(replica).to_string()])
         .arg(format!("--cert-ttl={}s", args.cert_ttl.as_secs()))
         .args(["--drain", "1s"]);
     if role.calls() {
-        cmd.arg(format!("--outbound={}={backend}", ports.outbound(role)))
-            .arg(format!(
-                "--workload={backend}={}@{}",
-                Role::Backend.spiffe_id(),
-                ports.tunnel(Role::Backend)
-            ));
+        cmd.arg(format!(
+            "--outbound={}={}",
+            ports.outbound(replica),
+            mesh_file::cluster_addr()
+        ));
     }
     Ok(cmd)
 }
 
-/// Where the workloads are, for the mesh file: all on 127.0.0.1, told apart by port and tunnel.
+/// Where the pods are, for the mesh file: all on 127.0.0.1, told apart by port and tunnel.
 fn layout(ports: Ports) -> Layout {
-    let local = |role| Endpoint {
+    let local = |replica: Replica| Endpoint {
         ip: Ipv4Addr::LOCALHOST.into(),
-        port: Some(ports.app(role).port()),
-        tunnel: Some(ports.tunnel(role)),
+        port: Some(ports.app(replica).port()),
+        tunnel: Some(ports.tunnel(replica)),
+        http: (replica.role == Role::Backend).then(|| ports.app(replica).port()),
     };
     Layout {
-        frontend: local(Role::Frontend),
-        backend: local(Role::Backend),
-        intruder: local(Role::Intruder),
-        app_port: ports.app(Role::Backend).port(),
+        frontend: local(Replica::of(Role::Frontend)),
+        backends: Replica::BACKENDS.into_iter().map(local).collect(),
+        intruder: local(Replica::of(Role::Intruder)),
     }
 }
 
@@ -416,7 +420,7 @@ impl Mesh {
     fn stop(&mut self) {
         let all: Vec<Process> = self.processes.iter().map(|(_, p)| p.clone()).collect();
         stop_all(&all, STOP_GRACE);
-        drop(self.app.take());
+        self.apps.clear();
         if let Some(dir) = self.dir.take()
             && let Err(e) = dir.close()
         {

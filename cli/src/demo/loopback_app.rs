@@ -1,6 +1,6 @@
-//! The backend's app in loopback mode, where there are no pods to run `app.py` in: a small
+//! The backends' app in loopback mode, where there are no pods to run `app.py` in: a small
 //! HTTP server in this process, on its own thread and runtime, answering every request with
-//! `backend got <path>` — what the backend's sidecar delivers the callers' connections to.
+//! `<name> got <path>` — what a backend's sidecar delivers the callers' connections to.
 
 use std::net::TcpListener;
 use std::thread::JoinHandle;
@@ -19,9 +19,9 @@ pub struct BackendApp {
 }
 
 impl BackendApp {
-    /// Serves on `listener` until dropped.
-    pub fn start(listener: TcpListener) -> anyhow::Result<BackendApp> {
-        let (thread, stop) = serve_app(listener)?;
+    /// Serves on `listener` as `name` until dropped.
+    pub fn start(name: &str, listener: TcpListener) -> anyhow::Result<BackendApp> {
+        let (thread, stop) = serve_app(name.to_owned(), listener)?;
         Ok(BackendApp {
             thread: Some(thread),
             stop,
@@ -38,16 +38,19 @@ impl Drop for BackendApp {
     }
 }
 
-/// The backend's app: answers every request with `backend got <path>`, on its own thread and
-/// runtime until told to stop.
-fn serve_app(listener: TcpListener) -> anyhow::Result<(JoinHandle<()>, watch::Sender<bool>)> {
+/// The app: answers every request with `<name> got <path>`, on its own thread and runtime until
+/// told to stop.
+fn serve_app(
+    name: String,
+    listener: TcpListener,
+) -> anyhow::Result<(JoinHandle<()>, watch::Sender<bool>)> {
     listener.set_nonblocking(true)?;
     let (stop, mut stopped) = watch::channel(false);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let thread = std::thread::Builder::new()
-        .name("demo-backend-app".into())
+        .name(format!("demo-{name}-app"))
         .spawn(move || {
             runtime.block_on(async move {
                 let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
@@ -58,7 +61,7 @@ fn serve_app(listener: TcpListener) -> anyhow::Result<(JoinHandle<()>, watch::Se
                         _ = stopped.wait_for(|s| *s) => return,
                         accepted = listener.accept() => {
                             if let Ok((conn, _)) = accepted {
-                                tokio::spawn(answer(conn));
+                                tokio::spawn(answer(conn, name.clone()));
                             }
                         }
                     }
@@ -68,8 +71,8 @@ fn serve_app(listener: TcpListener) -> anyhow::Result<(JoinHandle<()>, watch::Se
     Ok((thread, stop))
 }
 
-/// Reads one request head (at most 8 KiB, 5 s) and answers it.
-async fn answer(mut conn: tokio::net::TcpStream) {
+/// Reads one request head (at most 8 KiB, 5 s) and answers it as `name`.
+async fn answer(mut conn: tokio::net::TcpStream, name: String) {
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
     let read = tokio::time::timeout(Duration::from_secs(5), async {
@@ -86,7 +89,7 @@ async fn answer(mut conn: tokio::net::TcpStream) {
     }
     let text = String::from_utf8_lossy(&head);
     let path = text.split_whitespace().nth(1).unwrap_or("/");
-    let body = format!("backend got {path}\n");
+    let body = format!("{name} got {path}\n");
     let reply = format!(
         "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()

@@ -1,22 +1,24 @@
 //! `trellis demo`: a whole mesh on this machine, and what it does, shown live.
 //!
 //! It starts a control plane in local mode (join tokens, a mesh file, state in a temporary
-//! directory) and three sample workloads, each behind its own sidecar — `frontend` and
-//! `backend` in namespace `shop`, `intruder` in namespace `evil`. The frontend and the intruder
-//! call the backend every second; the backend's AuthorizationPolicy lets only the frontend in,
-//! until the demo edits it; the sidecars hold short-lived certificates, so rotations show.
-//! Everything it started is stopped and removed when it ends — after `--duration`, on Ctrl-C
-//! or SIGTERM, or on an error.
+//! directory) and four sample pods, each behind its own sidecar — `frontend` and two replicas of
+//! `backend` in namespace `shop`, `intruder` in namespace `evil`. The backend pods are the
+//! endpoints of the Service `shop/backend` (ClusterIP 198.19.0.10, port 8080, named target port
+//! `http`): the frontend and the intruder call the Service every second, and their sidecars pick
+//! a backend pod themselves and tunnel to it. The backends' AuthorizationPolicy lets only the
+//! frontend in, until the demo edits it; the sidecars hold short-lived certificates, so
+//! rotations show. Everything it started is stopped and removed when it ends — after
+//! `--duration`, on Ctrl-C or SIGTERM, or on an error.
 //!
 //! # Layout
 //!
 //! | module | owns |
 //! |---|---|
 //! | here | the flags, choosing the mode, the order of things, signals, clean-up, output |
-//! | [`namespaced`] | as root: pods in network namespaces with the real init rules (`trellis_sandbox`) |
-//! | [`loopback`] | without root: processes on 127.0.0.1, proxies in explicit mode |
-//! | [`loopback_app`] | the backend's app in loopback mode: a small HTTP server in this process |
-//! | [`mesh_file`] | the mesh file's YAML for each step of the policy story |
+//! | [`namespaced`] | as root: pods in network namespaces with the real init rules (`trellis_sandbox`), kube-proxy's rules for the Service on the node, the callers' apps calling it by name and ClusterIP |
+//! | [`loopback`] | without root: processes on 127.0.0.1, proxies in explicit mode (the callers' outbound listeners stand for the ClusterIP) |
+//! | [`loopback_app`] | the backends' app in loopback mode: a small HTTP server in this process |
+//! | [`mesh_file`] | the mesh file's YAML (workloads, the Service, the policy) for each step of the policy story |
 //! | [`show`] | the live part: waiting for the sidecars, the traffic, the policy edits, the summary |
 //! | [`observer`] | one thread per workload, inside its pod: the app's calls, the sidecar's admin endpoint |
 //! | [`story`] | the timeline, pure: which policy when, which line for which observation |
@@ -67,9 +69,53 @@ pub enum Role {
     /// `ns/shop/sa/frontend`: calls the backend, and is allowed to.
     Frontend,
     /// `ns/shop/sa/backend`: serves HTTP on its app port; its policy decides who gets in.
+    /// Two replicas, the endpoints of the Service `shop/backend`.
     Backend,
     /// `ns/evil/sa/intruder`: calls the backend too, and is refused (until the policy says otherwise).
     Intruder,
+}
+
+/// One pod of the demo: a workload and, for the backend, which of its replicas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Replica {
+    /// Whose pod.
+    pub role: Role,
+    /// Which of the role's pods (1 for the frontend and the intruder).
+    pub n: u8,
+}
+
+impl Replica {
+    /// Every pod, in the order they start: the servers first, so callers find them.
+    pub const ALL: [Replica; 4] = [
+        Replica::backend(1),
+        Replica::backend(2),
+        Replica::of(Role::Frontend),
+        Replica::of(Role::Intruder),
+    ];
+
+    /// The backend pods.
+    pub const BACKENDS: [Replica; 2] = [Replica::backend(1), Replica::backend(2)];
+
+    /// The only pod of `role` (frontend, intruder).
+    pub const fn of(role: Role) -> Replica {
+        Replica { role, n: 1 }
+    }
+
+    /// Backend pod `n`.
+    pub const fn backend(n: u8) -> Replica {
+        Replica {
+            role: Role::Backend,
+            n,
+        }
+    }
+
+    /// Its pod name: `frontend`, `intruder`, `backend-1`, `backend-2`.
+    pub fn name(self) -> String {
+        match self.role {
+            Role::Backend => format!("backend-{}", self.n),
+            role => role.name().to_owned(),
+        }
+    }
 }
 
 impl Role {
@@ -151,6 +197,24 @@ impl Backing {
         match self {
             Backing::Namespaced(m) => m.check_alive(),
             Backing::Loopback(m) => m.check_alive(),
+        }
+    }
+
+    /// Starts the callers' apps where they are processes of their pods (network namespaces),
+    /// calling for `duration`; in loopback mode the observer threads call.
+    fn start_callers(&self, duration: Duration) -> anyhow::Result<()> {
+        match self {
+            Backing::Namespaced(m) => m.start_callers(duration),
+            Backing::Loopback(_) => Ok(()),
+        }
+    }
+
+    /// How many connections kube-proxy (the node's DNAT) took for the Service; `None` on
+    /// loopback, where there is no node.
+    fn kube_proxy_connections(&self) -> Option<u64> {
+        match self {
+            Backing::Namespaced(m) => m.kube_proxy_connections(),
+            Backing::Loopback(_) => None,
         }
     }
 
@@ -285,7 +349,7 @@ fn run_blocking(args: &DemoArgs, palette: Palette, stop: &Stop) -> anyhow::Resul
     };
     out.line(&palette.paint(
         Style::Strong,
-        "trellis demo: a control plane and three workloads (frontend, backend, intruder), each behind its own sidecar",
+        "trellis demo: a control plane and four pods (frontend, backend-1, backend-2, intruder), each behind its own sidecar; the backends behind the Service shop/backend",
     ))?;
     out.line(&match (mode, args.loopback) {
         (Mode::Namespaced, _) => "mode: network namespaces, one per workload, on a bridge (198.18.0.0/24); transparent interception with the iptables rules of `trellis-proxy init`; sidecars as UID 1337".to_owned(),

@@ -1,35 +1,47 @@
-//! The demo as root: every workload in a network namespace of its own on a bridge
-//! (`trellis_sandbox`), the control plane in a fourth, sidecars installed as in a cluster —
-//! `trellis-proxy init`'s iptables rules, then `trellis-proxy run` as UID 1337 in transparent
-//! mode — and the backend's app a real process (python3, UID 1000) that knows nothing of the
-//! mesh. The sidecars learn endpoints and the backend's policy from discovery only.
+//! The demo as root: every pod in a network namespace of its own on a bridge — the node
+//! (`trellis_sandbox`), the control plane in a pod of its own, sidecars installed as in a
+//! cluster — `trellis-proxy init`'s iptables rules, then `trellis-proxy run` as UID 1337 in
+//! transparent mode — and the apps real processes (python3, UID 1000) that know nothing of the
+//! mesh: the backends serve HTTP, the callers call the Service `shop/backend` by its name
+//! (`backend.shop`, in every pod's `/etc/hosts`) and by its ClusterIP. The node does kube-proxy's
+//! job for that ClusterIP, as on a cluster — and never sees a meshed connection: the callers'
+//! sidecars pick a backend pod themselves. The sidecars learn pods, the Service and the
+//! backends' policy from discovery only.
 //!
 //! ```text
 //!   control-plane 198.18.0.1   trellis-control-plane (local mode, join tokens, mesh file)
-//!   frontend      198.18.0.2   sidecar ns/shop/sa/frontend; calls the backend
-//!   backend       198.18.0.3   sidecar ns/shop/sa/backend + app (HTTP :8080)
-//!   intruder      198.18.0.4   sidecar ns/evil/sa/intruder; calls the backend
+//!   frontend      198.18.0.2   sidecar ns/shop/sa/frontend; its app calls the Service
+//!   backend-1     198.18.0.3   sidecar ns/shop/sa/backend + app (HTTP :8080, named http)
+//!   intruder      198.18.0.4   sidecar ns/evil/sa/intruder; its app calls the Service
+//!   backend-2     198.18.0.5   sidecar ns/shop/sa/backend + app (HTTP :8080, named http)
+//!   node          198.18.0.254 kube-proxy: 198.19.0.10:8080 → backend-1, backend-2 :8080
 //! ```
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
 
 use anyhow::Context as _;
-use trellis_sandbox::app::{App, HTTP_PORT};
+use trellis_sandbox::app::{APP_UID, App, HTTP_PORT};
 use trellis_sandbox::control_plane::{ControlPlane, Identity};
-use trellis_sandbox::netns;
+use trellis_sandbox::http::python;
 use trellis_sandbox::sidecar::{Sidecar, SidecarSpec};
-use trellis_sandbox::{Process, Sandbox};
+use trellis_sandbox::{Cmd, Pod, Process, Sandbox, Service, netns};
 
-use super::mesh_file::{self, Endpoint, Layout};
+use super::mesh_file::{self, Endpoint, Layout, SERVICE, SERVICE_HOST, SERVICE_PORT};
 use super::observer::SiteSpec;
 use super::story::PolicyStep;
-use super::{Backing, Cleanup, DemoArgs, Out, Role, Started};
+use super::{Backing, Cleanup, DemoArgs, Out, Replica, Role, Started};
 
 /// The control plane's pod address.
 const CONTROL_PLANE_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 /// The sidecars' admin endpoint, inside each pod.
 const ADMIN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 15000);
+/// The callers' app.
+const CALLER_PY: &str = include_str!("caller.py");
+/// How long the callers keep calling beyond the show (it stops them sooner).
+const CALLER_MARGIN: Duration = Duration::from_secs(30);
 /// Programs the pods need besides the Trellis binaries.
 const TOOLS: [(&str, &str); 4] = [
     ("ip", "iproute2"),
@@ -38,13 +50,15 @@ const TOOLS: [(&str, &str); 4] = [
     ("python3", "python3"),
 ];
 
-/// A workload's pod address.
-fn ip(role: Role) -> Ipv4Addr {
-    match role {
-        Role::Frontend => Ipv4Addr::new(198, 18, 0, 2),
-        Role::Backend => Ipv4Addr::new(198, 18, 0, 3),
-        Role::Intruder => Ipv4Addr::new(198, 18, 0, 4),
-    }
+/// A pod's address.
+fn ip(replica: Replica) -> Ipv4Addr {
+    let last = match (replica.role, replica.n) {
+        (Role::Frontend, _) => 2,
+        (Role::Backend, 1) => 3,
+        (Role::Intruder, _) => 4,
+        (Role::Backend, _) => 5,
+    };
+    Ipv4Addr::new(198, 18, 0, last)
 }
 
 /// Everything running; the sandbox undoes it all on drop, too.
@@ -52,10 +66,14 @@ fn ip(role: Role) -> Ipv4Addr {
 pub struct Mesh {
     /// The control plane (a handle: the sandbox owns the process).
     cp: ControlPlane,
-    /// The backend's app.
-    app: App,
+    /// The backends' apps.
+    apps: Vec<(Replica, App)>,
     /// The sidecars, in start order.
-    sidecars: Vec<(Role, Sidecar)>,
+    sidecars: Vec<(Replica, Sidecar)>,
+    /// The pods, for starting the callers' apps.
+    pods: Vec<(Replica, Pod)>,
+    /// The callers' apps, once the traffic has begun.
+    callers: Mutex<Vec<(Replica, Process)>>,
     /// Last: dropped after the handles above.
     sandbox: Sandbox,
 }
@@ -87,9 +105,11 @@ pub fn start(args: &DemoArgs, out: &Out) -> anyhow::Result<Started> {
     ))?;
     let cp_pod = sandbox.add_pod("control-plane", CONTROL_PLANE_IP)?;
     let mut pods = Vec::new();
-    for role in Role::ALL {
-        pods.push((role, sandbox.add_pod(role.name(), ip(role))?));
+    for replica in Replica::ALL {
+        pods.push((replica, sandbox.add_pod(&replica.name(), ip(replica))?));
     }
+    sandbox.add_host(SERVICE_HOST, mesh_file::CLUSTER_IP)?;
+    sandbox.write_file("caller.py", CALLER_PY.as_bytes(), 0o644)?;
     let layout = layout();
     let identities: Vec<Identity> = Role::ALL
         .iter()
@@ -104,25 +124,51 @@ pub fn start(args: &DemoArgs, out: &Out) -> anyhow::Result<Started> {
             Ok((cp, detail))
         },
     )?;
-    let mut app = None;
+    out.step(
+        &format!(
+            "installing kube-proxy's rules on the node for Service {SERVICE} ({}, {SERVICE_HOST})",
+            mesh_file::cluster_addr()
+        ),
+        || {
+            let endpoints = layout
+                .service_endpoints()
+                .into_iter()
+                .filter_map(|(_, a)| match a {
+                    SocketAddr::V4(a) => Some(a),
+                    SocketAddr::V6(_) => None,
+                });
+            let service =
+                Service::new(SERVICE, mesh_file::CLUSTER_IP).port(SERVICE_PORT, endpoints);
+            sandbox.node().add_service(&service)?;
+            Ok(((), "iptables DNAT, for unmeshed clients".to_owned()))
+        },
+    )?;
+    let mut apps = Vec::new();
     let mut sidecars = Vec::new();
-    for (role, pod) in &pods {
-        if *role == Role::Backend {
-            app = Some(out.step(
-                &format!("starting the backend's app (HTTP :{HTTP_PORT})"),
-                || {
-                    let app = App::start(&sandbox, pod, "backend")?;
-                    let detail = pid(Some(app.process()));
-                    Ok((app, detail))
-                },
-            )?);
+    for (replica, pod) in &pods {
+        if replica.role == Role::Backend {
+            apps.push((
+                *replica,
+                out.step(
+                    &format!(
+                        "starting the {} app (HTTP :{HTTP_PORT}, named http)",
+                        replica.name()
+                    ),
+                    || {
+                        let app = App::start(&sandbox, pod, &replica.name())?;
+                        let detail = pid(Some(app.process()));
+                        Ok((app, detail))
+                    },
+                )?,
+            ));
         }
         let sidecar = out.step(
             &format!(
                 "starting the {} sidecar (init rules, then run as UID 1337)",
-                role.name()
+                replica.name()
             ),
             || {
+                let role = replica.role;
                 let spec =
                     SidecarSpec::new(Identity::new(role.namespace(), role.service_account()))
                         .arg(format!("--cert-ttl={}s", args.cert_ttl.as_secs()));
@@ -131,24 +177,20 @@ pub fn start(args: &DemoArgs, out: &Out) -> anyhow::Result<Started> {
                 Ok((sidecar, detail))
             },
         )?;
-        sidecars.push((*role, sidecar));
+        sidecars.push((*replica, sidecar));
     }
-    let app = app.context("the backend's app did not start")?;
     let mesh_file = cp
         .mesh_file()
         .map(PathBuf::from)
         .context("the control plane has no mesh file")?;
-    let sites = Role::ALL
+    let sites = pods
         .iter()
-        .zip(&pods)
-        .map(|(role, (_, pod))| SiteSpec {
-            role: *role,
+        .map(|(replica, pod)| SiteSpec {
+            replica: *replica,
             netns: Some(pod.netns().name().to_owned()),
             admin: ADMIN,
-            call: role
-                .calls()
-                .then_some(SocketAddr::from((ip(Role::Backend), HTTP_PORT))),
-            records: *role == Role::Backend,
+            // The callers' apps are processes of their pods (`Mesh::start_callers`).
+            call: None,
             place: pod.ip().to_string(),
         })
         .collect();
@@ -158,26 +200,39 @@ pub fn start(args: &DemoArgs, out: &Out) -> anyhow::Result<Started> {
         layout,
         backing: Backing::Namespaced(Box::new(Mesh {
             cp,
-            app,
+            apps,
             sidecars,
+            pods,
+            callers: Mutex::new(Vec::new()),
             sandbox,
         })),
     })
 }
 
-/// Where the workloads are, for the mesh file: each its own IP, every port, tunnel on 15008.
+/// Where the pods are, for the mesh file: each its own IP, every port, tunnel on 15008.
 fn layout() -> Layout {
-    let pod = |role| Endpoint {
-        ip: IpAddr::V4(ip(role)),
+    let pod = |replica: Replica| Endpoint {
+        ip: IpAddr::V4(ip(replica)),
         port: None,
         tunnel: None,
+        http: (replica.role == Role::Backend).then_some(HTTP_PORT),
     };
     Layout {
-        frontend: pod(Role::Frontend),
-        backend: pod(Role::Backend),
-        intruder: pod(Role::Intruder),
-        app_port: HTTP_PORT,
+        frontend: pod(Replica::of(Role::Frontend)),
+        backends: Replica::BACKENDS.into_iter().map(pod).collect(),
+        intruder: pod(Replica::of(Role::Intruder)),
     }
+}
+
+/// The URLs the callers' apps call, in turn: the Service by name, then by ClusterIP.
+pub fn caller_urls() -> [String; 2] {
+    [
+        format!("http://{SERVICE_HOST}:{SERVICE_PORT}"),
+        format!(
+            "http://{}",
+            SocketAddrV4::new(mesh_file::CLUSTER_IP, SERVICE_PORT)
+        ),
+    ]
 }
 
 impl Mesh {
@@ -187,9 +242,17 @@ impl Mesh {
         if let Some(p) = self.cp.process() {
             all.push(("the control plane".into(), p));
         }
-        all.push(("the backend's app".into(), self.app.process().clone()));
-        for (role, s) in &self.sidecars {
-            all.push((format!("the {} sidecar", role.name()), s.process().clone()));
+        for (replica, app) in &self.apps {
+            all.push((format!("the {} app", replica.name()), app.process().clone()));
+        }
+        for (replica, s) in &self.sidecars {
+            all.push((
+                format!("the {} sidecar", replica.name()),
+                s.process().clone(),
+            ));
+        }
+        for (replica, p) in self.callers().iter() {
+            all.push((format!("the {} app", replica.name()), p.clone()));
         }
         for (what, p) in all {
             if let Some(status) = p.exit_status() {
@@ -204,6 +267,39 @@ impl Mesh {
             }
         }
         Ok(())
+    }
+
+    /// Starts the callers' apps (frontend, intruder): for `seconds` (and a margin), a call to
+    /// the Service every second, by name and by ClusterIP in turn, as UID 1000.
+    pub fn start_callers(&self, seconds: Duration) -> anyhow::Result<()> {
+        let script = self.sandbox.dir().join("caller.py");
+        let seconds = (seconds + CALLER_MARGIN).as_secs().to_string();
+        let mut callers = self.callers();
+        for (replica, pod) in self.pods.iter().filter(|(r, _)| r.role.calls()) {
+            let cmd = Cmd::new(python())
+                .arg(&script)
+                .args([replica.name().as_str(), seconds.as_str()])
+                .args(caller_urls())
+                .uid(Some(APP_UID));
+            let p = pod
+                .spawn(&cmd)
+                .with_context(|| format!("starting the {} app", replica.name()))?;
+            callers.push((*replica, p));
+        }
+        Ok(())
+    }
+
+    /// Connections kube-proxy (the node's DNAT) took for the Service.
+    pub fn kube_proxy_connections(&self) -> Option<u64> {
+        self.sandbox
+            .node()
+            .dnat_counts(SERVICE)
+            .ok()
+            .map(|c| c.total)
+    }
+
+    fn callers(&self) -> std::sync::MutexGuard<'_, Vec<(Replica, Process)>> {
+        self.callers.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Stops every process, deletes every namespace (their iptables rules go with them) and

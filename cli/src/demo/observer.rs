@@ -1,9 +1,10 @@
-//! One thread per workload, standing where the workload is — inside its pod's network
-//! namespace (so 127.0.0.1:15000 is its sidecar's admin endpoint, and its connections are
-//! intercepted like the app's), or on this machine in loopback mode. Each thread waits until its
-//! sidecar holds a certificate and has applied the control plane's mesh, then, once told to go,
-//! makes the app's call every second (frontend, intruder) and polls the sidecar's `/identity`
-//! (and the backend's `/handshakes`), sending what it sees to the story as [`Event`]s.
+//! One thread per pod, standing where the pod is — inside its network namespace (so
+//! 127.0.0.1:15000 is its sidecar's admin endpoint, and its connections are intercepted like
+//! the app's), or on this machine in loopback mode. Each thread waits until its sidecar holds a
+//! certificate and has applied the control plane's mesh (a caller's: with the Service and both
+//! its endpoints), then, once told to go, makes the app's call every second where the mode
+//! says so (loopback: the callers' apps are these threads), and polls the sidecar's
+//! `/identity` and `/handshakes`, sending what it sees to the story as [`Event`]s.
 //!
 //! Owns: the threads, their stop, and telling new records from ones already sent ([`fresh`]).
 //! What the observations mean is [`super::story`]'s business.
@@ -19,7 +20,8 @@ use tokio::time::{Instant, MissedTickBehavior};
 use trellis_sandbox::netns;
 use trellis_sandbox::sidecar::metric_value;
 
-use super::Role;
+use super::mesh_file::SERVICE;
+use super::{Replica, Role};
 use crate::admin_api::{Handshake, Identity};
 use crate::admin_client::AdminClient;
 use crate::dial::Target;
@@ -35,23 +37,23 @@ const POLL_EVERY: Duration = Duration::from_millis(500);
 const MESH_POLL_EVERY: Duration = Duration::from_millis(100);
 /// Records asked for per poll: far more than arrive between two polls.
 const RECORDS_PER_POLL: u64 = 200;
-/// Workloads in the mesh file: a sidecar that knows this many has the whole mesh.
-const WORKLOADS: u64 = 3;
+/// Pods in the mesh file: a sidecar that knows this many has the whole mesh.
+const WORKLOADS: u64 = Replica::ALL.len() as u64;
+/// Ready endpoints of the Service a caller's sidecar must hold before its app calls.
+const ENDPOINTS: usize = Replica::BACKENDS.len();
 
-/// Where to observe one workload from.
+/// Where to observe one pod from.
 #[derive(Debug, Clone)]
 pub struct SiteSpec {
-    /// Which workload.
-    pub role: Role,
+    /// Which pod.
+    pub replica: Replica,
     /// The network namespace to enter (`None`: stay on this machine).
     pub netns: Option<String>,
     /// Its sidecar's admin endpoint, as seen from there.
     pub admin: SocketAddr,
-    /// Where its app connects to call the backend (`None`: it does not call).
+    /// Where this thread connects, as the pod's app, to call the backend's Service (`None`: not
+    /// here — it does not call, or its app is a process of its pod).
     pub call: Option<SocketAddr>,
-    /// Whether to read its connection records and follow its mesh updates (the backend's
-    /// decide the story).
-    pub records: bool,
     /// Where it is, for people: `198.18.0.2` or `127.0.0.1 (tunnel :21108)`.
     pub place: String,
 }
@@ -62,42 +64,42 @@ pub enum Event {
     /// The sidecar holds a certificate and has applied the mesh.
     Ready {
         /// Whose.
-        role: Role,
+        replica: Replica,
         /// Its certificate.
         identity: Identity,
     },
     /// The sidecar's certificate, read again.
     Identity {
         /// Whose.
-        role: Role,
+        replica: Replica,
         /// Its certificate now.
         identity: Identity,
     },
     /// Connection records not sent before, oldest first.
     Records {
         /// Whose.
-        role: Role,
+        replica: Replica,
         /// The records.
         records: Vec<Handshake>,
     },
     /// The sidecar applied a new snapshot of the mesh from the control plane.
     MeshApplied {
         /// Whose.
-        role: Role,
+        replica: Replica,
         /// When it was seen (within [`MESH_POLL_EVERY`]).
         seen: SystemTime,
     },
     /// The admin endpoint failed once.
     Trouble {
         /// Whose.
-        role: Role,
+        replica: Replica,
         /// What failed.
         message: String,
     },
     /// The thread gave up: it could not enter the namespace, or the sidecar never got ready.
     Failed {
         /// Whose.
-        role: Role,
+        replica: Replica,
         /// Why.
         message: String,
     },
@@ -128,7 +130,7 @@ impl Sites {
             let (site, events, stop_rx, go_rx) =
                 (site.clone(), events.clone(), stop_rx.clone(), go_rx.clone());
             let thread = std::thread::Builder::new()
-                .name(format!("demo-{}", site.role.name()))
+                .name(format!("demo-{}", site.replica.name()))
                 .spawn(move || site_main(&site, &events, stop_rx, go_rx))?;
             started.threads.push(thread);
         }
@@ -163,7 +165,7 @@ fn site_main(
 ) {
     let fail = |message: String| {
         let _ = events.send(Event::Failed {
-            role: site.role,
+            replica: site.replica,
             message,
         });
     };
@@ -196,14 +198,15 @@ async fn observe(site: &SiteSpec, events: &mpsc::Sender<Event>, mut go: watch::R
     let mut admin = AdminClient::new(target.clone());
     let mut raw = Http1Client::new(target);
     let deadline = Instant::now() + READY_TIMEOUT;
+    let caller = site.replica.role.calls();
     let (identity, mut updates) = loop {
-        let last = match ready(&mut admin, &mut raw).await {
+        let last = match ready(&mut admin, &mut raw, caller).await {
             Ok(ready) => break ready,
             Err(last) => last,
         };
         if Instant::now() >= deadline {
             return send(Event::Failed {
-                role: site.role,
+                replica: site.replica,
                 message: format!(
                     "sidecar not ready within {}s: {last}",
                     READY_TIMEOUT.as_secs()
@@ -214,7 +217,7 @@ async fn observe(site: &SiteSpec, events: &mpsc::Sender<Event>, mut go: watch::R
     };
     let mut serial = identity.serial.clone();
     send(Event::Ready {
-        role: site.role,
+        replica: site.replica,
         identity,
     });
     if go.wait_for(|g| *g).await.is_err() {
@@ -235,35 +238,33 @@ async fn observe(site: &SiteSpec, events: &mpsc::Sender<Event>, mut go: watch::R
                 if let Some(to) = site.call {
                     // A task of its own (same thread, same namespace): a slow refusal must not
                     // hold up the polls. The story reads the outcome from the backend's records.
-                    tokio::spawn(call_backend(to, site.role));
+                    tokio::spawn(call_backend(to, site.replica.role));
                 }
             }
-            _ = mesh_poll.tick(), if site.records => {
+            _ = mesh_poll.tick(), if !caller => {
                 if let Ok(now) = mesh_updates(&mut raw).await && now > updates {
                     updates = now;
-                    send(Event::MeshApplied { role: site.role, seen: SystemTime::now() });
+                    send(Event::MeshApplied { replica: site.replica, seen: SystemTime::now() });
                 }
             }
             _ = poll.tick() => {
                 match admin.identity().await {
                     Ok(Some(id)) if id.serial != serial => {
                         serial = id.serial.clone();
-                        send(Event::Identity { role: site.role, identity: id });
+                        send(Event::Identity { replica: site.replica, identity: id });
                     }
                     Ok(_) => {}
-                    Err(e) => send(Event::Trouble { role: site.role, message: e.to_string() }),
+                    Err(e) => send(Event::Trouble { replica: site.replica, message: e.to_string() }),
                 }
-                if site.records {
-                    match admin.handshakes(RECORDS_PER_POLL).await {
-                        Ok(all) => {
-                            let new = fresh(last.as_ref(), &all).to_vec();
-                            if let Some(newest) = new.last() {
-                                last = Some(RecordKey::of(newest));
-                                send(Event::Records { role: site.role, records: new });
-                            }
+                match admin.handshakes(RECORDS_PER_POLL).await {
+                    Ok(all) => {
+                        let new = fresh(last.as_ref(), &all).to_vec();
+                        if let Some(newest) = new.last() {
+                            last = Some(RecordKey::of(newest));
+                            send(Event::Records { replica: site.replica, records: new });
                         }
-                        Err(e) => send(Event::Trouble { role: site.role, message: e.to_string() }),
                     }
+                    Err(e) => send(Event::Trouble { replica: site.replica, message: e.to_string() }),
                 }
             }
         }
@@ -271,9 +272,14 @@ async fn observe(site: &SiteSpec, events: &mpsc::Sender<Event>, mut go: watch::R
 }
 
 /// The sidecar's identity, and how many mesh snapshots it has applied, once it holds a
-/// certificate and has applied the whole mesh (so the backend enforces its policy before the
-/// first call); else what is missing.
-async fn ready(admin: &mut AdminClient, raw: &mut Http1Client) -> Result<(Identity, u64), String> {
+/// certificate and has applied the whole mesh (so the backends enforce their policy before the
+/// first call, and a `caller`'s sidecar balances the Service over both backend pods); else what
+/// is missing.
+async fn ready(
+    admin: &mut AdminClient,
+    raw: &mut Http1Client,
+    caller: bool,
+) -> Result<(Identity, u64), String> {
     let identity = admin
         .identity()
         .await
@@ -284,16 +290,33 @@ async fn ready(admin: &mut AdminClient, raw: &mut Http1Client) -> Result<(Identi
         return Err("no mesh snapshot from the control plane yet".into());
     }
     let (status, dump) = raw.get("/config_dump").await.map_err(|e| e.to_string())?;
-    let known = serde_json::from_slice::<serde_json::Value>(&dump)
-        .ok()
-        .and_then(|v| v["workloads_known"].as_u64())
-        .unwrap_or(0);
+    let dump = serde_json::from_slice::<serde_json::Value>(&dump).unwrap_or_default();
+    let known = dump["workloads_known"].as_u64().unwrap_or(0);
     if status != StatusCode::OK || known < WORKLOADS {
         return Err(format!(
             "knows {known} of the mesh's {WORKLOADS} workloads so far"
         ));
     }
+    let endpoints = ready_endpoints(&dump);
+    if caller && endpoints < ENDPOINTS {
+        return Err(format!(
+            "holds {endpoints} of the {ENDPOINTS} ready endpoints of Service {SERVICE} so far"
+        ));
+    }
     Ok((identity, updates))
+}
+
+/// The ready endpoints of the Service in a sidecar's `/config_dump`, over all its ports.
+pub fn ready_endpoints(dump: &serde_json::Value) -> usize {
+    dump["services"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| s["name"] == SERVICE)
+        .flat_map(|s| s["ports"].as_array().into_iter().flatten())
+        .flat_map(|p| p["endpoints"].as_array().into_iter().flatten())
+        .filter(|e| e["health"] == "ready")
+        .count()
 }
 
 /// How many mesh snapshots the sidecar has applied (`trellis_proxy_discovery_updates_total`).
@@ -385,6 +408,23 @@ mod tests {
         // The last one sent has left the bounded log: everything there is new.
         let gone = RecordKey::of(&rec("t0"));
         assert_eq!(fresh(Some(&gone), &all).len(), 3);
+    }
+
+    #[test]
+    fn only_ready_endpoints_of_the_demo_service_count() {
+        let dump = serde_json::json!({"services": [
+            {"name": "shop/other", "ports": [{"endpoints": [{"health": "ready"}]}]},
+            {"name": "shop/backend", "ports": [{"endpoints": [
+                {"addr": "198.18.0.3:8080", "health": "ready"},
+                {"addr": "198.18.0.5:8080", "health": "unavailable"},
+                {"addr": "198.18.0.6:8080", "health": "ready"}
+            ]}]}
+        ]});
+        assert_eq!(ready_endpoints(&dump), 2);
+        assert_eq!(
+            ready_endpoints(&serde_json::json!({"workloads_known": 4})),
+            0
+        );
     }
 
     #[test]

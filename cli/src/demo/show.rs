@@ -1,7 +1,8 @@
 //! The live part of the demo, once the processes run: wait until every sidecar holds a
-//! certificate and has applied the mesh, say who is who, let the traffic begin, edit the policy
-//! on [`story::plan`]'s schedule, print what [`Story`] makes of each observation, and sum up.
-//! Ends after the duration or when a stop is asked for; a process that dies is an error.
+//! certificate and has applied the mesh (the callers' with the Service and its endpoints), say
+//! who is who, let the traffic begin, edit the policy on [`story::plan`]'s schedule, print what
+//! [`Story`] makes of each observation, and sum up. Ends after the duration or when a stop is
+//! asked for; a process that dies is an error.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -11,10 +12,10 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::Context as _;
 
 use super::lines::{self, Line};
-use super::mesh_file::{self, Layout};
+use super::mesh_file::{self, Layout, SERVICE, SERVICE_HOST};
 use super::observer::{Event, SiteSpec, Sites};
 use super::story::{self, PolicyStep, Story};
-use super::{Backing, Out, Role, Stop};
+use super::{Backing, Out, Replica, Role, Stop};
 use crate::admin_api::Identity;
 use crate::style::Style;
 
@@ -45,44 +46,86 @@ pub fn show(setup: &Setup<'_>, out: &Out, stop: &Stop) -> anyhow::Result<()> {
     let mut sites = Sites::start(setup.sites, &tx).context("starting the observer threads")?;
     drop(tx);
     let identities = out.step(
-        "waiting for the sidecars to apply the mesh (endpoints, the backend's policy)",
+        "waiting for the sidecars to apply the mesh (pods, the Service's endpoints, the backends' policy)",
         || wait_ready(&rx, setup, stop).map(|ids| (ids, String::new())),
     )?;
-    for role in [Role::Frontend, Role::Backend, Role::Intruder] {
+    let shown_order = [
+        Replica::of(Role::Frontend),
+        Replica::backend(1),
+        Replica::backend(2),
+        Replica::of(Role::Intruder),
+    ];
+    for replica in shown_order {
         let (Some(id), Some(site)) = (
-            identities.get(&role),
-            setup.sites.iter().find(|s| s.role == role),
+            identities.get(&replica),
+            setup.sites.iter().find(|s| s.replica == replica),
         ) else {
             continue;
         };
         out.line(&format!(
-            "{} {:<8} {}  serial {}  at {}",
+            "{} {:<9} {}  serial {}  at {}",
             p.paint(Style::Good, "✔"),
-            role.name(),
+            replica.name(),
             p.paint(Style::Strong, &id.spiffe_id),
             lines::short_serial(&id.serial),
             site.place
         ))?;
     }
+    let endpoints: Vec<String> = setup
+        .layout
+        .service_endpoints()
+        .iter()
+        .map(|(r, a)| format!("{} {a}", r.name()))
+        .collect();
+    // Only pods resolve the name (their /etc/hosts); on loopback the ClusterIP is all there is.
+    let name = match setup.backing {
+        Backing::Namespaced(_) => format!(" ({SERVICE_HOST})"),
+        Backing::Loopback(_) => String::new(),
+    };
     out.line(&format!(
-        "policy shop/{}: only {} may reach the backend on :{} (mesh file {})",
+        "service {SERVICE}: {}{name} → targetPort http: {}; each caller's sidecar picks the pod",
+        mesh_file::cluster_addr(),
+        endpoints.join(", ")
+    ))?;
+    let ports: Vec<String> = setup
+        .layout
+        .app_ports()
+        .iter()
+        .map(|p| format!(":{p}"))
+        .collect();
+    out.line(&format!(
+        "policy shop/{}: only {} may reach the backends on {} (mesh file {})",
         mesh_file::POLICY,
         Role::Frontend.short_id(),
-        setup.layout.app_port,
+        ports.join(", "),
         setup.mesh_file.display()
     ))?;
+    let how = match setup.backing {
+        Backing::Namespaced(_) => {
+            let [by_name, by_ip] = super::namespaced::caller_urls();
+            format!("{by_name} and {by_ip} in turn")
+        }
+        Backing::Loopback(_) => format!(
+            "its ClusterIP {} (their outbound listeners)",
+            mesh_file::cluster_addr()
+        ),
+    };
     out.line(&p.paint(
         Style::Strong,
         &format!(
-            "traffic: the frontend and the intruder call the backend every second for {} (Ctrl-C stops)",
+            "traffic: the frontend and the intruder call the Service every second for {}: {how} (Ctrl-C stops)",
             humantime::format_duration(setup.duration)
         ),
     ))?;
 
-    let mut story = Story::new(&identities);
+    let mut story = Story::new(&identities, &setup.layout.service_endpoints());
     let plan = story::plan(setup.duration);
     let mut next_edit = plan.iter().peekable();
     sites.go();
+    setup
+        .backing
+        .start_callers(setup.duration)
+        .context("starting the callers' apps")?;
     let started = Instant::now();
     let mut checked = Instant::now();
     loop {
@@ -122,25 +165,19 @@ pub fn show(setup: &Setup<'_>, out: &Out, stop: &Stop) -> anyhow::Result<()> {
         };
         let at = started.elapsed();
         let lines = match event {
-            Event::Identity { role, identity } => {
-                story.identity(role, &identity, at).into_iter().collect()
+            Event::Identity { replica, identity } => {
+                story.identity(replica, &identity, at).into_iter().collect()
             }
-            Event::Records {
-                role: Role::Backend,
-                records,
-            } => story.backend_records(&records, at),
-            Event::MeshApplied {
-                role: Role::Backend,
-                seen,
-            } => {
-                story.mesh_applied(seen);
+            Event::Records { replica, records } => story.records(replica, &records, at),
+            Event::MeshApplied { replica, seen } => {
+                story.mesh_applied(replica, seen);
                 Vec::new()
             }
-            Event::Records { .. } | Event::Ready { .. } | Event::MeshApplied { .. } => Vec::new(),
-            Event::Trouble { role, message } => {
-                story.trouble(role, &message, at).into_iter().collect()
+            Event::Ready { .. } => Vec::new(),
+            Event::Trouble { replica, message } => {
+                story.trouble(replica, &message, at).into_iter().collect()
             }
-            Event::Failed { role, message } => anyhow::bail!("{}: {message}", role.name()),
+            Event::Failed { replica, message } => anyhow::bail!("{}: {message}", replica.name()),
         };
         for line in lines {
             out.line(&line.render(p))?;
@@ -148,7 +185,7 @@ pub fn show(setup: &Setup<'_>, out: &Out, stop: &Stop) -> anyhow::Result<()> {
     }
     let shown = started.elapsed();
     sites.stop();
-    for line in story.summary(shown, p) {
+    for line in story.summary(shown, p, setup.backing.kube_proxy_connections()) {
         out.line(&line)?;
     }
     Ok(())
@@ -159,7 +196,7 @@ fn wait_ready(
     rx: &mpsc::Receiver<Event>,
     setup: &Setup<'_>,
     stop: &Stop,
-) -> anyhow::Result<BTreeMap<Role, Identity>> {
+) -> anyhow::Result<BTreeMap<Replica, Identity>> {
     let deadline = Instant::now() + READY_TIMEOUT;
     let mut ready = BTreeMap::new();
     while ready.len() < setup.sites.len() {
@@ -180,10 +217,12 @@ fn wait_ready(
             );
         }
         match rx.recv_timeout(left.min(TICK)) {
-            Ok(Event::Ready { role, identity }) => {
-                ready.insert(role, identity);
+            Ok(Event::Ready { replica, identity }) => {
+                ready.insert(replica, identity);
             }
-            Ok(Event::Failed { role, message }) => anyhow::bail!("{}: {message}", role.name()),
+            Ok(Event::Failed { replica, message }) => {
+                anyhow::bail!("{}: {message}", replica.name())
+            }
             Ok(_) | Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => {
                 anyhow::bail!("every observer thread has stopped")

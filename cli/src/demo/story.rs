@@ -1,14 +1,16 @@
 //! The demo's timeline, as pure functions: when the policy changes ([`plan`]), and which line
-//! each observation makes ([`Story`]) — an allowed or refused connection from the backend's
-//! records, a certificate rotation from a changed serial, a policy edit, when the backend's
-//! sidecar applied it and the first decision it made under it — and the summary at the end. No I/O and no clock: times come in as
-//! arguments, so every rule is tested below.
+//! each observation makes ([`Story`]) — an allowed or refused connection from a backend pod's
+//! records, a certificate rotation from a changed serial, a policy edit, when the backends'
+//! sidecars applied it and the first decision made under it — and the summary at the end,
+//! with which backend pod the callers' sidecars chose for each connection to the Service. No
+//! I/O and no clock: times come in as arguments, so every rule is tested below.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime};
 
-use super::Role;
 use super::lines::{Handshaking, Line};
+use super::mesh_file::SERVICE;
+use super::{Replica, Role};
 use crate::admin_api::{Handshake, Identity};
 use crate::style::{Palette, Style};
 
@@ -91,11 +93,13 @@ struct Pending {
 }
 
 /// One policy edit, as it went.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Edit {
     /// When the file was written.
     written: SystemTime,
-    /// From then to the backend's sidecar applying the new mesh.
+    /// The backend pods whose sidecars were seen applying a new mesh since.
+    applied_by: BTreeSet<Replica>,
+    /// From then to the last backend sidecar applying the new mesh.
     applied: Option<Duration>,
     /// From then to the first decision under the new policy.
     decided: Option<Duration>,
@@ -105,10 +109,14 @@ struct Edit {
 #[derive(Debug, Default)]
 pub struct Story {
     /// Serial of each sidecar's current certificate.
-    serials: BTreeMap<Role, String>,
-    /// Peer addresses of the tunnels the backend has seen: the first connection on each paid
-    /// the handshake, later ones rode it.
-    tunnels: BTreeSet<String>,
+    serials: BTreeMap<Replica, String>,
+    /// How many backend pods there are (an edit is applied once all of them have it).
+    backends: usize,
+    /// The backend pods by Service endpoint address (`podIP:targetPort`).
+    endpoints: BTreeMap<String, Replica>,
+    /// The tunnels each backend pod has seen, by peer address: the first connection on each
+    /// paid the handshake, later ones rode it.
+    tunnels: BTreeSet<(Replica, String)>,
     /// The last edit, until a connection decided under it is seen.
     pending: Option<Pending>,
     /// Every edit, and how long the backend's sidecar took to apply it.
@@ -121,35 +129,46 @@ pub struct Story {
     would_deny: BTreeMap<Role, u32>,
     /// Records from nobody we know (plaintext, or another identity).
     others: u32,
+    /// The callers' connections to the Service, by the backend pod their sidecar chose (its
+    /// name, or the address when it is no pod of ours).
+    chosen: BTreeMap<String, u32>,
+    /// The callers' outbound connections that did not go through the Service's balancing.
+    not_via_service: u32,
     /// Certificate rotations per sidecar.
-    rotations: BTreeMap<Role, u32>,
-    /// Workloads whose trouble was reported and has not cleared.
-    troubled: BTreeSet<Role>,
+    rotations: BTreeMap<Replica, u32>,
+    /// Pods whose trouble was reported and has not cleared.
+    troubled: BTreeSet<Replica>,
 }
 
 impl Story {
-    /// A story whose sidecars start with these certificates.
-    pub fn new(identities: &BTreeMap<Role, Identity>) -> Self {
+    /// A story whose sidecars start with these certificates, with the backend pods at these
+    /// Service endpoint addresses.
+    pub fn new(
+        identities: &BTreeMap<Replica, Identity>,
+        endpoints: &[(Replica, std::net::SocketAddr)],
+    ) -> Self {
         Story {
             serials: identities
                 .iter()
                 .map(|(r, id)| (*r, id.serial.clone()))
                 .collect(),
+            backends: endpoints.len(),
+            endpoints: endpoints.iter().map(|(r, a)| (a.to_string(), *r)).collect(),
             ..Story::default()
         }
     }
 
     /// A sidecar's current identity: a rotation if its serial changed.
-    pub fn identity(&mut self, role: Role, id: &Identity, at: Duration) -> Option<Line> {
-        self.troubled.remove(&role);
-        let old = self.serials.insert(role, id.serial.clone())?;
+    pub fn identity(&mut self, replica: Replica, id: &Identity, at: Duration) -> Option<Line> {
+        self.troubled.remove(&replica);
+        let old = self.serials.insert(replica, id.serial.clone())?;
         if old == id.serial {
             return None;
         }
-        *self.rotations.entry(role).or_default() += 1;
+        *self.rotations.entry(replica).or_default() += 1;
         Some(Line::Rotated {
             at,
-            role,
+            who: replica.name(),
             old,
             new: id.serial.clone(),
             generation: id.generation,
@@ -157,11 +176,17 @@ impl Story {
         })
     }
 
-    /// New records of the backend's sidecar (oldest first): a line for each inbound connection,
-    /// and one when the first connection decided by the latest policy edit shows up.
-    pub fn backend_records(&mut self, records: &[Handshake], at: Duration) -> Vec<Line> {
-        self.troubled.remove(&Role::Backend);
+    /// New records of a sidecar (oldest first): a caller's are counted by the backend pod its
+    /// sidecar chose; a backend pod's make a line for each inbound connection, and one when the
+    /// first connection decided by the latest policy edit shows up.
+    pub fn records(&mut self, replica: Replica, records: &[Handshake], at: Duration) -> Vec<Line> {
+        self.troubled.remove(&replica);
+        if replica.role != Role::Backend {
+            self.caller_records(records);
+            return Vec::new();
+        }
         let to = Role::Backend.spiffe_id();
+        let pod = replica.name();
         let mut lines = Vec::new();
         for r in records
             .iter()
@@ -172,11 +197,7 @@ impl Story {
                 .peer_id
                 .clone()
                 .unwrap_or_else(|| format!("{} (no identity)", r.peer_addr));
-            let port = r
-                .dst
-                .as_deref()
-                .and_then(|d| d.rsplit_once(':'))
-                .map_or_else(|| "?".to_owned(), |(_, p)| p.to_owned());
+            let dst = r.dst.clone().unwrap_or_else(|| "?".to_owned());
             let count = |map: &mut BTreeMap<Role, u32>, others: &mut u32| match caller {
                 Some(c) => *map.entry(c).or_default() += 1,
                 None => *others += 1,
@@ -186,7 +207,9 @@ impl Story {
                     count(&mut self.allowed, &mut self.others);
                     let handshake = match &r.tls {
                         None => Handshaking::None,
-                        Some(_) if !self.tunnels.insert(r.peer_addr.clone()) => Handshaking::Reused,
+                        Some(_) if !self.tunnels.insert((replica, r.peer_addr.clone())) => {
+                            Handshaking::Reused
+                        }
                         Some(t) if t.reused => Handshaking::Reused,
                         Some(t) => Handshaking::Paid(t.handshake_ms),
                     };
@@ -194,7 +217,8 @@ impl Story {
                         at,
                         from,
                         to: to.clone(),
-                        port,
+                        pod: pod.clone(),
+                        dst,
                         tls: r
                             .tls
                             .as_ref()
@@ -204,23 +228,25 @@ impl Story {
                 }
                 "would-deny" => {
                     count(&mut self.would_deny, &mut self.others);
-                    self.tunnels.insert(r.peer_addr.clone());
+                    self.tunnels.insert((replica, r.peer_addr.clone()));
                     lines.push(Line::WouldDeny {
                         at,
                         from,
                         to: to.clone(),
-                        port,
+                        pod: pod.clone(),
+                        dst,
                         reason: r.reason.clone(),
                     });
                 }
                 _ => {
                     count(&mut self.refused, &mut self.others);
-                    self.tunnels.insert(r.peer_addr.clone());
+                    self.tunnels.insert((replica, r.peer_addr.clone()));
                     lines.push(Line::Refused {
                         at,
                         from,
                         to: to.clone(),
-                        port,
+                        pod: pod.clone(),
+                        dst,
                         reason: r.reason.clone(),
                     });
                 }
@@ -234,51 +260,63 @@ impl Story {
         lines
     }
 
+    /// A caller's outbound records: which backend pod its sidecar chose for each connection to
+    /// the Service (allowed there or not).
+    fn caller_records(&mut self, records: &[Handshake]) {
+        let via = format!("via Service {SERVICE}:");
+        for r in records.iter().filter(|r| r.direction == "outbound") {
+            if !r.reason.starts_with(&via) {
+                self.not_via_service += 1;
+                continue;
+            }
+            let dst = r.dst.clone().unwrap_or_else(|| "?".to_owned());
+            let pod = self.endpoints.get(&dst).map_or(dst, |p| p.name());
+            *self.chosen.entry(pod).or_default() += 1;
+        }
+    }
+
     /// The demo rewrote the mesh file at `at` (wall clock `written`) with `step`.
     pub fn policy_edit(&mut self, step: PolicyStep, at: Duration, written: SystemTime) -> Line {
         self.pending = Some(Pending { step, written });
         self.edits.push(Edit {
             written,
+            applied_by: BTreeSet::new(),
             applied: None,
             decided: None,
         });
         Line::PolicyEdit { at, step }
     }
 
-    /// The backend's sidecar applied a new mesh snapshot, seen at wall-clock `seen`: the
-    /// latest edit, if it came after it and none was seen applied yet.
-    pub fn mesh_applied(&mut self, seen: SystemTime) {
+    /// A backend pod's sidecar applied a new mesh snapshot, seen at wall-clock `seen`: the
+    /// latest edit is applied once every backend pod's sidecar did so after it.
+    pub fn mesh_applied(&mut self, replica: Replica, seen: SystemTime) {
+        let backends = self.backends.max(1);
         if let Some(edit) = self.edits.last_mut()
             && edit.applied.is_none()
             && let Ok(after) = seen.duration_since(edit.written)
         {
-            edit.applied = Some(after);
+            edit.applied_by.insert(replica);
+            if edit.applied_by.len() >= backends {
+                edit.applied = Some(after);
+            }
         }
     }
 
-    /// A workload's admin endpoint failed: said once, until it answers again.
-    pub fn trouble(&mut self, role: Role, message: &str, at: Duration) -> Option<Line> {
-        self.troubled.insert(role).then(|| Line::Trouble {
+    /// A pod's admin endpoint failed: said once, until it answers again.
+    pub fn trouble(&mut self, replica: Replica, message: &str, at: Duration) -> Option<Line> {
+        self.troubled.insert(replica).then(|| Line::Trouble {
             at,
-            role,
+            who: replica.name(),
             message: message.to_owned(),
         })
     }
 
-    /// The summary lines after `shown` of traffic.
-    pub fn summary(&self, shown: Duration, p: &Palette) -> Vec<String> {
-        let per = |map: &BTreeMap<Role, u32>| {
-            let total: u32 = map.values().sum();
-            let parts: Vec<String> = map
-                .iter()
-                .map(|(r, n)| format!("{} {n}", r.name()))
-                .collect();
-            if parts.is_empty() {
-                "0".to_owned()
-            } else {
-                format!("{total} ({})", parts.join(", "))
-            }
-        };
+    /// The summary lines after `shown` of traffic; `kube_proxy` is how many connections the
+    /// node's DNAT took for the Service, where there is a node.
+    pub fn summary(&self, shown: Duration, p: &Palette, kube_proxy: Option<u64>) -> Vec<String> {
+        let per =
+            |map: &BTreeMap<Role, u32>| tally(map.iter().map(|(r, n)| (r.name().to_owned(), *n)));
+        let per_pod = |map: &BTreeMap<Replica, u32>| tally(map.iter().map(|(r, n)| (r.name(), *n)));
         let applied: Vec<String> = self
             .edits
             .iter()
@@ -307,7 +345,11 @@ impl Story {
                 p.paint(Style::Warn, "‼ would-deny"),
                 per(&self.would_deny)
             ),
-            format!("  ↻ certificate rotations  {}", per(&self.rotations)),
+            format!(
+                "  ⇄ via Service {SERVICE}  {}: the callers' sidecars chose the pod",
+                tally(self.chosen.iter().map(|(k, n)| (k.clone(), *n)))
+            ),
+            format!("  ↻ certificate rotations  {}", per_pod(&self.rotations)),
             format!(
                 "  ✎ policy edits  {}{}",
                 self.edits.len(),
@@ -315,12 +357,23 @@ impl Story {
                     String::new()
                 } else {
                     format!(
-                        ": the backend's sidecar had each {} after the edit",
+                        ": the backends' sidecars had each {} after the edit",
                         applied.join(", ")
                     )
                 }
             ),
         ];
+        if let Some(n) = kube_proxy {
+            lines.push(format!(
+                "  kube-proxy (the node's DNAT for the ClusterIP) took {n} of them"
+            ));
+        }
+        if self.not_via_service > 0 {
+            lines.push(format!(
+                "  callers' connections not balanced by their sidecar  {}",
+                self.not_via_service
+            ));
+        }
         if self.others > 0 {
             lines.push(format!("  other connections  {}", self.others));
         }
@@ -350,6 +403,17 @@ impl Story {
             decided,
         })
     }
+}
+
+/// `total (a n, b m)`, or `0`.
+fn tally(counts: impl Iterator<Item = (String, u32)>) -> String {
+    let counts: Vec<(String, u32)> = counts.collect();
+    let total: u32 = counts.iter().map(|(_, n)| n).sum();
+    if counts.is_empty() {
+        return "0".to_owned();
+    }
+    let parts: Vec<String> = counts.iter().map(|(k, n)| format!("{k} {n}")).collect();
+    format!("{total} ({})", parts.join(", "))
 }
 
 /// Which sample workload a SPIFFE ID is.

@@ -40,6 +40,9 @@ fn record(time: &str, from: Role, peer_addr: &str, decision: &str, reason: &str)
     }
 }
 
+const B1: Replica = Replica::backend(1);
+const B2: Replica = Replica::backend(2);
+
 fn at(secs: u64) -> Duration {
     Duration::from_secs(secs)
 }
@@ -84,13 +87,13 @@ fn an_allowed_connection_shows_both_spiffe_ids_tls_and_whether_it_paid_a_handsha
         "allow",
         "",
     );
-    let lines = story.backend_records(&[first, second], at(2));
+    let lines = story.records(B1, &[first, second], at(2));
     let text: Vec<String> = lines.iter().map(plain).collect();
     assert_eq!(
         text,
         [
-            "   2.0s ✔ allowed spiffe://cluster.local/ns/shop/sa/frontend → spiffe://cluster.local/ns/shop/sa/backend :8080  TLSv1_3 TLS13_AES_256_GCM_SHA384 (handshake 3.2 ms)",
-            "   2.0s ✔ allowed spiffe://cluster.local/ns/shop/sa/frontend → spiffe://cluster.local/ns/shop/sa/backend :8080  TLSv1_3 TLS13_AES_256_GCM_SHA384 (reused)",
+            "   2.0s ✔ allowed spiffe://cluster.local/ns/shop/sa/frontend → spiffe://cluster.local/ns/shop/sa/backend on backend-1 (198.18.0.3:8080)  TLSv1_3 TLS13_AES_256_GCM_SHA384 (handshake 3.2 ms)",
+            "   2.0s ✔ allowed spiffe://cluster.local/ns/shop/sa/frontend → spiffe://cluster.local/ns/shop/sa/backend on backend-1 (198.18.0.3:8080)  TLSv1_3 TLS13_AES_256_GCM_SHA384 (reused)",
         ]
     );
 }
@@ -99,7 +102,8 @@ fn an_allowed_connection_shows_both_spiffe_ids_tls_and_whether_it_paid_a_handsha
 fn a_refused_connection_names_the_intruder_and_the_backends_reason() {
     let mut story = Story::default();
     let reason = "spiffe://cluster.local/ns/evil/sa/intruder is not allowed on port 8080 by shop/backend-allow";
-    let lines = story.backend_records(
+    let lines = story.records(
+        B1,
         &[record(
             "2025-01-01T10:00:01.000Z",
             Role::Intruder,
@@ -112,7 +116,7 @@ fn a_refused_connection_names_the_intruder_and_the_backends_reason() {
     assert_eq!(
         lines.iter().map(plain).collect::<Vec<_>>(),
         [format!(
-            "   1.0s ✘ refused spiffe://cluster.local/ns/evil/sa/intruder → spiffe://cluster.local/ns/shop/sa/backend :8080: {reason}"
+            "   1.0s ✘ refused spiffe://cluster.local/ns/evil/sa/intruder → spiffe://cluster.local/ns/shop/sa/backend on backend-1 (198.18.0.3:8080): {reason}"
         )]
     );
 }
@@ -128,7 +132,106 @@ fn outbound_records_are_not_the_backends_decisions() {
         "",
     );
     r.direction = "outbound".into();
-    assert!(story.backend_records(&[r], at(1)).is_empty());
+    assert!(story.records(B1, &[r], at(1)).is_empty());
+}
+
+#[test]
+fn each_backend_pod_pays_its_own_handshake_and_says_so() {
+    let mut story = Story::default();
+    let on = |pod: Replica, dst: &str| {
+        let mut r = record(
+            "2025-01-01T10:00:01.000Z",
+            Role::Frontend,
+            "198.18.0.2:40000",
+            "allow",
+            "",
+        );
+        r.dst = Some(dst.into());
+        (pod, r)
+    };
+    let mut text = Vec::new();
+    for (pod, r) in [
+        on(B1, "198.18.0.3:8080"),
+        on(B2, "198.18.0.5:8080"),
+        on(B2, "198.18.0.5:8080"),
+    ] {
+        text.extend(story.records(pod, &[r], at(1)).iter().map(plain));
+    }
+    // The same caller's address on two pods is two tunnels: each paid a handshake once.
+    assert!(
+        text[0].ends_with(
+            "on backend-1 (198.18.0.3:8080)  TLSv1_3 TLS13_AES_256_GCM_SHA384 (handshake 3.2 ms)"
+        ),
+        "{text:?}"
+    );
+    assert!(
+        text[1].ends_with(
+            "on backend-2 (198.18.0.5:8080)  TLSv1_3 TLS13_AES_256_GCM_SHA384 (handshake 3.2 ms)"
+        ),
+        "{text:?}"
+    );
+    assert!(text[2].ends_with("(reused)"), "{text:?}");
+}
+
+#[test]
+fn the_summary_says_which_pod_the_callers_sidecars_chose_and_what_kube_proxy_took() {
+    let endpoints = [
+        (B1, "198.18.0.3:8080".parse().unwrap()),
+        (B2, "198.18.0.5:8080".parse().unwrap()),
+    ];
+    let mut story = Story::new(&BTreeMap::new(), &endpoints);
+    let out = |dst: &str, decision: &str, reason: &str| {
+        let mut r = record(
+            "2025-01-01T10:00:01.000Z",
+            Role::Backend,
+            "198.18.0.3:15008",
+            decision,
+            reason,
+        );
+        r.direction = "outbound".into();
+        r.dst = Some(dst.into());
+        r
+    };
+    let records = [
+        out("198.18.0.3:8080", "allow", "via Service shop/backend:8080"),
+        out("198.18.0.5:8080", "allow", "via Service shop/backend:8080"),
+        out(
+            "198.18.0.5:8080",
+            "deny",
+            "via Service shop/backend:8080: refused: 403",
+        ),
+        out("198.18.0.9:8080", "allow", "via Service shop/backend:8080"),
+        out(
+            "198.19.0.10:8080",
+            "allow",
+            "passthrough: destination is not in the mesh",
+        ),
+    ];
+    assert!(
+        story
+            .records(Replica::of(Role::Frontend), &records, at(1))
+            .is_empty()
+    );
+    let text = story.summary(at(20), &Palette::plain(), Some(0)).join("\n");
+    assert!(
+        text.contains("⇄ via Service shop/backend  4 (198.18.0.9:8080 1, backend-1 1, backend-2 2): the callers' sidecars chose the pod"),
+        "{text}"
+    );
+    assert!(
+        text.contains("kube-proxy (the node's DNAT for the ClusterIP) took 0 of them"),
+        "{text}"
+    );
+    assert!(
+        text.contains("callers' connections not balanced by their sidecar  1"),
+        "{text}"
+    );
+    // On loopback there is no node to ask.
+    assert!(
+        !story
+            .summary(at(20), &Palette::plain(), None)
+            .join("\n")
+            .contains("kube-proxy")
+    );
 }
 
 #[test]
@@ -149,7 +252,7 @@ fn an_edit_is_in_effect_at_the_first_intruder_decision_it_explains() {
         "deny",
         "no",
     );
-    let lines = story.backend_records(&[late], at(5));
+    let lines = story.records(B1, &[late], at(5));
     assert_eq!(lines.len(), 1);
     // Allowed 0.6 s after the edit: in effect.
     let now = record(
@@ -159,17 +262,17 @@ fn an_edit_is_in_effect_at_the_first_intruder_decision_it_explains() {
         "allow",
         "",
     );
-    let lines = story.backend_records(std::slice::from_ref(&now), at(6));
+    let lines = story.records(B1, std::slice::from_ref(&now), at(6));
     assert_eq!(lines.len(), 2, "{lines:?}");
     assert_eq!(
         plain(&lines[1]),
         "   6.0s ✎ policy in effect: the intruder is now allowed (first call under it 0.60 s after the edit)"
     );
     // Said once.
-    assert_eq!(story.backend_records(&[now], at(7)).len(), 1);
-    let summary = story.summary(at(20), &Palette::plain()).join("\n");
+    assert_eq!(story.records(B1, &[now], at(7)).len(), 1);
+    let summary = story.summary(at(20), &Palette::plain(), None).join("\n");
     assert!(
-        summary.contains("policy edits  1: the backend's sidecar had each ? after the edit"),
+        summary.contains("policy edits  1: the backends' sidecars had each ? after the edit"),
         "{summary}"
     );
     assert!(
@@ -184,14 +287,20 @@ fn an_edit_is_in_effect_at_the_first_intruder_decision_it_explains() {
 
 #[test]
 fn audit_mode_lets_the_intruder_through_as_would_deny() {
-    let mut story = Story::default();
+    let endpoints = [
+        (B1, "198.18.0.3:8080".parse().unwrap()),
+        (B2, "198.18.0.5:8080".parse().unwrap()),
+    ];
+    let mut story = Story::new(&BTreeMap::new(), &endpoints);
     let written = humantime::parse_rfc3339("2025-01-01T10:00:10Z").unwrap();
     story.policy_edit(PolicyStep::Audit, at(10), written);
+    let t = |s: &str| humantime::parse_rfc3339(s).unwrap();
     // Seen applied before the edit: not this edit's doing.
-    story.mesh_applied(humantime::parse_rfc3339("2025-01-01T10:00:09Z").unwrap());
-    story.mesh_applied(humantime::parse_rfc3339("2025-01-01T10:00:10.250Z").unwrap());
-    // Only the first application after the edit counts.
-    story.mesh_applied(humantime::parse_rfc3339("2025-01-01T10:00:10.280Z").unwrap());
+    story.mesh_applied(B1, t("2025-01-01T10:00:09Z"));
+    story.mesh_applied(B1, t("2025-01-01T10:00:10.150Z"));
+    // Applied when the last backend pod has it; later applications do not count.
+    story.mesh_applied(B2, t("2025-01-01T10:00:10.250Z"));
+    story.mesh_applied(B1, t("2025-01-01T10:00:10.280Z"));
     let r = record(
         "2025-01-01T10:00:10.300Z",
         Role::Intruder,
@@ -199,11 +308,7 @@ fn audit_mode_lets_the_intruder_through_as_would_deny() {
         "would-deny",
         "not allowed by shop/backend-allow",
     );
-    let lines: Vec<String> = story
-        .backend_records(&[r], at(11))
-        .iter()
-        .map(plain)
-        .collect();
+    let lines: Vec<String> = story.records(B1, &[r], at(11)).iter().map(plain).collect();
     assert_eq!(lines.len(), 2);
     assert!(
         lines[0].contains(
@@ -212,42 +317,58 @@ fn audit_mode_lets_the_intruder_through_as_would_deny() {
         "{lines:?}"
     );
     assert!(
-        lines[1].contains("the intruder passes, recorded as would-deny (the backend's sidecar had it 0.25 s after the edit; first call under it 0.30 s after the edit)"),
+        lines[1].contains("the intruder passes, recorded as would-deny (the backends' sidecars had it 0.25 s after the edit; first call under it 0.30 s after the edit)"),
         "{lines:?}"
     );
 }
 
 #[test]
 fn a_new_serial_is_a_rotation_and_the_same_serial_is_nothing() {
+    let frontend = Replica::of(Role::Frontend);
     let mut start = BTreeMap::new();
-    start.insert(Role::Frontend, identity("5d2c81a9e0f1aabbccdd", 1));
-    let mut story = Story::new(&start);
+    start.insert(frontend, identity("5d2c81a9e0f1aabbccdd", 1));
+    start.insert(B1, identity("b1", 1));
+    let mut story = Story::new(&start, &[]);
     assert_eq!(
-        story.identity(Role::Frontend, &identity("5d2c81a9e0f1aabbccdd", 1), at(1)),
+        story.identity(frontend, &identity("5d2c81a9e0f1aabbccdd", 1), at(1)),
         None
     );
     let line = story
-        .identity(Role::Frontend, &identity("0b77e4f2", 2), at(4))
+        .identity(frontend, &identity("0b77e4f2", 2), at(4))
         .expect("a rotation");
     assert_eq!(
         plain(&line),
         "   4.0s ↻ certificate rotated: frontend serial 5d2c81a9e0f1… → 0b77e4f2 (certificate #2, valid for 8 s)"
     );
-    assert_eq!(story.rotation_count(), 1);
-    // A workload first seen now is not a rotation.
-    assert_eq!(
-        story.identity(Role::Backend, &identity("aa", 1), at(5)),
-        None
+    // Each backend pod rotates on its own, named.
+    let line = story
+        .identity(B1, &identity("b1-2", 2), at(5))
+        .expect("a rotation");
+    assert!(
+        plain(&line).contains("rotated: backend-1 serial b1 → b1-2"),
+        "{}",
+        plain(&line)
+    );
+    // A pod first seen now is not a rotation.
+    assert_eq!(story.identity(B2, &identity("aa", 1), at(5)), None);
+    assert_eq!(story.rotation_count(), 2);
+    let summary = story.summary(at(20), &Palette::plain(), None).join("\n");
+    assert!(
+        summary.contains("certificate rotations  2 (frontend 1, backend-1 1)"),
+        "{summary}"
     );
 }
 
 #[test]
 fn trouble_is_reported_once_until_the_workload_answers_again() {
     let mut story = Story::default();
-    assert!(story.trouble(Role::Backend, "refused", at(1)).is_some());
-    assert!(story.trouble(Role::Backend, "refused", at(2)).is_none());
-    story.backend_records(&[], at(3));
-    assert!(story.trouble(Role::Backend, "refused", at(4)).is_some());
+    assert!(story.trouble(B1, "refused", at(1)).is_some());
+    assert!(story.trouble(B1, "refused", at(2)).is_none());
+    // Another pod's trouble is its own.
+    assert!(story.trouble(B2, "refused", at(2)).is_some());
+    story.records(B1, &[], at(3));
+    assert!(story.trouble(B1, "refused", at(4)).is_some());
+    assert!(story.trouble(B2, "refused", at(4)).is_none());
 }
 
 #[test]
@@ -260,7 +381,7 @@ fn serials_are_shortened_only_when_long() {
 #[test]
 fn nothing_seen_is_a_summary_of_zeros() {
     let story = Story::default();
-    let text = story.summary(at(20), &Palette::plain()).join("\n");
+    let text = story.summary(at(20), &Palette::plain(), None).join("\n");
     assert!(text.starts_with("summary of 20.0 s of traffic:"), "{text}");
     assert!(text.contains("✔ allowed     0"), "{text}");
     assert!(text.contains("policy edits  0"), "{text}");

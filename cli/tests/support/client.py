@@ -5,6 +5,9 @@ object on stdout. Standard library only. Every loop is bounded in count and in t
   plain HOST PORT MARKER      one raw HTTP request over plain TCP; what came back
   load  HOST HTTP ECHO SECS   one long-lived echo connection (a line every --interval) and new
                               HTTP connections one after another, for SECS seconds
+  calls URL COUNT SECS        COUNT new connections (GET URL/call-<i>), --concurrency at a time,
+                              for at most SECS seconds: which app answered each (the first word
+                              of the body: the test app's name), in the order they started
 """
 import argparse
 import json
@@ -124,6 +127,45 @@ def cmd_load(a):
     print(json.dumps({"long": long, "new": new}))
 
 
+def cmd_calls(a):
+    stop = time.monotonic() + a.seconds
+    lock = threading.Lock()
+    state = {"next": 0}
+    answered = [None] * a.count
+    errors = []
+
+    def worker():
+        while time.monotonic() < stop:
+            with lock:
+                i = state["next"]
+                if i >= a.count:
+                    return
+                state["next"] += 1
+            try:
+                status, body = get(f"{a.url}/call-{i}", a.timeout)
+                if status == 200 and f"/call-{i} " in body:
+                    answered[i] = body.split(" ", 1)[0]
+                else:
+                    answered[i] = "failed"
+                    errors.append(f"call {i}: HTTP {status} {body[:100]!r}")
+            except Exception as e:
+                answered[i] = "failed"
+                errors.append(f"call {i}: {describe(e)}")
+            time.sleep(a.interval)
+
+    threads = [threading.Thread(target=worker) for _ in range(a.concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(a.seconds + a.timeout + 5)
+    made = [x for x in answered if x is not None]
+    by = {}
+    for name in made:
+        by[name] = by.get(name, 0) + 1
+    print(json.dumps({"answered": made, "by": by, "failures": by.get("failed", 0),
+                      "errors": errors[:20]}))
+
+
 def main():
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -144,8 +186,15 @@ def main():
     ld.add_argument("--interval", type=float, default=0.2)
     ld.add_argument("--new-interval", type=float, default=0.1)
     ld.add_argument("--max-new", type=int, default=1000)
+    c = sub.add_parser("calls")
+    c.add_argument("url")
+    c.add_argument("count", type=int)
+    c.add_argument("seconds", type=float)
+    c.add_argument("--concurrency", type=int, default=1)
+    c.add_argument("--interval", type=float, default=0)
+    c.add_argument("--timeout", type=float, default=5)
     a = p.parse_args()
-    {"many": cmd_many, "plain": cmd_plain, "load": cmd_load}[a.cmd](a)
+    {"many": cmd_many, "plain": cmd_plain, "load": cmd_load, "calls": cmd_calls}[a.cmd](a)
 
 
 if __name__ == "__main__":

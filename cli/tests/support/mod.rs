@@ -30,7 +30,8 @@ pub const FRONTEND_ID: &str = "spiffe://cluster.local/ns/shop/sa/frontend";
 pub const BACKEND_ID: &str = "spiffe://cluster.local/ns/shop/sa/backend";
 pub const PAYMENTS_ID: &str = "spiffe://cluster.local/ns/shop/sa/payments";
 
-const CLIENT_PY: &str = include_str!("client.py");
+/// The test client, written into each sandbox as `client.py`.
+pub const CLIENT_PY: &str = include_str!("client.py");
 
 pub fn frontend_identity() -> Identity {
     Identity::new("shop", "frontend")

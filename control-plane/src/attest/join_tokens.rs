@@ -209,6 +209,8 @@ impl JoinTokens {
         Ok(Attested {
             id: entry.id.clone(),
             pod: None,
+            pod_uid: None,
+            node: None,
         })
     }
 

@@ -16,7 +16,8 @@ pub use join_tokens::{JoinTokenError, JoinTokens};
 pub use tokenreview::TokenReviewer;
 use trellis_ca::SpiffeId;
 
-/// Token audience every Trellis token must carry (docs/design.md).
+/// Token audience every Trellis token carries (docs/design.md); the default of
+/// `--token-audiences`, which may add others (Istio's clients send `istio-ca`).
 pub const AUDIENCE: &str = "trellis-ca";
 
 /// A caller whose token was accepted.
@@ -24,8 +25,12 @@ pub const AUDIENCE: &str = "trellis-ca";
 pub struct Attested {
     /// The identity to issue.
     pub id: SpiffeId,
-    /// The pod the token is bound to, when the token says so (audit only).
+    /// The pod the token is bound to, when the token says so (audit; node agents' pods).
     pub pod: Option<String>,
+    /// That pod's UID, when the token says so.
+    pub pod_uid: Option<String>,
+    /// The node of that pod, when the token says so (Kubernetes >= 1.30).
+    pub node: Option<String>,
 }
 
 /// Why a caller was not authenticated.
@@ -38,9 +43,16 @@ pub enum AttestError {
     /// The token was refused (invalid, expired, tampered, unknown, revoked, wrong audience).
     #[error("token refused: {0}")]
     Rejected(String),
-    /// The token is valid but for an audience other than `trellis-ca`.
-    #[error("token is not for audience \"trellis-ca\" (audiences: {0:?})")]
-    WrongAudience(Vec<String>),
+    /// The token is valid but for none of the accepted audiences (`--token-audiences`).
+    #[error(
+        "token is for audiences {got:?}, none of the accepted {accepted:?} (--token-audiences)"
+    )]
+    WrongAudience {
+        /// The audiences the review reported.
+        got: Vec<String>,
+        /// The audiences accepted.
+        accepted: Vec<String>,
+    },
     /// The token authenticates a user that is not a ServiceAccount.
     #[error(
         "token authenticates {0:?}, which is not a ServiceAccount (system:serviceaccount:<ns>:<sa>)"

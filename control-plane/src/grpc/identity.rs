@@ -40,6 +40,7 @@ impl Identity for IdentityService {
                 token: token.as_deref(),
                 csr: &body.csr,
                 ttl,
+                impersonate: None,
                 peer,
                 api: "trellis.Certify",
             })

@@ -16,6 +16,7 @@ use trellis_ca::{CsrError, IssueError};
 
 use crate::attest::AttestError;
 use crate::certify::CertifyError;
+use crate::node_agent::ImpersonationError;
 use crate::tls_listener::PeerInfo;
 
 /// The largest request message accepted (CSRs are capped at 16 KiB further in).
@@ -27,6 +28,10 @@ pub fn to_status(err: &CertifyError) -> Status {
         CertifyError::Attest(AttestError::Unavailable(_)) => Code::Unavailable,
         CertifyError::Attest(_) => Code::Unauthenticated,
         CertifyError::RateLimited { .. } => Code::ResourceExhausted,
+        CertifyError::Impersonation(ImpersonationError::InvalidIdentity { .. }) => {
+            Code::InvalidArgument
+        }
+        CertifyError::Impersonation(_) => Code::PermissionDenied,
         CertifyError::Csr(CsrError::IdentityMismatch { .. })
         | CertifyError::Issue(IssueError::Csr(CsrError::IdentityMismatch { .. }))
         | CertifyError::Issue(IssueError::WrongTrustDomain { .. }) => Code::PermissionDenied,

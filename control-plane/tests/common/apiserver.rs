@@ -6,10 +6,17 @@
 //!   same `spec.token` and answers its recorded response with HTTP 201. Some recordings share a
 //!   token (`valid`/`forbidden`, `pod-bound`/`pod-deleted`); the fake's mode decides:
 //!   [`FakeApiServer::set_forbidden`] answers every review with the recorded HTTP 403, and
-//!   [`FakeApiServer::set_pod_deleted`] answers the pod-bound token with `pod-deleted`. A
-//!   request whose `spec.audiences` differ from the recording cannot be replayed and gets HTTP
-//!   400, so a control plane that forgot the audience fails loudly. Unknown tokens get what a
-//!   real API server says: a failed review (`invalid bearer token`).
+//!   [`FakeApiServer::set_pod_deleted`] answers the pod-bound token with `pod-deleted`. The
+//!   recorded requests asked for `["trellis-ca"]` and every recorded token was minted for that
+//!   audience alone, so a real API server answers a request asking for *more* audiences (e.g.
+//!   `trellis-ca,istio-ca`) the same way (it reports the token's audiences that were asked for);
+//!   the fake replays those too. A request that leaves out a recorded audience cannot be
+//!   replayed and gets HTTP 400, so a control plane that forgot the audience fails loudly.
+//!   Unknown tokens get what a real API server says: a failed review (`invalid bearer token`).
+//! - Tokens the test mints with [`FakeApiServer::mint`] (no recording exists for them, e.g. for
+//!   audience `istio-ca`) are answered by the fake itself, shaped like the `valid` recording:
+//!   authenticated when the token's audiences meet the request's, reporting the ones that do;
+//!   otherwise the API server's audience error.
 //! - `GET|PUT /api/v1/namespaces/trellis-system/secrets/<name>` and `POST .../secrets`: a
 //!   Secret store with 404 until created, 409 on a second create, and resourceVersion checks
 //!   on replace.
@@ -124,6 +131,10 @@ struct State {
     pod_deleted: AtomicBool,
     /// TokenReview requests received.
     reviews: AtomicUsize,
+    /// `spec.audiences` of the last TokenReview request.
+    last_audiences: Mutex<Value>,
+    /// Minted tokens: token → (ServiceAccount username, the token's audiences).
+    minted: Mutex<HashMap<String, (String, Vec<String>)>>,
     /// Secrets by name.
     secrets: Mutex<HashMap<String, Value>>,
     /// Names of the Secrets created or replaced, one entry per successful write.
@@ -235,6 +246,27 @@ impl FakeApiServer {
     /// TokenReview requests received so far.
     pub fn tokenreview_requests(&self) -> usize {
         self.state.reviews.load(Ordering::SeqCst)
+    }
+
+    /// `spec.audiences` of the last TokenReview request (`null` before any).
+    pub fn last_review_audiences(&self) -> Value {
+        self.state
+            .last_audiences
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Makes `token` a valid token of the ServiceAccount `namespace/name` for `audiences`, as
+    /// `kubectl create token --audience` would (answered by the fake, not from a recording).
+    pub fn mint(&self, token: &str, namespace: &str, name: &str, audiences: &[&str]) {
+        let username = format!("system:serviceaccount:{namespace}:{name}");
+        let audiences = audiences.iter().map(|a| a.to_string()).collect();
+        self.state
+            .minted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(token.to_owned(), (username, audiences));
     }
 
     /// The Secret `name` in the control plane's namespace, as stored.
@@ -378,7 +410,14 @@ impl State {
             let forbidden = recorded("forbidden").expect("the forbidden recording");
             return (403, forbidden.response.clone());
         }
+        *self
+            .last_audiences
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = request["spec"]["audiences"].clone();
         let token = request["spec"]["token"].as_str().unwrap_or_default();
+        if let Some(answer) = self.review_minted(token, &request) {
+            return (201, answer);
+        }
         let mut candidates: Vec<&Exchange> = self
             .exchanges
             .iter()
@@ -403,19 +442,57 @@ impl State {
                     "status": {"user": {}, "error": "invalid bearer token"},
                 }),
             ),
-            Some(e) if e.request["spec"]["audiences"] != request["spec"]["audiences"] => (
+            Some(e) if !asks_for_all(&request, &e.request) => (
                 400,
                 status(
                     400,
                     "BadRequest",
                     &format!(
-                        "spec.audiences {} differ from the recorded {}; the fake cannot replay",
+                        "spec.audiences {} leave out some of the recorded {}; the fake cannot replay",
                         request["spec"]["audiences"], e.request["spec"]["audiences"]
                     ),
                 ),
             ),
             Some(e) => (201, e.response.clone()),
         }
+    }
+
+    /// The answer to a minted token, shaped like the `valid` (or `wrong-audience`) recording.
+    fn review_minted(&self, token: &str, request: &Value) -> Option<Value> {
+        let minted = self.minted.lock().unwrap_or_else(PoisonError::into_inner);
+        let (username, audiences) = minted.get(token)?;
+        let asked = audiences_of(request);
+        let met: Vec<&String> = audiences.iter().filter(|a| asked.contains(a)).collect();
+        let status = if met.is_empty() {
+            json!({
+                "user": {},
+                "error": format!(
+                    "[invalid bearer token, token audiences {audiences:?} is invalid for the target audiences {asked:?}]"
+                ),
+            })
+        } else {
+            let namespace = username.split(':').nth(2).unwrap_or_default();
+            json!({
+                "authenticated": true,
+                "user": {
+                    "username": username,
+                    "uid": "00000000-0000-0000-0000-00000000beef",
+                    "groups": [
+                        "system:serviceaccounts",
+                        format!("system:serviceaccounts:{namespace}"),
+                        "system:authenticated",
+                    ],
+                },
+                "audiences": met,
+            })
+        };
+        Some(json!({
+            "kind": "TokenReview",
+            "apiVersion": "authentication.k8s.io/v1",
+            "metadata": {"creationTimestamp": null},
+            "spec": request["spec"].clone(),
+            "status": status,
+        }))
     }
 
     /// Sets a new resourceVersion (and a uid on first store).
@@ -501,4 +578,23 @@ impl State {
         self.wrote(name.to_owned());
         (200, secret)
     }
+}
+
+/// The `spec.audiences` of a TokenReview request.
+fn audiences_of(review: &Value) -> Vec<String> {
+    review["spec"]["audiences"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Whether `request` asks for every audience `recorded` asked for (and maybe more).
+fn asks_for_all(request: &Value, recorded: &Value) -> bool {
+    let asked = audiences_of(request);
+    let recorded = audiences_of(recorded);
+    !asked.is_empty() && recorded.iter().all(|a| asked.contains(a))
 }

@@ -219,6 +219,21 @@ pub async fn try_start(config: &Config, kube: Option<kube::Client>) -> Result<Ru
     within("control plane start", server::start(config, kube)).await
 }
 
+/// A control plane in Kubernetes mode talking to the fake `api`, and a TLS channel to it.
+pub async fn start_kubernetes(
+    api: &apiserver::FakeApiServer,
+    extra: &[&str],
+) -> (Running, Channel) {
+    let mut flags = vec!["--mode", "kubernetes"];
+    flags.extend_from_slice(extra);
+    let config = config(&flags);
+    let running = try_start(&config, Some(api.client()))
+        .await
+        .unwrap_or_else(|e| panic!("control plane does not start: {e}"));
+    let channel = channel(&running, &config).await;
+    (running, channel)
+}
+
 // ---------------------------------------------------------------------------------------------
 // A control plane in local mode
 // ---------------------------------------------------------------------------------------------
@@ -361,10 +376,32 @@ pub async fn istio_create_certificate(
     csr_pem: String,
     validity_duration: i64,
 ) -> Result<IstioCertificateResponse, Status> {
+    istio_create_certificate_with(channel, authorization, csr_pem, validity_duration, None).await
+}
+
+/// The request metadata ztunnel sends when it asks for a pod's identity: the struct
+/// `{"ImpersonatedIdentity": "<SPIFFE ID>"}`.
+pub fn impersonating(id: &str) -> prost_types::Struct {
+    let value = prost_types::Value {
+        kind: Some(prost_types::value::Kind::StringValue(id.to_owned())),
+    };
+    prost_types::Struct {
+        fields: [("ImpersonatedIdentity".to_owned(), value)].into(),
+    }
+}
+
+/// A raw Istio `CreateCertificate` call with request `metadata` (e.g. [`impersonating`]).
+pub async fn istio_create_certificate_with(
+    channel: &Channel,
+    authorization: Option<&str>,
+    csr_pem: String,
+    validity_duration: i64,
+    metadata: Option<prost_types::Struct>,
+) -> Result<IstioCertificateResponse, Status> {
     let mut request = tonic::Request::new(IstioCertificateRequest {
         csr: csr_pem,
         validity_duration,
-        metadata: None,
+        metadata,
     });
     authorize(&mut request, authorization);
     within(

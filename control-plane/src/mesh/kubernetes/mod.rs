@@ -45,16 +45,58 @@ struct Stores {
     policies: Store<AuthorizationPolicy>,
 }
 
-/// Watches the cluster and publishes models through `publisher` until `shutdown`.
+/// The cluster's pods as the pod reflector of [`watch_cluster`] holds them, for other readers
+/// (node agents asking for the identities of pods on their node).
+#[derive(Clone)]
+pub struct PodIndex(Store<Pod>);
+
+impl std::fmt::Debug for PodIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PodIndex").finish_non_exhaustive()
+    }
+}
+
+impl PodIndex {
+    /// The pod `namespace/name`, if the reflector holds it.
+    pub fn get(&self, namespace: &str, name: &str) -> Option<Arc<Pod>> {
+        self.0
+            .get(&reflector::ObjectRef::new(name).within(namespace))
+    }
+
+    /// Whether some pod matches `predicate` (read under the store's lock: keep it cheap).
+    pub fn any(&self, predicate: impl Fn(&Pod) -> bool) -> bool {
+        self.0.find(predicate).is_some()
+    }
+}
+
+/// Fills a [`PodIndex`]: given to [`watch_cluster`].
+pub struct PodIndexWriter(reflector::store::Writer<Pod>);
+
+impl std::fmt::Debug for PodIndexWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PodIndexWriter").finish_non_exhaustive()
+    }
+}
+
+/// An empty pod index and the writer [`watch_cluster`] fills it with.
+pub fn pod_index() -> (PodIndex, PodIndexWriter) {
+    let (store, writer) = reflector::store::<Pod>();
+    (PodIndex(store), PodIndexWriter(writer))
+}
+
+/// Watches the cluster and publishes models through `publisher` until `shutdown`; the pods it
+/// sees also fill `pods`.
 pub async fn watch_cluster(
     client: kube::Client,
     td: TrustDomain,
     default_mtls: MtlsMode,
     publisher: Publisher,
+    pods: PodIndexWriter,
     shutdown: CancellationToken,
 ) {
     let changed = Arc::new(Notify::new());
-    let (pods, pods_w) = reflector::store::<Pod>();
+    let PodIndexWriter(pods_w) = pods;
+    let pods = pods_w.as_reader();
     let (namespaces, namespaces_w) = reflector::store::<Namespace>();
     let (services, services_w) = reflector::store::<KubeService>();
     let (slices, slices_w) = reflector::store::<EndpointSlice>();
