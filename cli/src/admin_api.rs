@@ -1,5 +1,6 @@
 //! The JSON the proxy's admin endpoint serves (`proxy/src/admin.rs`, `proxy/src/records.rs`),
-//! as the CLI reads it: `GET /identity` and `GET /handshakes?limit=N`.
+//! as the CLI reads it: `GET /identity` and `GET /handshakes?limit=N` (the connection log and
+//! the summary of failed handshakes from outside, `proxy/src/failures.rs`).
 //!
 //! Owns: those types. Fields the CLI does not know yet are kept in `extra` and printed back by
 //! `-o json`, so a newer proxy's output is never silently cut.
@@ -102,6 +103,75 @@ pub struct TlsFacts {
     pub extra: BTreeMap<String, Value>,
 }
 
+/// `GET /handshakes`: the connection log and the failed handshakes from outside; a proxy
+/// older than that summary served the bare list.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum HandshakesPage {
+    /// `{"connections": [...], "failed_handshakes": {...}}`.
+    Page {
+        /// Recent connections, oldest first.
+        connections: Vec<Handshake>,
+        /// The summary of failed handshakes.
+        #[serde(default)]
+        failed_handshakes: Option<FailedHandshakes>,
+    },
+    /// `[...]`: the connections only.
+    List(Vec<Handshake>),
+}
+
+impl HandshakesPage {
+    /// The connections and the summary (none from an older proxy).
+    pub fn into_parts(self) -> (Vec<Handshake>, Option<FailedHandshakes>) {
+        match self {
+            HandshakesPage::Page {
+                connections,
+                failed_handshakes,
+            } => (connections, failed_handshakes),
+            HandshakesPage::List(connections) => (connections, None),
+        }
+    }
+}
+
+/// Failed handshakes from outside (refused on the tunnel port before the peer proved an
+/// identity), summed per source address and reason.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FailedHandshakes {
+    /// How far back the counts go.
+    pub window_seconds: u64,
+    /// Failures in the window.
+    pub total: u64,
+    /// (source, reason) pairs in the window.
+    #[serde(default)]
+    pub sources: u64,
+    /// The pairs with the most failures.
+    #[serde(default)]
+    pub top: Vec<FailedSource>,
+    /// Fields this version of the CLI does not know.
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, Value>,
+}
+
+/// One source's failures for one reason.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FailedSource {
+    /// The source address.
+    pub source: String,
+    /// The refusal's reason code.
+    pub reason: String,
+    /// How many in the window.
+    pub count: u64,
+    /// The latest one, RFC 3339.
+    #[serde(default)]
+    pub last: String,
+    /// What the latest one said.
+    #[serde(default)]
+    pub detail: String,
+    /// Fields this version of the CLI does not know.
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, Value>,
+}
+
 /// What `trellis inspect -o json` prints.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Snapshot {
@@ -109,6 +179,9 @@ pub struct Snapshot {
     pub identity: Option<Identity>,
     /// Recent connections, oldest first.
     pub handshakes: Vec<Handshake>,
+    /// Failed handshakes from outside, when the proxy summarises them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed_handshakes: Option<FailedHandshakes>,
 }
 
 #[cfg(test)]
@@ -139,6 +212,27 @@ mod tests {
         assert_eq!(id.trust_bundle.len(), 1);
         assert_eq!(id.trust_bundle_source.as_deref(), Some("discovery"));
         assert!(id.extra.is_empty());
+    }
+
+    #[test]
+    fn handshakes_parse_as_a_page_with_failures_or_as_an_older_proxys_list() {
+        let row = r#"{"time":"2025-01-01T10:00:00.000Z","direction":"inbound",
+          "peer_addr":"198.18.0.1:4000","decision":"allow"}"#;
+        let page = format!(
+            r#"{{"connections":[{row}],"failed_handshakes":{{"window_seconds":600,"total":3,
+              "sources":1,"dropped":0,"top":[{{"source":"198.18.0.9","reason":"tls_handshake",
+              "count":3,"first":"","last":"","detail":"bad"}}]}}}}"#
+        );
+        let (rows, failed) = serde_json::from_str::<HandshakesPage>(&page)
+            .unwrap()
+            .into_parts();
+        assert_eq!(rows.len(), 1);
+        let failed = failed.unwrap();
+        assert_eq!((failed.total, failed.top[0].count), (3, 3));
+        let (rows, failed) = serde_json::from_str::<HandshakesPage>(&format!("[{row}]"))
+            .unwrap()
+            .into_parts();
+        assert_eq!((rows.len(), failed), (1, None));
     }
 
     #[test]

@@ -7,7 +7,7 @@
 use bytes::Bytes;
 use http::StatusCode;
 
-use crate::admin_api::{Handshake, Identity};
+use crate::admin_api::{FailedHandshakes, Handshake, HandshakesPage, Identity};
 use crate::dial::Target;
 use crate::http1::{Http1Client, HttpError};
 
@@ -83,9 +83,19 @@ impl AdminClient {
 
     /// `GET /handshakes?limit=N`: the newest `limit` connections, oldest first.
     pub async fn handshakes(&mut self, limit: u64) -> Result<Vec<Handshake>, AdminError> {
+        Ok(self.handshakes_page(limit).await?.0)
+    }
+
+    /// `GET /handshakes?limit=N`: the newest `limit` connections, oldest first, and the
+    /// summary of failed handshakes from outside (`None` from a proxy that has none).
+    pub async fn handshakes_page(
+        &mut self,
+        limit: u64,
+    ) -> Result<(Vec<Handshake>, Option<FailedHandshakes>), AdminError> {
         let path = format!("/handshakes?limit={limit}");
         let (status, body) = self.get(&path).await?;
-        self.parse(&path, status, &body)
+        let page: HandshakesPage = self.parse(&path, status, &body)?;
+        Ok(page.into_parts())
     }
 
     async fn get(&mut self, path: &str) -> Result<(StatusCode, Bytes), AdminError> {

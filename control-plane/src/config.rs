@@ -158,6 +158,20 @@ pub struct Args {
     /// Logs: `--log <filter>`, `--log-format text|json` (shared by every Trellis binary).
     #[command(flatten)]
     pub log: trellis_telemetry::LogArgs,
+    /// TLS handshakes in progress at once from one source address (an IPv6 /64); more are
+    /// closed at once, so one host cannot hold the CA's handshake slots.
+    #[arg(
+        long,
+        env = "TRELLIS_MAX_PENDING_HANDSHAKES_PER_SOURCE",
+        default_value_t = 32
+    )]
+    pub max_pending_handshakes_per_source: usize,
+    /// TLS handshakes in progress at once, from everyone.
+    #[arg(long, env = "TRELLIS_MAX_PENDING_HANDSHAKES", default_value_t = 1024)]
+    pub max_pending_handshakes: usize,
+    /// How long a client has to finish its TLS handshake.
+    #[arg(long, env = "TRELLIS_HANDSHAKE_TIMEOUT", default_value = "3s", value_parser = humantime::parse_duration)]
+    pub handshake_timeout: Duration,
     /// How long to let in-flight calls finish after SIGTERM.
     #[arg(long, env = "TRELLIS_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
@@ -202,6 +216,12 @@ pub enum ConfigError {
         value: Duration,
         /// What is expected.
         reason: &'static str,
+    },
+    /// A count flag is zero.
+    #[error("{flag} 0: must be at least 1")]
+    Zero {
+        /// The flag.
+        flag: &'static str,
     },
     /// A name for the serving certificate is not a DNS name or an IP address.
     #[error("{flag}: {reason}")]
@@ -294,6 +314,24 @@ impl Args {
                 reason: "must be positive and at most --max-ttl",
             });
         }
+        for (flag, value) in [
+            (
+                "--max-pending-handshakes-per-source",
+                self.max_pending_handshakes_per_source,
+            ),
+            ("--max-pending-handshakes", self.max_pending_handshakes),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Zero { flag });
+            }
+        }
+        if self.handshake_timeout.is_zero() {
+            return Err(ConfigError::Ttl {
+                flag: "--handshake-timeout",
+                value: self.handshake_timeout,
+                reason: "must be positive",
+            });
+        }
         if !(self.rate_limit_per_second.is_finite() && self.rate_limit_per_second > 0.0) {
             return Err(ConfigError::RateLimit(self.rate_limit_per_second));
         }
@@ -374,6 +412,8 @@ mod tests {
             "spiffe://cluster.local/ns/trellis-system/sa/trellis-control-plane"
         );
         assert_eq!(c.args.default_ttl, Duration::from_secs(24 * 3600));
+        assert_eq!(c.args.max_pending_handshakes_per_source, 32);
+        assert_eq!(c.args.handshake_timeout, Duration::from_secs(3));
         assert_eq!(c.args.token_audiences, ["trellis-ca"]);
     }
 
@@ -450,6 +490,14 @@ mod tests {
             err.to_string().starts_with("--rate-limit-per-second"),
             "{err}"
         );
+        let err = parse(&["--max-pending-handshakes-per-source", "0"]).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("--max-pending-handshakes-per-source"),
+            "{err}"
+        );
+        let err = parse(&["--handshake-timeout", "0s"]).unwrap_err();
+        assert!(err.to_string().starts_with("--handshake-timeout"), "{err}");
         let err = parse(&["--namespace", "a/b"]).unwrap_err();
         assert!(err.to_string().starts_with("--namespace"), "{err}");
     }

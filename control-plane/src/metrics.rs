@@ -23,7 +23,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, info_span};
+use tracing::{Instrument, info_span};
 
 /// Label set for refusals.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -57,6 +57,8 @@ pub struct Metrics {
     pub issued: Counter,
     /// Certificates refused, by reason.
     pub refused: Family<ReasonLabel, Counter>,
+    /// Connections closed before or during their TLS handshake, by reason.
+    pub connections_refused: Family<ReasonLabel, Counter>,
     /// Time spent authenticating callers.
     pub attestation: Family<KindLabel, Histogram>,
     /// Changes to owned objects found and acted on (a restore means something was damaged).
@@ -86,6 +88,13 @@ impl Metrics {
             "certificates_refused",
             "Certificate requests refused, by reason",
             refused.clone(),
+        );
+        let connections_refused = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "connections_refused",
+            "Connections to the gRPC port closed before their TLS handshake finished, by reason \
+             (handshakes_per_source, handshakes_total, handshake_timeout, handshake_failed)",
+            connections_refused.clone(),
         );
         let attestation = Family::<KindLabel, Histogram>::new_with_constructor(|| {
             Histogram::new([
@@ -125,6 +134,7 @@ impl Metrics {
             registry,
             issued,
             refused,
+            connections_refused,
             attestation,
             reconciled,
             roots,
@@ -153,6 +163,13 @@ impl Metrics {
         self.refused.get_or_create(&ReasonLabel { reason }).inc();
     }
 
+    /// Counts a connection closed before its TLS handshake finished.
+    pub fn refuse_connection(&self, reason: &'static str) {
+        self.connections_refused
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
     /// Records how long an attestation took.
     pub fn observe_attestation(&self, kind: &'static str, took: Duration) {
         self.attestation
@@ -179,14 +196,8 @@ impl Metrics {
 
 /// Serves `/metrics`, `/ready` and `/live` on `listener` until `shutdown`.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, shutdown: CancellationToken) {
-    loop {
-        let (stream, peer) = tokio::select! {
-            () = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => { debug!(error = %e, "metrics accept failed"); continue; }
-            },
-        };
+    let mut acceptor = trellis_listener::Acceptor::new(listener, "metrics");
+    while let Some((stream, peer)) = acceptor.accept(&shutdown).await {
         let metrics = metrics.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(

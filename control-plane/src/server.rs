@@ -293,6 +293,8 @@ pub async fn start(config: &Config, kube: Option<kube::Client>) -> Result<Runnin
     let incoming = tls_listener::incoming(
         grpc_listener,
         TlsAcceptor::from(Arc::new(tls)),
+        tls_listener::HandshakeLimits::from_args(args),
+        metrics.clone(),
         shutdown.clone(),
     );
 

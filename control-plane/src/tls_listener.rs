@@ -1,8 +1,13 @@
-//! The TLS side of the gRPC listener: accepts TCP connections, runs TLS handshakes concurrently
-//! (bounded, with a timeout, so one slow client cannot stall the others), and hands tonic
-//! streams that carry the caller's address and, if it showed one, its verified SPIFFE ID.
+//! The TLS side of the gRPC listener: accepts TCP connections (backing off when accepting
+//! fails), runs TLS handshakes concurrently — at most [`HandshakeLimits::per_source`] pending
+//! from one source and [`HandshakeLimits::total`] in all, each within
+//! [`HandshakeLimits::timeout`], so that a host holding idle connections cannot keep others
+//! from their certificates — and hands tonic streams that carry the caller's address and, if
+//! it showed one, its verified SPIFFE ID. Connections closed before their handshake finished
+//! are counted (`trellis_control_plane_connections_refused_total{reason}`).
 //!
-//! Owns: [`PeerInfo`] and [`incoming`]. It does not decide anything about the caller.
+//! Owns: [`PeerInfo`], [`HandshakeLimits`] and [`incoming`]. It does not decide anything about
+//! the caller.
 
 use std::io;
 use std::net::SocketAddr;
@@ -13,7 +18,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
@@ -21,11 +26,31 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::server::Connected;
 use tracing::debug;
 use trellis_ca::SpiffeId;
+use trellis_listener::{CapRefusal, Caps, Gate};
 
-/// How long a client has to finish its TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Handshakes in progress at once.
-const MAX_CONCURRENT_HANDSHAKES: usize = 1024;
+use crate::metrics::Metrics;
+
+/// How many TLS handshakes may be pending, and for how long.
+#[derive(Debug, Clone, Copy)]
+pub struct HandshakeLimits {
+    /// Pending from one source address (an IPv6 /64).
+    pub per_source: usize,
+    /// Pending from everyone.
+    pub total: usize,
+    /// How long a client has to finish its handshake.
+    pub timeout: Duration,
+}
+
+impl HandshakeLimits {
+    /// The limits the flags set.
+    pub fn from_args(args: &crate::config::Args) -> Self {
+        Self {
+            per_source: args.max_pending_handshakes_per_source,
+            total: args.max_pending_handshakes,
+            timeout: args.handshake_timeout,
+        }
+    }
+}
 
 /// What tonic request handlers learn about the connection.
 #[derive(Debug, Clone)]
@@ -89,37 +114,40 @@ impl AsyncWrite for PeerStream {
 }
 
 /// Accepts connections on `listener` and yields those whose handshake succeeded, until
-/// `shutdown` is cancelled.
+/// `shutdown` is cancelled. A connection over a [`HandshakeLimits`] cap is closed at once.
 pub fn incoming(
     listener: TcpListener,
     acceptor: TlsAcceptor,
+    limits: HandshakeLimits,
+    metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> ReceiverStream<io::Result<PeerStream>> {
     let (tx, rx) = mpsc::channel(256);
-    let permits = Arc::new(Semaphore::new(MAX_CONCURRENT_HANDSHAKES));
+    let pending = Gate::new(Caps {
+        per_source: limits.per_source,
+        total: limits.total,
+    });
+    let mut accepting = trellis_listener::Acceptor::new(listener, "grpc");
     tokio::spawn(async move {
-        loop {
-            let permit = tokio::select! {
-                () = shutdown.cancelled() => return,
-                p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-            };
-            let (tcp, remote) = tokio::select! {
-                () = shutdown.cancelled() => return,
-                accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        debug!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
+        while let Some((tcp, remote)) = accepting.accept(&shutdown).await {
+            let ticket = match pending.enter(remote.ip()) {
+                Ok(ticket) => ticket,
+                Err(refusal) => {
+                    metrics.refuse_connection(match refusal {
+                        CapRefusal::PerSource(_) => "handshakes_per_source",
+                        _ => "handshakes_total",
+                    });
+                    debug!(peer.addr = %remote, error = %refusal, "connection closed before its handshake");
+                    continue;
+                }
             };
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
-            let tx = tx.clone();
+            let (tx, metrics) = (tx.clone(), metrics.clone());
             tokio::spawn(async move {
-                let _permit = permit;
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                let handshake = tokio::time::timeout(limits.timeout, acceptor.accept(tcp)).await;
+                drop(ticket);
+                match handshake {
                     Ok(Ok(tls)) => {
                         let id = tls
                             .get_ref()
@@ -130,8 +158,14 @@ pub fn incoming(
                         let info = PeerInfo { remote, id };
                         let _ = tx.send(Ok(PeerStream { inner: tls, info })).await;
                     }
-                    Ok(Err(e)) => debug!(peer.addr = %remote, error = %e, "TLS handshake failed"),
-                    Err(_) => debug!(peer.addr = %remote, "TLS handshake timed out"),
+                    Ok(Err(e)) => {
+                        metrics.refuse_connection("handshake_failed");
+                        debug!(peer.addr = %remote, error = %e, "TLS handshake failed");
+                    }
+                    Err(_) => {
+                        metrics.refuse_connection("handshake_timeout");
+                        debug!(peer.addr = %remote, "TLS handshake timed out");
+                    }
                 }
             });
         }

@@ -3,7 +3,8 @@
 //! `/logging` ([`crate::log_level`]), and `POST /quitquitquit` ([`crate::quit`]); and the
 //! health endpoint on the pod IP (15020) for kubelet and Prometheus, which serves only `/ready`
 //! `/live` `/metrics` and the app probes
-//! `/app-health/...` ([`crate::probe`]).
+//! `/app-health/...` ([`crate::probe`]). `/handshakes` is `{"connections": [...],
+//! "failed_handshakes": {...}}`: the connection log and the summary of [`crate::failures`].
 //!
 //! Owns: routing and rendering of those pages. It reads shared state; only `/logging` (the log
 //! filter) and `/quitquitquit` (the drain) change anything.
@@ -21,7 +22,6 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
 
 use crate::context::ProxyContext;
 use crate::{probe, quit, services};
@@ -37,14 +37,12 @@ pub enum Surface {
 
 /// Serves `surface` on `listener` until shutdown.
 pub async fn serve(listener: TcpListener, surface: Surface, ctx: Arc<ProxyContext>) {
-    loop {
-        let (tcp, _) = tokio::select! {
-            () = ctx.shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => { debug!(error = %e, "admin accept failed"); continue; }
-            },
-        };
+    let name = match surface {
+        Surface::Admin => "admin",
+        Surface::Health => "health",
+    };
+    let mut acceptor = trellis_listener::Acceptor::new(listener, name);
+    while let Some((tcp, _)) = acceptor.accept(&ctx.shutdown).await {
         let ctx = ctx.clone();
         tokio::spawn(async move {
             let ctx2 = ctx.clone();
@@ -125,8 +123,11 @@ fn respond(req: &Request<Incoming>, surface: Surface, ctx: &ProxyContext) -> Res
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(100);
             let records = ctx.log.recent(limit);
-            let body: Vec<_> = records.iter().map(|r| &**r).collect();
-            json_response(&json!(body))
+            let connections: Vec<_> = records.iter().map(|r| &**r).collect();
+            json_response(&json!({
+                "connections": connections,
+                "failed_handshakes": ctx.failures.summary(),
+            }))
         }
         (Surface::Admin, "/config_dump") => {
             let state = ctx.state.borrow().clone();

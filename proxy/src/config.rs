@@ -248,6 +248,10 @@ pub struct RunArgs {
     /// keyed by path (see the `probe::spec` module).
     #[arg(long, env = "TRELLIS_APP_PROBES")]
     pub app_probes: Option<String>,
+    /// Caps on the tunnel port: handshakes and connections per source and in total, the
+    /// handshake deadline, refused streams in a row before a connection is closed.
+    #[command(flatten)]
+    pub tunnel_limits: crate::tunnel::limits::TunnelLimits,
     /// Logs: `--log <filter>`, `--log-format text|json` (shared by every Trellis binary).
     #[command(flatten)]
     pub log: trellis_telemetry::LogArgs,
@@ -347,6 +351,8 @@ pub struct Config {
     pub drain: Duration,
     /// Handshake log size.
     pub handshake_log: usize,
+    /// Caps on the tunnel port.
+    pub tunnel_limits: crate::tunnel::limits::TunnelLimits,
     /// The app's original probes, served at 15020 /app-health/... (header values not shown).
     pub app_probes: crate::probe::AppProbes,
     /// The process's log filter, read and changed at run time on the admin port's `/logging`.
@@ -461,6 +467,13 @@ impl RunArgs {
         if self.max_connections == 0 {
             return Err(invalid("--max-connections", 0, "must be at least 1"));
         }
+        if let Some(flag) = self.tunnel_limits.zero_flag() {
+            return Err(invalid(
+                flag,
+                0,
+                "must be at least 1 (a duration: positive)",
+            ));
+        }
         let app_probes = crate::probe::spec::parse(self.app_probes.as_deref().unwrap_or(""))
             .map_err(|e| invalid("--app-probes", "(JSON)", e.to_string()))?;
         let app_host = match (self.app_host, self.pod_ip, self.mode) {
@@ -510,6 +523,7 @@ impl RunArgs {
             cert_ttl: self.cert_ttl.map(|d| d.as_secs()),
             drain: self.drain,
             handshake_log: self.handshake_log.max(1),
+            tunnel_limits: self.tunnel_limits,
             app_probes,
             log_control: None,
         })

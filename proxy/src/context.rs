@@ -1,7 +1,9 @@
 //! The handles every listener of one proxy shares: configuration, the current SVID, the mesh
 //! snapshot, the connection log, metrics, the concurrency cap and the drain machinery.
 //!
-//! Owns: [`ProxyContext`] and the small helpers that record a connection consistently.
+//! Owns: [`ProxyContext`] and the small helpers that record a connection consistently —
+//! including the rule that a refusal on the tunnel port before the peer proved an identity is
+//! summed in [`FailedHandshakes`], not logged one by one next to the real connections.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,8 +13,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::failures::FailedHandshakes;
 use crate::identity::SvidWatch;
-use crate::metrics::{ConnLabels, Metrics, RefusalLabels};
+use crate::metric_labels::LabelBounds;
+use crate::metrics::{ConnLabels, DecisionLabels, Metrics, RefusalLabels};
+use crate::policy::Decision;
 use crate::records::{ConnRecord, Direction, HandshakeLog, TlsFacts};
 use crate::refusals::{Refusal, RefusalLog};
 use crate::state::StateWatch;
@@ -43,6 +48,16 @@ pub struct ProxyContext {
     pub app_health: crate::probe::AppHealth,
     /// Rate-limited `info` lines for refused connections.
     pub refusals: RefusalLog,
+    /// Failed handshakes from outside, summed per source and reason.
+    pub failures: FailedHandshakes,
+    /// The label values metrics have handed out (bounded).
+    pub labels: LabelBounds,
+}
+
+/// Whether a refusal is a failed handshake from outside (summed in [`FailedHandshakes`]) rather
+/// than a connection record: refused on the tunnel port before the peer proved an identity.
+pub fn is_failed_handshake(direction: Direction, peer_id: Option<&str>) -> bool {
+    direction == Direction::Inbound && peer_id.is_none()
 }
 
 impl ProxyContext {
@@ -67,18 +82,43 @@ impl ProxyContext {
         decision: &'static str,
         reason: impl Into<String>,
     ) -> Arc<ConnRecord> {
+        self.count_connection(direction, tls.is_some(), peer_id.as_deref(), decision);
+        self.log.push(ConnRecord::new(
+            direction, peer_addr, peer_id, dst, tls, decision, reason,
+        ))
+    }
+
+    /// Counts a connection in `trellis_proxy_connections_total` (peer label bounded).
+    fn count_connection(
+        &self,
+        direction: Direction,
+        tls: bool,
+        peer_id: Option<&str>,
+        decision: &'static str,
+    ) {
         self.metrics
             .connections
             .get_or_create(&ConnLabels {
                 direction: direction.label(),
-                tls: if tls.is_some() { "true" } else { "false" },
-                peer_id: peer_id.clone().unwrap_or_default(),
+                tls: if tls { "true" } else { "false" },
+                peer_id: self.labels.peer(peer_id.unwrap_or_default()),
                 decision,
             })
             .inc();
-        self.log.push(ConnRecord::new(
-            direction, peer_addr, peer_id, dst, tls, decision, reason,
-        ))
+    }
+
+    /// Counts an authorization decision for `peer` on target port `port` (labels bounded: a
+    /// port this workload does not know is `other`).
+    pub fn count_decision(&self, decision: &Decision, peer: &str, port: u16) {
+        let port = self.labels.port(port, &self.state.borrow().policy);
+        self.metrics
+            .decisions
+            .get_or_create(&DecisionLabels {
+                decision: decision.label(),
+                port,
+                peer_id: self.labels.peer(peer),
+            })
+            .inc();
     }
 
     /// Counts a refusal by reason code (in addition to the record).
@@ -116,6 +156,11 @@ impl ProxyContext {
             dst,
             detail: &reason,
         });
+        if is_failed_handshake(direction, peer_id.as_deref()) {
+            self.count_connection(direction, tls.is_some(), None, "deny");
+            self.failures.add(peer_addr.ip(), code, &reason);
+            return;
+        }
         self.record(direction, peer_addr, peer_id, dst, tls, "deny", reason);
     }
 }

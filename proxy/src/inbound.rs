@@ -15,7 +15,6 @@ use tracing::{Instrument, debug, info_span};
 use crate::config::{Mode, MtlsMode};
 use crate::context::ProxyContext;
 use crate::copy;
-use crate::metrics::DecisionLabels;
 use crate::orig_dst::original_dst;
 use crate::policy::{Caller, Decision, InboundPolicy};
 use crate::ports::PROXY_PORTS;
@@ -74,28 +73,16 @@ pub fn admit_plaintext(
 }
 
 /// Counts an admitted plaintext connection's decision (after the app accepted it, so the ports
-/// counted are the app's).
+/// counted are the app's; labels bounded as for mTLS callers).
 fn count_decision(ctx: &ProxyContext, decision: &Decision, port: u16) {
-    ctx.metrics
-        .decisions
-        .get_or_create(&DecisionLabels {
-            decision: decision.label(),
-            port,
-            peer_id: UNAUTHENTICATED_LABEL.to_owned(),
-        })
-        .inc();
+    ctx.labels.served(port);
+    ctx.count_decision(decision, UNAUTHENTICATED_LABEL, port);
 }
 
 /// Accepts plaintext inbound connections until shutdown.
 pub async fn serve(listener: TcpListener, ctx: Arc<ProxyContext>) {
-    loop {
-        let (tcp, remote) = tokio::select! {
-            () = ctx.shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => { debug!(error = %e, "inbound accept failed"); continue; }
-            },
-        };
+    let mut acceptor = trellis_listener::Acceptor::new(listener, "inbound");
+    while let Some((tcp, remote)) = acceptor.accept(&ctx.shutdown).await {
         // Explicit mode has no redirect: the listener stands for one application address.
         let dst = match (ctx.config.mode, ctx.config.inbound_target) {
             (Mode::Transparent, _) => original_dst(&tcp),

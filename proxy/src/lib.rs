@@ -19,6 +19,8 @@
 //! | [`tunnel`] | 15008 server (mTLS + HTTP/2 CONNECT) and the client pool (one connection per peer) |
 //! | [`copy`] | bytes both ways: half-close, backpressure, idle timeout, live counters |
 //! | [`records`] | the connection log behind `/handshakes` |
+//! | [`failures`] | failed handshakes from outside, summed per source and reason (bounded), shown in `/handshakes` |
+//! | [`metric_labels`] | label values from outside (ports, peer identities), bounded |
 //! | [`refusals`] | the rate-limited `info` line of every refused connection |
 //! | [`metrics`] | `trellis_proxy_*` Prometheus metrics |
 //! | [`admin`] | 127.0.0.1:15000 admin pages and the pod-IP :15020 health/metrics |
@@ -46,9 +48,11 @@ pub mod config;
 pub mod context;
 pub mod copy;
 pub mod discovery;
+pub mod failures;
 pub mod identity;
 pub mod inbound;
 pub mod log_level;
+pub mod metric_labels;
 pub mod metrics;
 pub mod orig_dst;
 pub mod outbound;

@@ -19,7 +19,7 @@ pub struct ConnLabels {
     pub direction: &'static str,
     /// Whether it was mutual TLS.
     pub tls: &'static str,
-    /// The peer's SPIFFE ID, or empty.
+    /// The peer's SPIFFE ID, empty, or `other` past the bound (`metric_labels`).
     pub peer_id: String,
     /// allow / deny / would-deny.
     pub decision: &'static str,
@@ -39,9 +39,9 @@ pub struct RefusalLabels {
 pub struct DecisionLabels {
     /// allow / deny / would-deny.
     pub decision: &'static str,
-    /// The target port.
-    pub port: u16,
-    /// The peer's SPIFFE ID.
+    /// The target port when this workload knows it, else `other` (`metric_labels`).
+    pub port: String,
+    /// The peer's SPIFFE ID, or `other` past the bound (`metric_labels`).
     pub peer_id: String,
 }
 

@@ -36,14 +36,8 @@ pub async fn serve(
     ctx: Arc<ProxyContext>,
     pool: Arc<Pool>,
 ) {
-    loop {
-        let (tcp, remote) = tokio::select! {
-            () = ctx.shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => { debug!(error = %e, "outbound accept failed"); continue; }
-            },
-        };
+    let mut acceptor = trellis_listener::Acceptor::new(listener, "outbound");
+    while let Some((tcp, remote)) = acceptor.accept(&ctx.shutdown).await {
         let dst = match fixed_dst {
             Some(d) => Ok(d),
             None if ctx.config.mode == Mode::Transparent => original_dst(&tcp),

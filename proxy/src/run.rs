@@ -246,6 +246,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         shutdown: CancellationToken::new(),
         own_addrs,
         refusals: crate::refusals::RefusalLog::default(),
+        failures: crate::failures::FailedHandshakes::default(),
+        labels: crate::metric_labels::LabelBounds::default(),
     });
     let background = CancellationToken::new();
     let pool = Arc::new(Pool::new());

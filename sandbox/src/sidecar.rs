@@ -165,13 +165,37 @@ impl Sidecar {
         Ok(metric_value(&self.metrics()?, name, labels))
     }
 
-    /// `/handshakes` (the connection log, oldest first).
+    /// `/handshakes` (the connection log, oldest first; the summary of failed handshakes is
+    /// [`Self::failed_handshakes`]).
     pub fn handshakes(&self) -> Result<Vec<Value>> {
+        match self.handshakes_page()? {
+            Value::Object(mut page) => match page.remove("connections") {
+                Some(Value::Array(rows)) => Ok(rows),
+                _ => Err(self.bad_handshakes("no \"connections\" list")),
+            },
+            Value::Array(rows) => Ok(rows),
+            _ => Err(self.bad_handshakes("neither an object nor a list")),
+        }
+    }
+
+    /// `/handshakes`' `failed_handshakes`: failed handshakes from outside, summed per source.
+    pub fn failed_handshakes(&self) -> Result<Value> {
+        match self.handshakes_page()? {
+            Value::Object(mut page) => Ok(page.remove("failed_handshakes").unwrap_or(Value::Null)),
+            _ => Ok(Value::Null),
+        }
+    }
+
+    fn handshakes_page(&self) -> Result<Value> {
         let body = self.admin_get("/handshakes?limit=1000")?;
-        serde_json::from_str(&body).map_err(|e| SandboxError::Parse {
+        serde_json::from_str(&body).map_err(|e| self.bad_handshakes(&e.to_string()))
+    }
+
+    fn bad_handshakes(&self, reason: &str) -> SandboxError {
+        SandboxError::Parse {
             what: format!("[{}] /handshakes", self.pod.name()),
-            reason: e.to_string(),
-        })
+            reason: reason.to_owned(),
+        }
     }
 
     /// `/identity` (SPIFFE ID, serial, validity of the current certificate).

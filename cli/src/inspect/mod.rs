@@ -90,17 +90,24 @@ pub async fn run(args: InspectArgs, palette: Palette) -> anyhow::Result<()> {
     };
     let mut admin = AdminClient::new(target);
     let identity = admin.identity().await?;
-    let handshakes = admin.handshakes(args.limit).await?;
+    let (handshakes, failed) = admin.handshakes_page(args.limit).await?;
     let mut table = Table::new(&view::COLUMNS);
     let first = match args.output {
-        Output::Table => view::first_screen(identity.as_ref(), &handshakes, &mut table, palette),
+        Output::Table => {
+            let mut screen =
+                view::first_screen(identity.as_ref(), &handshakes, &mut table, palette);
+            screen.push_str(&view::failed_handshakes(failed.as_ref()));
+            screen
+        }
         Output::Json if args.watch => view::json_line(&Snapshot {
             identity: identity.clone(),
             handshakes: handshakes.clone(),
+            failed_handshakes: failed,
         }),
         Output::Json => view::json_document(&Snapshot {
             identity: identity.clone(),
             handshakes: handshakes.clone(),
+            failed_handshakes: failed,
         }),
     };
     print(&first)?;
@@ -202,6 +209,7 @@ impl Watch {
             }
             Output::Json if renewed || !new.rows.is_empty() => {
                 Ok(print(&view::json_line(&Snapshot {
+                    failed_handshakes: None,
                     identity,
                     handshakes: new.rows,
                 }))?)

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use crate::admin_api::{Handshake, Identity, Snapshot};
+use crate::admin_api::{FailedHandshakes, Handshake, Identity, Snapshot};
 use crate::humanize::short_duration;
 use crate::style::{Palette, Style};
 use crate::table::{Cell, Table};
@@ -185,6 +185,26 @@ pub fn first_screen(
         out.push_str("(no connections yet)\n");
     }
     out
+}
+
+/// The line under the table about failed handshakes from outside (empty when there were
+/// none): the total and the top three sources.
+pub fn failed_handshakes(failed: Option<&FailedHandshakes>) -> String {
+    let Some(f) = failed.filter(|f| f.total > 0) else {
+        return String::new();
+    };
+    let top: Vec<String> = f
+        .top
+        .iter()
+        .take(3)
+        .map(|s| format!("{} {} ×{}", s.source, s.reason, s.count))
+        .collect();
+    format!(
+        "failed handshakes from outside (last {}s): {} — {}\n",
+        f.window_seconds,
+        f.total,
+        top.join(", ")
+    )
 }
 
 /// `-o json`: `{"identity": ..., "handshakes": [...]}`, pretty-printed.

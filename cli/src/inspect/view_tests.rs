@@ -210,6 +210,7 @@ fn an_expired_certificate_shows_expired() {
 #[test]
 fn json_output_has_identity_and_handshakes() {
     let snapshot = Snapshot {
+        failed_handshakes: None,
         identity: Some(identity()),
         handshakes: vec![handshake(
             "2025-01-01T10:00:01.250Z",
@@ -234,6 +235,7 @@ fn json_output_has_identity_and_handshakes() {
 #[test]
 fn json_output_has_a_null_identity_before_the_first_certificate() {
     let snapshot = Snapshot {
+        failed_handshakes: None,
         identity: None,
         handshakes: vec![],
     };
@@ -317,4 +319,20 @@ fn the_identity_block_lists_every_trusted_root_with_its_fingerprint_and_source()
     assert!(block.contains("trusts 2 roots"), "{block}");
     // An older proxy that lists no roots: no Roots line.
     assert!(!identity_block(Some(&identity()), Palette::plain()).contains("Roots"));
+}
+
+#[test]
+fn failed_handshakes_show_as_one_line_with_the_top_sources() {
+    let failed: crate::admin_api::FailedHandshakes = serde_json::from_str(
+        r#"{"window_seconds":600,"total":1000,"sources":2,"top":[
+          {"source":"198.18.0.9","reason":"tls_handshake","count":990,"detail":"bad"},
+          {"source":"198.18.0.8","reason":"handshakes_per_source","count":10}]}"#,
+    )
+    .unwrap();
+    let line = failed_handshakes(Some(&failed));
+    assert_eq!(
+        line,
+        "failed handshakes from outside (last 600s): 1000 — 198.18.0.9 tls_handshake ×990, 198.18.0.8 handshakes_per_source ×10\n"
+    );
+    assert_eq!(failed_handshakes(None), "");
 }

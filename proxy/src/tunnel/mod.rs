@@ -2,12 +2,14 @@
 //! application connection an HTTP/2 CONNECT stream naming `ip:port` — HBONE-style.
 //!
 //! Owns: [`server`] (port 15008: verify the client, authorize, deliver to the app), [`admit`]
-//! (the pure CONNECT admission decision the server asks), [`pool`]
+//! (the pure CONNECT admission decision the server asks), [`limits`] (the caps on handshakes,
+//! connections and refused streams per source and in total), [`pool`]
 //! (the client side: pooled connections per peer identity, CONNECT streams over them),
 //! [`stream`] (a CONNECT stream as bytes), [`read_ahead`] (large socket reads under rustls), and
 //! the HTTP/2 settings both sides share.
 
 pub mod admit;
+pub mod limits;
 pub mod pool;
 pub mod read_ahead;
 pub mod server;

@@ -2,7 +2,9 @@
 //! trust bundle), then serve HTTP/2 CONNECT streams. Each stream is checked — method, authority,
 //! a target inside this pod, not a proxy port, authorization of the peer for that port — and
 //! then joined to a fresh TCP connection to the application. A bad stream gets an HTTP error
-//! status on that stream only; the tunnel and its other streams carry on.
+//! status on that stream only; the tunnel and its other streams carry on — until
+//! `--tunnel-max-refused-streams` in a row were refused, when the connection is closed.
+//! Connections and handshakes are capped per source and in total ([`super::limits`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,8 +17,10 @@ use http::{Request, Response, StatusCode};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tracing::{Instrument, debug, info_span};
+use trellis_listener::{Gate, Ticket};
 
 use super::admit::admit_connect;
+use super::limits::{Phase, StreamRefusals, refusal_code};
 use super::read_ahead::ReadAhead;
 use super::stream::H2Stream;
 use super::{
@@ -25,11 +29,8 @@ use super::{
 };
 use crate::context::ProxyContext;
 use crate::copy;
-use crate::metrics::DecisionLabels;
 use crate::records::{Direction, TlsFacts};
 
-/// Time a client has to complete its TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time to connect to the application.
 const APP_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Streams one tunnel connection may have open at once.
@@ -46,6 +47,10 @@ struct TunnelPeer {
     tls: TlsFacts,
     /// Set once a stream has been recorded: later streams rode an established tunnel.
     used: std::sync::atomic::AtomicBool,
+    /// Refused streams in a row.
+    refusals: StreamRefusals,
+    /// Woken when too many streams in a row were refused: the connection is closed.
+    too_many_refused: tokio::sync::Notify,
 }
 
 impl TunnelPeer {
@@ -60,25 +65,57 @@ impl TunnelPeer {
     }
 }
 
-/// Accepts tunnel connections until shutdown.
+/// Accepts tunnel connections until shutdown; a connection over a cap is refused (closed,
+/// counted, summed among the failed handshakes).
 pub async fn serve(listener: TcpListener, ctx: Arc<ProxyContext>) {
-    loop {
-        let (tcp, remote) = tokio::select! {
-            () = ctx.shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => { debug!(error = %e, "tunnel accept failed"); continue; }
-            },
+    let limits = ctx.config.tunnel_limits;
+    let connections = Gate::new(limits.connection_caps());
+    let handshakes = Gate::new(limits.handshake_caps());
+    let mut acceptor = trellis_listener::Acceptor::new(listener, "tunnel");
+    while let Some((tcp, remote)) = acceptor.accept(&ctx.shutdown).await {
+        let tickets = connections
+            .enter(remote.ip())
+            .map_err(|r| (Phase::Connection, r))
+            .and_then(|c| {
+                let h = handshakes
+                    .enter(remote.ip())
+                    .map_err(|r| (Phase::Handshake, r))?;
+                Ok((c, h))
+            });
+        let (connection, handshake) = match tickets {
+            Ok(tickets) => tickets,
+            Err((phase, refusal)) => {
+                let code = refusal_code(phase, refusal);
+                ctx.deny(
+                    Direction::Inbound,
+                    code,
+                    remote,
+                    None,
+                    None,
+                    None,
+                    refusal.to_string(),
+                );
+                continue;
+            }
         };
         let ctx2 = ctx.clone();
         ctx.tracker.spawn(
-            handle_connection(tcp, remote, ctx2)
-                .instrument(info_span!("tunnel", peer.addr = %remote)),
+            async move {
+                let _connection = connection;
+                handle_connection(tcp, remote, ctx2, handshake).await;
+            }
+            .instrument(info_span!("tunnel", peer.addr = %remote)),
         );
     }
 }
 
-async fn handle_connection(tcp: TcpStream, remote: SocketAddr, ctx: Arc<ProxyContext>) {
+async fn handle_connection(
+    tcp: TcpStream,
+    remote: SocketAddr,
+    ctx: Arc<ProxyContext>,
+    handshake: Ticket,
+) {
+    let timeout = ctx.config.tunnel_limits.handshake_timeout;
     let _ = tcp.set_nodelay(true);
     let Some(current) = ctx.svid.borrow().clone() else {
         ctx.deny(
@@ -94,34 +131,33 @@ async fn handle_connection(tcp: TcpStream, remote: SocketAddr, ctx: Arc<ProxyCon
     };
     let started = Instant::now();
     let acceptor = TlsAcceptor::from(current.server_config());
-    let mut tls =
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(ReadAhead::new(tcp))).await {
-            Ok(Ok(tls)) => tls,
-            Ok(Err(e)) => {
-                ctx.deny(
-                    Direction::Inbound,
-                    "tls_handshake",
-                    remote,
-                    None,
-                    None,
-                    None,
-                    format!("TLS handshake failed: {e}"),
-                );
-                return;
-            }
-            Err(_) => {
-                ctx.deny(
-                    Direction::Inbound,
-                    "tls_handshake",
-                    remote,
-                    None,
-                    None,
-                    None,
-                    "TLS handshake timed out",
-                );
-                return;
-            }
-        };
+    let mut tls = match tokio::time::timeout(timeout, acceptor.accept(ReadAhead::new(tcp))).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            ctx.deny(
+                Direction::Inbound,
+                "tls_handshake",
+                remote,
+                None,
+                None,
+                None,
+                format!("TLS handshake failed: {e}"),
+            );
+            return;
+        }
+        Err(_) => {
+            ctx.deny(
+                Direction::Inbound,
+                "tls_handshake",
+                remote,
+                None,
+                None,
+                None,
+                "TLS handshake timed out",
+            );
+            return;
+        }
+    };
     let facts = TlsFacts::from_conn(tls.get_ref().1, started);
     ctx.metrics
         .handshake_seconds
@@ -155,10 +191,12 @@ async fn handle_connection(tcp: TcpStream, remote: SocketAddr, ctx: Arc<ProxyCon
         id,
         tls: facts,
         used: std::sync::atomic::AtomicBool::new(false),
+        refusals: StreamRefusals::new(ctx.config.tunnel_limits.refused_streams),
+        too_many_refused: tokio::sync::Notify::new(),
     });
     tls.get_mut().0.enable();
     let mut conn = match tokio::time::timeout(
-        HANDSHAKE_TIMEOUT,
+        timeout,
         h2::server::Builder::new()
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
@@ -179,6 +217,7 @@ async fn handle_connection(tcp: TcpStream, remote: SocketAddr, ctx: Arc<ProxyCon
             return;
         }
     };
+    drop(handshake);
     let pings = conn.ping_pong();
     let dead = async move {
         match pings {
@@ -188,6 +227,7 @@ async fn handle_connection(tcp: TcpStream, remote: SocketAddr, ctx: Arc<ProxyCon
     };
     tokio::pin!(dead);
     let mut draining = false;
+    let mut closing = false;
     // Accepting also drives the connection: every stream's frames move while this loop runs.
     loop {
         let accepted = tokio::select! {
@@ -195,6 +235,21 @@ async fn handle_connection(tcp: TcpStream, remote: SocketAddr, ctx: Arc<ProxyCon
             () = &mut dead => {
                 debug!("tunnel peer did not answer a PING; connection dropped");
                 return;
+            }
+            () = peer.too_many_refused.notified(), if !closing => {
+                closing = true;
+                let limit = ctx.config.tunnel_limits.refused_streams;
+                ctx.deny(
+                    Direction::Inbound,
+                    "refused_streams",
+                    remote,
+                    Some(peer.id.to_string()),
+                    None,
+                    Some(peer.facts()),
+                    format!("tunnel connection closed: {limit} CONNECT streams in a row were refused"),
+                );
+                conn.abrupt_shutdown(h2::Reason::ENHANCE_YOUR_CALM);
+                continue;
             }
             () = ctx.shutdown.cancelled(), if !draining => {
                 draining = true;
@@ -208,6 +263,7 @@ async fn handle_connection(tcp: TcpStream, remote: SocketAddr, ctx: Arc<ProxyCon
                 debug!(error = %e, "tunnel connection ended");
                 return;
             }
+            Some(Ok(_)) if closing => {}
             Some(Ok((req, respond))) => {
                 let ctx2 = ctx.clone();
                 let peer = peer.clone();
@@ -215,18 +271,6 @@ async fn handle_connection(tcp: TcpStream, remote: SocketAddr, ctx: Arc<ProxyCon
                     .spawn(async move { handle_stream(req, respond, &peer, &ctx2).await });
             }
         }
-    }
-}
-
-fn decision_labels(
-    d: &crate::policy::Decision,
-    peer: &trellis_ca::SpiffeId,
-    port: u16,
-) -> DecisionLabels {
-    DecisionLabels {
-        decision: d.label(),
-        port,
-        peer_id: peer.to_string(),
     }
 }
 
@@ -249,6 +293,7 @@ async fn handle_stream(
 ) {
     let refused = match admit(&req, peer, ctx).await {
         Ok((app, permit, record, target)) => {
+            peer.refusals.admitted();
             let send = match respond.send_response(Response::new(()), false) {
                 Ok(send) => send,
                 Err(e) => {
@@ -275,6 +320,9 @@ async fn handle_stream(
         Err(refused) => refused,
     };
     let _ = respond.send_response(refused, true);
+    if peer.refusals.refused() {
+        peer.too_many_refused.notify_one();
+    }
 }
 
 /// What an admitted stream gets: the application connection, its share of the connection
@@ -316,9 +364,8 @@ async fn admit(
         Ok(admitted) => admitted,
         Err(refused) => {
             if let Some(decision) = &refused.decision {
-                let labels =
-                    decision_labels(decision, &peer.id, refused.target.map_or(0, |t| t.port()));
-                ctx.metrics.decisions.get_or_create(&labels).inc();
+                let port = refused.target.map_or(0, |t| t.port());
+                ctx.count_decision(decision, &peer.id.to_string(), port);
             }
             record_deny(refused.target, refused.code, &refused.reason);
             return Err(refusal(refused.status, &refused.reason));
@@ -346,10 +393,8 @@ async fn admit(
         }
     };
     let _ = app.set_nodelay(true);
-    ctx.metrics
-        .decisions
-        .get_or_create(&decision_labels(&decision, &peer.id, target.port()))
-        .inc();
+    ctx.labels.served(target.port());
+    ctx.count_decision(&decision, &peer.id.to_string(), target.port());
     let record = ctx.record(
         Direction::Inbound,
         peer.addr,

@@ -7,10 +7,23 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use std::sync::Arc;
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+
+use bytes::Bytes;
+use h2::client::SendRequest;
+use rustls_pki_types::ServerName;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsConnector;
+use trellis_ca::tls::ExpectedServer;
+use trellis_ca::{SpiffeId, TrustBundle, TrustDomain, WorkloadKey};
+use trellis_client::IdentityClient;
 use trellis_proxy::config::RunArgs;
+
+/// The identity [`client_tls`] expects of the tunnel's server.
+const BACKEND_ID: &str = "spiffe://cluster.local/ns/shop/sa/backend";
 
 /// A control plane in local mode with join tokens for the given identities.
 pub struct ControlPlane {
@@ -190,4 +203,54 @@ pub async fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool 
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     f()
+}
+
+/// Bounds every wait for the proxies.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub async fn within<F: Future>(limit: Duration, what: &str, f: F) -> F::Output {
+    tokio::time::timeout(limit, f)
+        .await
+        .unwrap_or_else(|_| panic!("timed out: {what}"))
+}
+
+/// A TLS client configuration with a fresh SVID for `token`'s identity, straight from the
+/// control plane (as a proxy gets its own), expecting the backend's identity on the server.
+pub async fn client_tls(cp: &ControlPlane, token: &str) -> Arc<rustls::ClientConfig> {
+    let td = TrustDomain::new("cluster.local").unwrap();
+    let bundle = TrustBundle::from_pem(td, cp.root_pem.as_bytes()).unwrap();
+    let channel = trellis_client::connect(&cp.running.grpc_addr.to_string(), bundle, None, None)
+        .await
+        .unwrap();
+    let key = WorkloadKey::generate().unwrap();
+    let svid = within(
+        WAIT,
+        "a certificate",
+        IdentityClient::new(channel).certify(&key, None, token, None),
+    )
+    .await
+    .unwrap();
+    let expected = ExpectedServer::Exact(SpiffeId::parse(BACKEND_ID).unwrap());
+    Arc::new(svid.client_config(expected, &[b"h2"]).unwrap())
+}
+
+/// One mutual-TLS HTTP/2 connection to a tunnel listener; the task drives the connection.
+pub async fn tunnel_connection(
+    tunnel: SocketAddr,
+    tls: Arc<rustls::ClientConfig>,
+) -> (SendRequest<Bytes>, JoinHandle<Result<(), h2::Error>>) {
+    let tcp = TcpStream::connect(tunnel).await.unwrap();
+    let name = ServerName::IpAddress(tunnel.ip().into());
+    let tls = within(
+        WAIT,
+        "the TLS handshake",
+        TlsConnector::from(tls).connect(name, tcp),
+    )
+    .await
+    .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (send, conn) = within(WAIT, "the HTTP/2 handshake", h2::client::handshake(tls))
+        .await
+        .unwrap();
+    (send, tokio::spawn(conn))
 }
