@@ -303,13 +303,35 @@ async fn watch_prints_only_new_connections_and_stops_on_ctrl_c() {
     assert_eq!(first["identity"]["spiffe_id"], FRONTEND);
     assert_eq!(first["handshakes"].as_array().unwrap().len(), 1);
 
-    // A new connection (reusing the pooled tunnel) shows up alone on the next line.
+    // A new connection (reusing the pooled tunnel) shows up on a later line, once. (A line may
+    // come first when the proxy's certificate is replaced meanwhile — on a busy machine the
+    // live trust bundle can arrive after the first screen; which rows count as new is the
+    // pure `new_since`, tested in the crate.)
     assert_eq!(roundtrip(via, b"second").await, b"second");
-    let next: Value = serde_json::from_str(&tokio::task::block_in_place(next_line)).unwrap();
-    let new = next["handshakes"].as_array().unwrap();
-    assert_eq!(new.len(), 1, "{next}");
-    assert_eq!(new[0]["peer_id"], BACKEND);
-    assert_eq!(new[0]["tls"]["reused"], true, "{next}");
+    let mut lines = Vec::new();
+    let reused = loop {
+        let next: Value = serde_json::from_str(&tokio::task::block_in_place(next_line)).unwrap();
+        let found = next["handshakes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["tls"]["reused"] == true)
+            .cloned();
+        lines.push(next);
+        if let Some(found) = found {
+            break found;
+        }
+        assert!(lines.len() < 5, "first screen {first}, then {lines:?}");
+    };
+    assert_eq!(reused["peer_id"], BACKEND);
+    let shown: usize = lines
+        .iter()
+        .map(|l| l["handshakes"].as_array().unwrap().len())
+        .sum();
+    assert!(
+        shown <= 2,
+        "only new rows are printed: first screen {first}, then {lines:?}"
+    );
 
     // Ctrl-C (SIGINT to the process we started) ends it cleanly.
     let killed = Command::new("kill")
