@@ -43,12 +43,15 @@ pub const SERVICES: &str = "/api/v1/services";
 pub const SLICES: &str = "/apis/discovery.k8s.io/v1/endpointslices";
 /// See [`PODS`].
 pub const POLICIES: &str = "/apis/trellis.dev/v1alpha1/authorizationpolicies";
-const COLLECTIONS: [(&str, &str); 5] = [
+/// See [`PODS`]: the published trust bundles (`trellis-ca-root-cert`), the only ConfigMaps here.
+pub const CONFIGMAPS: &str = "/api/v1/configmaps";
+const COLLECTIONS: [(&str, &str); 6] = [
     (PODS, "Pod"),
     (NAMESPACES, "Namespace"),
     (SERVICES, "Service"),
     (SLICES, "EndpointSlice"),
     (POLICIES, "AuthorizationPolicy"),
+    (CONFIGMAPS, "ConfigMap"),
 ];
 const TOKENREVIEWS: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
 const SECRETS: &str = "/api/v1/namespaces/trellis-system/secrets";
@@ -137,6 +140,50 @@ impl Cluster {
         *rv += 1;
         push_event(c, *rv, "DELETED", &last);
         self.latest.send_replace(*rv);
+    }
+
+    /// A namespaced ConfigMap call (`GET`/`PUT` of `name`, `POST` to the collection), kept in
+    /// the cluster-wide [`CONFIGMAPS`] collection (which lists and watches them).
+    fn configmap(&self, method: &Method, ns: &str, name: &str, body: &[u8]) -> (u16, Value) {
+        let current = {
+            let guard = self.lock();
+            guard
+                .1
+                .get(CONFIGMAPS)
+                .and_then(|c| c.objects.get(&(ns.to_owned(), name.to_owned())).cloned())
+        };
+        let current: Option<Value> = current.and_then(|b| serde_json::from_slice(&b).ok());
+        match (method, current) {
+            (&Method::GET, Some(object)) => (200, object),
+            (&Method::GET, None) => (404, not_found(&format!("configmaps \"{name}\" not found"))),
+            (&Method::POST | &Method::PUT, _) => {
+                let Ok(mut object) = serde_json::from_slice::<Value>(body) else {
+                    return (400, status(400, "BadRequest", "the body is not JSON"));
+                };
+                object["metadata"]["namespace"] = json!(ns);
+                let name = key_of(&object).1;
+                let current = self
+                    .lock()
+                    .1
+                    .get(CONFIGMAPS)
+                    .is_some_and(|c| c.objects.contains_key(&(ns.to_owned(), name.clone())))
+                    .then_some(());
+                if *method == Method::POST && current.is_some() {
+                    let message = format!("configmaps \"{name}\" already exists");
+                    return (409, status(409, "AlreadyExists", &message));
+                }
+                self.put(CONFIGMAPS, object);
+                let guard = self.lock();
+                let stored = guard
+                    .1
+                    .get(CONFIGMAPS)
+                    .and_then(|c| c.objects.get(&(ns.to_owned(), name.clone())))
+                    .and_then(|b| serde_json::from_slice(b).ok())
+                    .unwrap_or_default();
+                (if current.is_some() { 200 } else { 201 }, stored)
+            }
+            _ => (404, not_found("no such configmaps call")),
+        }
     }
 
     /// TokenReviews answered so far.
@@ -367,6 +414,15 @@ async fn handle(
     let secret_name = path
         .strip_prefix(SECRETS)
         .map(|r| r.trim_start_matches('/'));
+    // /api/v1/namespaces/<ns>/configmaps[/<name>]
+    let configmap = path
+        .strip_prefix("/api/v1/namespaces/")
+        .and_then(|r| r.split_once("/configmaps"))
+        .map(|(ns, rest)| (ns.to_owned(), rest.trim_start_matches('/').to_owned()));
+    if let Some((ns, name)) = configmap {
+        let (code, answer) = cluster.configmap(&method, &ns, &name, &body);
+        return Ok(reply(code, &answer));
+    }
     let (code, answer) = match (&method, path.as_str(), secret_name) {
         (&Method::POST, TOKENREVIEWS, _) => cluster.review(&body),
         (_, _, Some(name)) => cluster.secret(&method, Some(name).filter(|n| !n.is_empty()), &body),
