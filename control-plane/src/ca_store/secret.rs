@@ -84,16 +84,7 @@ impl SecretStore {
             .map_err(|e| self.err(e))?
         {
             None => {
-                let secret = Secret {
-                    metadata: ObjectMeta {
-                        name: Some(self.name.clone()),
-                        namespace: Some(self.namespace.clone()),
-                        ..ObjectMeta::default()
-                    },
-                    type_: Some("Opaque".into()),
-                    data: Some(data),
-                    ..Secret::default()
-                };
+                let secret = self.new_secret(data);
                 match self.api.create(&PostParams::default(), &secret).await {
                     Ok(_) => Ok(Created::Stored),
                     Err(kube::Error::Api(s)) if s.code == 409 => Ok(Created::AlreadyExists),
@@ -121,6 +112,20 @@ impl SecretStore {
 }
 
 impl SecretStore {
+    /// A new Secret of this store's name and namespace holding `data`.
+    fn new_secret(&self, data: BTreeMap<String, ByteString>) -> Secret {
+        Secret {
+            metadata: ObjectMeta {
+                name: Some(self.name.clone()),
+                namespace: Some(self.namespace.clone()),
+                ..ObjectMeta::default()
+            },
+            type_: Some("Opaque".into()),
+            data: Some(data),
+            ..Secret::default()
+        }
+    }
+
     /// Writes `material` into the Secret whatever it holds now: creates it if it was deleted,
     /// replaces its data if it was emptied or changed. A concurrent write (HTTP 409) is an
     /// error; the caller looks again.
@@ -133,16 +138,7 @@ impl SecretStore {
             .map_err(|e| self.err(e))?
         {
             None => {
-                let secret = Secret {
-                    metadata: ObjectMeta {
-                        name: Some(self.name.clone()),
-                        namespace: Some(self.namespace.clone()),
-                        ..ObjectMeta::default()
-                    },
-                    type_: Some("Opaque".into()),
-                    data: Some(data),
-                    ..Secret::default()
-                };
+                let secret = self.new_secret(data);
                 self.api
                     .create(&PostParams::default(), &secret)
                     .await
