@@ -7,6 +7,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -119,6 +120,17 @@ impl ProxyContext {
                 peer_id: self.labels.peer(peer),
             })
             .inc();
+    }
+
+    /// Marks a proxied connection closed and counts its bytes and duration.
+    pub fn close(&self, record: &ConnRecord) {
+        record.close();
+        self.metrics.closed(
+            record.direction.label(),
+            record.bytes_sent.load(Ordering::Relaxed),
+            record.bytes_received.load(Ordering::Relaxed),
+            record.started.elapsed().as_secs_f64(),
+        );
     }
 
     /// Counts a refusal by reason code (in addition to the record).

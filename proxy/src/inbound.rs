@@ -205,7 +205,7 @@ async fn pass_through(
     if let Err(e) = res {
         debug!(error = %e, "plaintext connection ended");
     }
-    record.close();
+    ctx.close(&record);
     ctx.metrics.open_connections.dec();
 }
 

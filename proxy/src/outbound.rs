@@ -258,7 +258,7 @@ async fn carry_tunnel(
         debug!(error = %e, "outbound connection ended");
     }
     drop(stream.guard);
-    record.close();
+    ctx.close(&record);
     ctx.metrics.open_connections.dec();
 }
 
@@ -300,6 +300,6 @@ async fn carry_plain(
     if let Err(e) = res {
         debug!(error = %e, "passthrough connection ended");
     }
-    record.close();
+    ctx.close(&record);
     ctx.metrics.open_connections.dec();
 }

@@ -94,6 +94,8 @@ pub struct ConnRecord {
     pub bytes_received: AtomicU64,
     /// Whether the connection is still open.
     pub open: AtomicBool,
+    /// When it was accepted, on the monotonic clock (its duration when it closes).
+    pub started: Instant,
 }
 
 impl ConnRecord {
@@ -119,6 +121,7 @@ impl ConnRecord {
             bytes_sent: AtomicU64::new(0),
             bytes_received: AtomicU64::new(0),
             open: AtomicBool::new(decision != "deny"),
+            started: Instant::now(),
         }
     }
 

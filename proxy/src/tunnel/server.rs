@@ -298,7 +298,7 @@ async fn handle_stream(
                 Ok(send) => send,
                 Err(e) => {
                     debug!(error = %e, "CONNECT answer failed");
-                    record.close();
+                    ctx.close(&record);
                     return;
                 }
             };
@@ -313,7 +313,7 @@ async fn handle_stream(
             if let Err(e) = res {
                 debug!(error = %e, "inbound stream ended");
             }
-            record.close();
+            ctx.close(&record);
             ctx.metrics.open_connections.dec();
             return;
         }
