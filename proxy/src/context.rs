@@ -7,7 +7,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -122,13 +122,25 @@ impl ProxyContext {
             .inc();
     }
 
-    /// Marks a proxied connection closed and counts its bytes and duration.
+    /// Adds the bytes `record` moved since the last report to the byte counters.
+    pub fn report_bytes(&self, record: &ConnRecord) {
+        let delta = |total: &AtomicU64, reported: &AtomicU64| {
+            let now = total.load(Ordering::Relaxed);
+            now.saturating_sub(reported.swap(now, Ordering::Relaxed))
+        };
+        self.metrics.add_bytes(
+            record.direction.label(),
+            delta(&record.bytes_sent, &record.reported_sent),
+            delta(&record.bytes_received, &record.reported_received),
+        );
+    }
+
+    /// Marks a proxied connection closed: reports its last bytes and its duration.
     pub fn close(&self, record: &ConnRecord) {
         record.close();
-        self.metrics.closed(
+        self.report_bytes(record);
+        self.metrics.observe_duration(
             record.direction.label(),
-            record.bytes_sent.load(Ordering::Relaxed),
-            record.bytes_received.load(Ordering::Relaxed),
             record.started.elapsed().as_secs_f64(),
         );
     }

@@ -199,7 +199,14 @@ async fn pass_through(
     );
     ctx.metrics.open_connections.inc();
     let (mut client, mut app) = (client, app);
-    let res = copy::bidirectional(&mut client, &mut app, ctx.config.idle_timeout, &record).await;
+    let res = copy::bidirectional_reporting(
+        &mut client,
+        &mut app,
+        ctx.config.idle_timeout,
+        &record,
+        &|| ctx.report_bytes(&record),
+    )
+    .await;
     copy::reset_on_error(&res, &client);
     copy::reset_on_error(&res, &app);
     if let Err(e) = res {

@@ -96,10 +96,11 @@ pub struct Metrics {
     pub open_connections: Gauge,
     /// Tunnel connections opened to peers (each one a TLS handshake).
     pub tunnel_connections_opened: Counter,
-    /// Bytes from the connection's client towards its server, by direction (counted as the
-    /// connection closes; the same count as `bytes_sent` in `/handshakes`).
+    /// Bytes from the connection's client towards its server, by direction (reported at each
+    /// idle check of a connection and when it closes; the same count as `bytes_sent` in
+    /// `/handshakes`).
     pub sent_bytes: Family<DirectionLabel, Counter>,
-    /// Bytes from the server back to the client, by direction (counted as it closes).
+    /// Bytes from the server back to the client, by direction (reported likewise).
     pub received_bytes: Family<DirectionLabel, Counter>,
     /// How long proxied connections stayed open, by direction.
     pub connection_duration: Family<DirectionLabel, Histogram>,
@@ -166,13 +167,13 @@ impl Metrics {
         let sent_bytes = Family::<DirectionLabel, Counter>::default();
         registry.register(
             "sent_bytes",
-            "Bytes proxied from the connection's client to its server, by direction (counted when the connection closes)",
+            "Bytes proxied from the connection's client to its server, by direction (reported every 30 s at most while it lasts)",
             sent_bytes.clone(),
         );
         let received_bytes = Family::<DirectionLabel, Counter>::default();
         registry.register(
             "received_bytes",
-            "Bytes proxied from the server back to the connection's client, by direction (counted when the connection closes)",
+            "Bytes proxied from the server back to the connection's client, by direction (reported every 30 s at most while it lasts)",
             received_bytes.clone(),
         );
         let connection_duration = Family::<DirectionLabel, Histogram>::new_with_constructor(|| {
@@ -251,13 +252,21 @@ impl Metrics {
         }
     }
 
-    /// Counts a proxied connection that just closed: its bytes each way and how long it lasted.
-    pub fn closed(&self, direction: &'static str, sent: u64, received: u64, open_for: f64) {
+    /// Counts bytes a connection moved each way.
+    pub fn add_bytes(&self, direction: &'static str, sent: u64, received: u64) {
         let label = DirectionLabel { direction };
-        self.sent_bytes.get_or_create(&label).inc_by(sent);
-        self.received_bytes.get_or_create(&label).inc_by(received);
+        if sent > 0 {
+            self.sent_bytes.get_or_create(&label).inc_by(sent);
+        }
+        if received > 0 {
+            self.received_bytes.get_or_create(&label).inc_by(received);
+        }
+    }
+
+    /// Records how long a connection that just closed stayed open.
+    pub fn observe_duration(&self, direction: &'static str, open_for: f64) {
         self.connection_duration
-            .get_or_create(&label)
+            .get_or_create(&DirectionLabel { direction })
             .observe(open_for);
     }
 

@@ -96,6 +96,10 @@ pub struct ConnRecord {
     pub open: AtomicBool,
     /// When it was accepted, on the monotonic clock (its duration when it closes).
     pub started: Instant,
+    /// `bytes_sent` already added to the metrics.
+    pub reported_sent: AtomicU64,
+    /// `bytes_received` already added to the metrics.
+    pub reported_received: AtomicU64,
 }
 
 impl ConnRecord {
@@ -122,6 +126,8 @@ impl ConnRecord {
             bytes_received: AtomicU64::new(0),
             open: AtomicBool::new(decision != "deny"),
             started: Instant::now(),
+            reported_sent: AtomicU64::new(0),
+            reported_received: AtomicU64::new(0),
         }
     }
 
