@@ -135,6 +135,29 @@ impl ProxyContext {
         );
     }
 
+    /// Copies between `client` and `server` for the connection `record` (idle timeout from the
+    /// configuration), reporting its bytes to the metrics while it lasts.
+    pub async fn copy<A, B>(
+        &self,
+        client: A,
+        server: B,
+        record: &Arc<ConnRecord>,
+    ) -> Result<(), crate::copy::CopyError>
+    where
+        A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+        B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let report = || self.report_bytes(record);
+        crate::copy::bidirectional_reporting(
+            client,
+            server,
+            self.config.idle_timeout,
+            record,
+            &report,
+        )
+        .await
+    }
+
     /// Marks a proxied connection closed: reports its last bytes and its duration.
     pub fn close(&self, record: &ConnRecord) {
         record.close();

@@ -199,14 +199,7 @@ async fn pass_through(
     );
     ctx.metrics.open_connections.inc();
     let (mut client, mut app) = (client, app);
-    let res = copy::bidirectional_reporting(
-        &mut client,
-        &mut app,
-        ctx.config.idle_timeout,
-        &record,
-        &|| ctx.report_bytes(&record),
-    )
-    .await;
+    let res = ctx.copy(&mut client, &mut app, &record).await;
     copy::reset_on_error(&res, &client);
     copy::reset_on_error(&res, &app);
     if let Err(e) = res {

@@ -252,14 +252,7 @@ async fn carry_tunnel(
     );
     ctx.metrics.open_connections.inc();
     let mut app = app;
-    let res = copy::bidirectional_reporting(
-        &mut app,
-        stream.io,
-        ctx.config.idle_timeout,
-        &record,
-        &|| ctx.report_bytes(&record),
-    )
-    .await;
+    let res = ctx.copy(&mut app, stream.io, &record).await;
     copy::reset_on_error(&res, &app);
     if let Err(e) = res {
         debug!(error = %e, "outbound connection ended");
@@ -301,14 +294,7 @@ async fn carry_plain(
     );
     ctx.metrics.open_connections.inc();
     let (mut app, mut server) = (app, server);
-    let res = copy::bidirectional_reporting(
-        &mut app,
-        &mut server,
-        ctx.config.idle_timeout,
-        &record,
-        &|| ctx.report_bytes(&record),
-    )
-    .await;
+    let res = ctx.copy(&mut app, &mut server, &record).await;
     copy::reset_on_error(&res, &app);
     copy::reset_on_error(&res, &server);
     if let Err(e) = res {

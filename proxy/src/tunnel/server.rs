@@ -306,15 +306,10 @@ async fn handle_stream(
             let tunnel = H2Stream::new(send, req.into_body());
             ctx.metrics.open_connections.inc();
             let mut app = app;
-            let res = copy::bidirectional_reporting(
-                tunnel,
-                &mut app,
-                ctx.config.idle_timeout,
-                &record,
-                &|| ctx.report_bytes(&record),
-            )
-            .instrument(info_span!("inbound", peer.id = %peer.id, dst = %target))
-            .await;
+            let res = ctx
+                .copy(tunnel, &mut app, &record)
+                .instrument(info_span!("inbound", peer.id = %peer.id, dst = %target))
+                .await;
             copy::reset_on_error(&res, &app);
             if let Err(e) = res {
                 debug!(error = %e, "inbound stream ended");
