@@ -16,8 +16,6 @@ use prometheus_client::registry::Registry;
 
 /// Kernel clock ticks per second (`USER_HZ`): 100 on every Linux architecture Trellis runs on.
 const TICKS_PER_SECOND: f64 = 100.0;
-/// Page size used to turn `rss` pages into bytes (4 KiB on x86-64 and arm64 defaults).
-const PAGE_BYTES: f64 = 4096.0;
 
 /// Registers `trellis_build_info{component, version}` and the process collector in `registry`
 /// (which must have no prefix, so the names are the standard ones).
@@ -37,8 +35,6 @@ pub struct Stat {
     pub cpu_seconds: f64,
     /// Start time, clock ticks after boot.
     pub start_ticks: u64,
-    /// Resident set size, pages.
-    pub rss_pages: u64,
 }
 
 /// Parses `/proc/self/stat`; `None` when it is not in the documented layout (`proc(5)`).
@@ -52,8 +48,15 @@ pub fn parse_stat(text: &str) -> Option<Stat> {
     Some(Stat {
         cpu_seconds: (utime + stime) as f64 / TICKS_PER_SECOND,
         start_ticks: field(22)?,
-        rss_pages: field(24)?,
     })
+}
+
+/// The resident set size in bytes from `/proc/self/status` (`VmRSS: N kB`: exact whatever the
+/// page size, which `/proc/self/stat` would need).
+pub fn parse_rss_bytes(status: &str) -> Option<u64> {
+    let value = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
+    let kib: u64 = value.trim().strip_suffix("kB")?.trim().parse().ok()?;
+    kib.checked_mul(1024)
 }
 
 /// The soft limit on open files from `/proc/self/limits`; `None` if missing or `unlimited`.
@@ -95,13 +98,6 @@ impl Collector for ProcessCollector {
                 None,
                 cpu.metric_type(),
             )?)?;
-            let rss = stat.rss_pages as f64 * PAGE_BYTES;
-            gauge(
-                &mut encoder,
-                "process_resident_memory_bytes",
-                "Resident memory size in bytes",
-                rss,
-            )?;
             if let Some(boot) = read("/proc/stat").as_deref().and_then(parse_boot_time) {
                 let start = boot as f64 + stat.start_ticks as f64 / TICKS_PER_SECOND;
                 gauge(
@@ -111,6 +107,18 @@ impl Collector for ProcessCollector {
                     start,
                 )?;
             }
+        }
+        if let Some(rss) = read("/proc/self/status")
+            .as_deref()
+            .and_then(parse_rss_bytes)
+        {
+            let help = "Resident memory size in bytes";
+            gauge(
+                &mut encoder,
+                "process_resident_memory_bytes",
+                help,
+                rss as f64,
+            )?;
         }
         if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
             let open = dir.count() as f64;
@@ -143,7 +151,6 @@ mod tests {
             Stat {
                 cpu_seconds: 3.0,
                 start_ticks: 12345,
-                rss_pages: 789
             }
         );
     }
@@ -175,6 +182,16 @@ mod tests {
     }
 
     #[test]
+    fn resident_memory_is_vmrss_in_bytes() {
+        let status =
+            "Name:\ttrellis-proxy\nVmPeak:\t  20000 kB\nVmRSS:\t    5120 kB\nThreads:\t4\n";
+        assert_eq!(parse_rss_bytes(status), Some(5120 * 1024));
+        for bad in ["", "VmRSS:\t12 MB\n", "VmRSS:\tlots kB\n"] {
+            assert_eq!(parse_rss_bytes(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
     fn boot_time_comes_from_the_btime_line() {
         assert_eq!(
             parse_boot_time("cpu 1 2 3\nbtime 1700000000\nprocesses 5\n"),
@@ -202,5 +219,23 @@ mod tests {
         ] {
             assert!(out.contains(name), "{name} missing from\n{out}");
         }
+        let value = |name: &str| -> f64 {
+            let line = out.lines().find(|l| l.starts_with(name)).unwrap();
+            line[name.len()..].trim().parse().unwrap()
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        let started = value("process_start_time_seconds ");
+        assert!(
+            started <= now + 5.0 && started > now - 86_400.0,
+            "this test process started at {started}, now is {now}"
+        );
+        assert!(
+            value("process_resident_memory_bytes ") > 1_000_000.0,
+            "{out}"
+        );
+        assert!(value("process_open_fds ") >= 3.0, "{out}");
     }
 }
