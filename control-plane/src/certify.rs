@@ -67,6 +67,26 @@ impl CertifyError {
     }
 }
 
+/// Every value [`CertifyError::reason`] returns (counted at 0 from the start).
+pub const REFUSAL_REASONS: [&str; 16] = [
+    "missing_token",
+    "wrong_audience",
+    "not_service_account",
+    "attestation_unavailable",
+    "token_rejected",
+    "rate_limited",
+    "identity_mismatch",
+    "csr_invalid",
+    "lifetime",
+    "wrong_trust_domain",
+    "internal",
+    "impersonation_invalid_identity",
+    "impersonation_not_node_agent",
+    "impersonation_not_pod_bound",
+    "impersonation_caller_pod_unknown",
+    "impersonation_not_on_node",
+];
+
 /// Failed attestations per second one source address may cause (sustained).
 const SOURCE_RATE: f64 = 20.0;
 /// Failed attestations one source address may cause in a burst.
@@ -154,7 +174,11 @@ impl Certifier {
 
     /// Authenticates the caller and issues a certificate for its identity.
     pub async fn certify(&self, req: CertifyRequest<'_>) -> Result<Certified, CertifyError> {
+        let started = Instant::now();
         let result = self.run(&req).await;
+        self.metrics
+            .certify_duration
+            .observe(started.elapsed().as_secs_f64());
         match &result {
             Ok((c, caller)) => {
                 self.metrics.issued.inc();

@@ -18,7 +18,8 @@
 //! | [`grpc`] | the gRPC fronts (Trellis `Certify`, Istio `CreateCertificate`, discovery `Watch`) and error → status mapping |
 //! | [`tls_listener`] | concurrent TLS handshakes feeding tonic, with the caller's address and SPIFFE ID |
 //! | [`serving_cert`] | the control plane's own SVID, renewed at half-life |
-//! | [`metrics`] | the Prometheus registry and the `/metrics` `/ready` `/live` endpoint (15014) |
+//! | [`metrics`] | the Prometheus registry and the `/metrics` `/ready` `/live` `/config_dump` endpoint (15014) |
+//! | [`config_dump`] | `/config_dump` (loopback callers only): flags, the CA's public side, the mesh published, open Watch streams |
 //! | [`server`] | start-up order, listeners, graceful shutdown |
 //!
 //! One request: `tls_listener` accepts → tonic routes to `grpc::IdentityService` → the bearer
@@ -33,6 +34,7 @@ pub mod ca_live;
 pub mod ca_store;
 pub mod certify;
 pub mod config;
+pub mod config_dump;
 pub mod grpc;
 pub mod injector_cert;
 pub mod mesh;

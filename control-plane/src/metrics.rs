@@ -1,11 +1,18 @@
 //! The control plane's Prometheus metrics and the plain-HTTP endpoint that serves them
-//! (`/metrics`, plus `/ready` and `/live` for kubelet probes, which cannot speak gRPC over TLS).
+//! (`/metrics`, plus `/ready` and `/live` for kubelet probes, which cannot speak gRPC over TLS,
+//! and `/config_dump` for loopback callers only, see [`crate::config_dump`]).
 //!
-//! Owns: the one registry of the process and the metric names (`trellis_control_plane_*`).
+//! Owns: the one registry of the process and the metric names (`trellis_control_plane_*`, next
+//! to `trellis_build_info` and `process_*` from `trellis_telemetry::process_metrics`), and
+//! which label values exist at 0 from the start: every refusal reason of the CA
+//! ([`crate::certify::REFUSAL_REASONS`]) and of the gRPC listener, both push kinds.
+//! Certificate expiries are timestamps (`*_expiry_timestamp_seconds`, seconds since the epoch),
+//! the same unit as the proxy's: they need no update at scrape time and alert rules compare them
+//! with `time()`.
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -24,6 +31,9 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info_span};
+
+use crate::config_dump::ConfigDump;
+use crate::grpc::Watchers;
 
 /// Label set for refusals.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -48,6 +58,21 @@ pub struct ReconcileLabels {
     pub action: &'static str,
 }
 
+/// Label set for discovery pushes.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PushLabel {
+    /// `full` (the whole state: a new stream or a resync) or `incremental`.
+    pub kind: &'static str,
+}
+
+/// Reasons the gRPC listener closes a connection before its handshake finished.
+pub const CONNECTION_REFUSALS: [&str; 4] = [
+    "handshakes_per_source",
+    "handshakes_total",
+    "handshake_timeout",
+    "handshake_failed",
+];
+
 /// Every metric of the control plane.
 #[derive(Debug)]
 pub struct Metrics {
@@ -63,20 +88,39 @@ pub struct Metrics {
     pub attestation: Family<KindLabel, Histogram>,
     /// Changes to owned objects found and acted on (a restore means something was damaged).
     pub reconciled: Family<ReconcileLabels, Counter>,
+    /// Time to answer a certificate request, issued or refused.
+    pub certify_duration: Histogram,
+    /// Discovery updates sent, by kind.
+    pub pushes: Family<PushLabel, Counter>,
+    /// Time from building an update to its last message queued for the proxy (includes
+    /// waiting for a slow proxy to take the previous one).
+    pub push_duration: Histogram,
+    /// Full states sent again because a proxy could not apply an update.
+    pub resyncs: Counter,
     /// Roots in the trust bundle (2 during a rotation).
     roots: Gauge,
-    /// Seconds until the root expires (updated at scrape time).
+    /// When the earliest root of the bundle expires, seconds since the epoch.
     root_expiry: Gauge<f64, AtomicU64>,
-    /// Seconds until the signing certificate expires (updated at scrape time).
+    /// When the signing certificate expires, seconds since the epoch.
     issuer_expiry: Gauge<f64, AtomicU64>,
-    /// Expiry times to compute the gauges from: the earliest root's, the signer's.
-    expiries: Mutex<(SystemTime, SystemTime)>,
+    /// Open Watch streams, read at scrape time (set once discovery exists).
+    watchers: OnceLock<Arc<Watchers>>,
+    /// Open Watch streams.
+    connected_proxies: Gauge,
+    /// Open Watch streams whose proxy has not acknowledged the last update sent.
+    proxies_out_of_sync: Gauge,
 }
 
 impl Metrics {
     /// Registers every metric; `root_not_after` and `issuer_not_after` feed the expiry gauges.
     pub fn new(root_not_after: SystemTime, issuer_not_after: SystemTime) -> Self {
-        let mut registry = Registry::with_prefix("trellis_control_plane");
+        let mut root = Registry::default();
+        trellis_telemetry::process_metrics::register(
+            &mut root,
+            "control-plane",
+            env!("CARGO_PKG_VERSION"),
+        );
+        let registry = root.sub_registry_with_prefix("trellis_control_plane");
         let issued = Counter::default();
         registry.register(
             "certificates_issued",
@@ -108,14 +152,14 @@ impl Metrics {
         );
         let root_expiry = Gauge::<f64, AtomicU64>::default();
         registry.register(
-            "root_expiry_seconds",
-            "Seconds until the earliest root of the trust bundle expires",
+            "root_expiry_timestamp_seconds",
+            "When the earliest root of the trust bundle expires, seconds since the epoch",
             root_expiry.clone(),
         );
         let issuer_expiry = Gauge::<f64, AtomicU64>::default();
         registry.register(
-            "issuer_expiry_seconds",
-            "Seconds until the signing (root or intermediate) certificate expires",
+            "issuer_expiry_timestamp_seconds",
+            "When the signing (root or intermediate) certificate expires, seconds since the epoch",
             issuer_expiry.clone(),
         );
         let reconciled = Family::<ReconcileLabels, Counter>::default();
@@ -130,8 +174,65 @@ impl Metrics {
             "Roots in the trust bundle proxies receive",
             roots.clone(),
         );
+        let certify_duration =
+            Histogram::new([0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0]);
+        registry.register(
+            "certify_duration_seconds",
+            "Time to answer a certificate request (attestation, checks, signing), issued or refused",
+            certify_duration.clone(),
+        );
+        let discovery = registry.sub_registry_with_prefix("discovery");
+        let connected_proxies = Gauge::default();
+        discovery.register(
+            "connected_proxies",
+            "Proxies with an open discovery Watch stream",
+            connected_proxies.clone(),
+        );
+        let proxies_out_of_sync = Gauge::default();
+        discovery.register(
+            "proxies_out_of_sync",
+            "Watch streams whose proxy has not acknowledged the last update sent to it",
+            proxies_out_of_sync.clone(),
+        );
+        let pushes = Family::<PushLabel, Counter>::default();
+        discovery.register(
+            "pushes",
+            "Updates sent to proxies, by kind (full, incremental)",
+            pushes.clone(),
+        );
+        let push_duration =
+            Histogram::new([0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]);
+        discovery.register(
+            "push_duration_seconds",
+            "Time from building an update to its last message queued for the proxy",
+            push_duration.clone(),
+        );
+        let resyncs = Counter::default();
+        discovery.register(
+            "resyncs",
+            "Full states sent again because a proxy reported it could not apply an update",
+            resyncs.clone(),
+        );
+        for reason in crate::certify::REFUSAL_REASONS {
+            drop(refused.get_or_create(&ReasonLabel { reason }));
+        }
+        for reason in CONNECTION_REFUSALS {
+            drop(connections_refused.get_or_create(&ReasonLabel { reason }));
+        }
+        for kind in ["full", "incremental"] {
+            drop(pushes.get_or_create(&PushLabel { kind }));
+        }
+        root_expiry.set(epoch_seconds(root_not_after));
+        issuer_expiry.set(epoch_seconds(issuer_not_after));
         Self {
-            registry,
+            registry: root,
+            certify_duration,
+            pushes,
+            push_duration,
+            resyncs,
+            watchers: OnceLock::new(),
+            connected_proxies,
+            proxies_out_of_sync,
             issued,
             refused,
             connections_refused,
@@ -140,14 +241,18 @@ impl Metrics {
             roots,
             root_expiry,
             issuer_expiry,
-            expiries: Mutex::new((root_not_after, issuer_not_after)),
         }
+    }
+
+    /// The open Watch streams, for the discovery gauges (once; later calls are ignored).
+    pub fn set_watchers(&self, watchers: Arc<Watchers>) {
+        let _ = self.watchers.set(watchers);
     }
 
     /// After the CA changed: the new expiries and number of roots.
     pub fn set_ca(&self, root_not_after: SystemTime, issuer_not_after: SystemTime, roots: usize) {
-        *self.expiries.lock().unwrap_or_else(PoisonError::into_inner) =
-            (root_not_after, issuer_not_after);
+        self.root_expiry.set(epoch_seconds(root_not_after));
+        self.issuer_expiry.set(epoch_seconds(issuer_not_after));
         self.roots.set(i64::try_from(roots).unwrap_or(i64::MAX));
     }
 
@@ -177,16 +282,16 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
-    /// The text exposition, with the expiry gauges brought up to date.
+    /// The text exposition, with the discovery gauges brought up to date.
     pub fn render(&self) -> String {
-        let now = SystemTime::now();
-        let secs = |t: SystemTime| match t.duration_since(now) {
-            Ok(d) => d.as_secs_f64(),
-            Err(e) => -e.duration().as_secs_f64(),
-        };
-        let (root, issuer) = *self.expiries.lock().unwrap_or_else(PoisonError::into_inner);
-        self.root_expiry.set(secs(root));
-        self.issuer_expiry.set(secs(issuer));
+        if let Some(watchers) = self.watchers.get() {
+            let streams = watchers.snapshot();
+            let behind = streams.iter().filter(|w| w.acked != w.sent).count();
+            self.connected_proxies
+                .set(i64::try_from(streams.len()).unwrap_or(i64::MAX));
+            self.proxies_out_of_sync
+                .set(i64::try_from(behind).unwrap_or(i64::MAX));
+        }
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = encode(&mut out, &self.registry);
@@ -194,17 +299,33 @@ impl Metrics {
     }
 }
 
-/// Serves `/metrics`, `/ready` and `/live` on `listener` until `shutdown`.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+/// Seconds since the epoch (negative before it, which no certificate is).
+pub fn epoch_seconds(t: SystemTime) -> f64 {
+    match t.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(d) => d.as_secs_f64(),
+        Err(e) => -e.duration().as_secs_f64(),
+    }
+}
+
+/// Serves `/metrics`, `/ready`, `/live` and (to loopback callers) `/config_dump` on
+/// `listener` until `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    dump: Arc<ConfigDump>,
+    shutdown: CancellationToken,
+) {
     let mut acceptor = trellis_listener::Acceptor::new(listener, "metrics");
     while let Some((stream, peer)) = acceptor.accept(&shutdown).await {
-        let metrics = metrics.clone();
+        let (metrics, dump) = (metrics.clone(), dump.clone());
         let shutdown = shutdown.clone();
         tokio::spawn(
             async move {
                 let svc = service_fn(move |req| {
-                    let metrics = metrics.clone();
-                    async move { Ok::<_, std::convert::Infallible>(respond(&req, &metrics)) }
+                    let (metrics, dump) = (metrics.clone(), dump.clone());
+                    async move {
+                        Ok::<_, std::convert::Infallible>(respond(&req, &metrics, &dump, peer))
+                    }
                 });
                 let conn = hyper::server::conn::http1::Builder::new()
                     .timer(hyper_util::rt::TokioTimer::new())
@@ -220,7 +341,22 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, shutdown: Cance
     }
 }
 
-fn respond(req: &Request<Incoming>, metrics: &Metrics) -> Response<Full<Bytes>> {
+/// Whether a caller at `peer` may read `/config_dump`: only from inside the pod.
+pub fn may_dump(peer: SocketAddr) -> bool {
+    match peer.ip() {
+        std::net::IpAddr::V4(ip) => ip.is_loopback(),
+        std::net::IpAddr::V6(ip) => {
+            ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    }
+}
+
+fn respond(
+    req: &Request<Incoming>,
+    metrics: &Metrics,
+    dump: &ConfigDump,
+    peer: SocketAddr,
+) -> Response<Full<Bytes>> {
     let (status, content_type, body) = match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => (
             StatusCode::OK,
@@ -228,6 +364,16 @@ fn respond(req: &Request<Incoming>, metrics: &Metrics) -> Response<Full<Bytes>> 
             metrics.render(),
         ),
         (&Method::GET, "/ready" | "/live") => (StatusCode::OK, "text/plain", "ok\n".into()),
+        (&Method::GET, "/config_dump") if may_dump(peer) => (
+            StatusCode::OK,
+            "application/json",
+            serde_json::to_string_pretty(&dump.render()).unwrap_or_default(),
+        ),
+        (&Method::GET, "/config_dump") => (
+            StatusCode::FORBIDDEN,
+            "text/plain",
+            "/config_dump is served to loopback callers only (kubectl port-forward)\n".into(),
+        ),
         _ => (StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     };
     let mut response = Response::new(Full::new(Bytes::from(body)));
@@ -241,4 +387,40 @@ fn respond(req: &Request<Incoming>, metrics: &Metrics) -> Response<Full<Bytes>> 
 /// Binds the metrics listener (separate so start-up fails before anything is served).
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_callers_may_read_the_config_dump() {
+        let table = [
+            ("127.0.0.1:5000", true),
+            ("127.9.9.9:5000", true),
+            ("[::1]:5000", true),
+            ("[::ffff:127.0.0.1]:5000", true),
+            ("198.18.0.5:5000", false),
+            ("[2001:db8::1]:5000", false),
+            ("0.0.0.0:5000", false),
+        ];
+        for (addr, want) in table {
+            assert_eq!(may_dump(addr.parse().unwrap()), want, "{addr}");
+        }
+    }
+
+    #[test]
+    fn expiry_gauges_are_timestamps_in_seconds_since_the_epoch() {
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_900_000_000);
+        let metrics = Metrics::new(at, at + Duration::from_secs(10));
+        let text = metrics.render();
+        assert!(
+            text.contains("trellis_control_plane_root_expiry_timestamp_seconds 1900000000"),
+            "{text}"
+        );
+        assert!(
+            text.contains("trellis_control_plane_issuer_expiry_timestamp_seconds 1900000010"),
+            "{text}"
+        );
+    }
 }

@@ -336,7 +336,9 @@ pub async fn start(config: &Config, kube: Option<kube::Client>) -> Result<Runnin
             });
         }
     }
-    let discovery_service = DiscoveryService::new(views, live.bundles(), shutdown.clone());
+    let views_for_dump = views.clone();
+    let discovery_service = DiscoveryService::new(views, live.bundles(), shutdown.clone())
+        .with_metrics(metrics.clone());
     let watchers = discovery_service.watchers();
     let discovery = DiscoveryServer::new(discovery_service);
 
@@ -365,7 +367,18 @@ pub async fn start(config: &Config, kube: Option<kube::Client>) -> Result<Runnin
             .serve_with_incoming_shutdown(incoming, grpc_shutdown.cancelled_owned())
             .instrument(info_span!("grpc", addr = %grpc_addr)),
     );
-    tokio::spawn(metrics::serve(metrics_listener, metrics, shutdown.clone()));
+    let dump = Arc::new(crate::config_dump::ConfigDump::new(
+        config,
+        live.clone(),
+        views_for_dump,
+        watchers.clone(),
+    ));
+    tokio::spawn(metrics::serve(
+        metrics_listener,
+        metrics,
+        dump,
+        shutdown.clone(),
+    ));
     info!(
         grpc = %grpc_addr,
         metrics = %metrics_addr,

@@ -345,8 +345,18 @@ async fn metrics_count_issued_and_refused_certificates_and_report_ca_expiry() {
         "{body}"
     );
     const NINE_YEARS: f64 = 9.0 * 365.0 * 24.0 * 3600.0;
-    let root = sample(body, "trellis_control_plane_root_expiry_seconds").expect(body);
-    let issuer = sample(body, "trellis_control_plane_issuer_expiry_seconds").expect(body);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let root =
+        sample(body, "trellis_control_plane_root_expiry_timestamp_seconds").expect(body) - now;
+    let issuer = sample(
+        body,
+        "trellis_control_plane_issuer_expiry_timestamp_seconds",
+    )
+    .expect(body)
+        - now;
     assert!(root > NINE_YEARS, "a new root lives ten years: {root}");
     assert!(issuer > NINE_YEARS, "the root is the issuer: {issuer}");
 

@@ -1,5 +1,6 @@
 //! The admin endpoint (127.0.0.1:15000 only): `/ready` `/live` `/identity` `/handshakes`
-//! `/metrics` `/config_dump` (configuration, workloads known, Services and their endpoints),
+//! `/metrics` `/config_dump` (configuration, discovery version, mTLS mode in force, workloads
+//! known, the policy rules in force, Services and their endpoints),
 //! `/logging` ([`crate::log_level`]), and `POST /quitquitquit` ([`crate::quit`]); and the
 //! health endpoint on the pod IP (15020) for kubelet and Prometheus, which serves only `/ready`
 //! `/live` `/metrics` and the app probes
@@ -133,7 +134,10 @@ fn respond(req: &Request<Incoming>, surface: Surface, ctx: &ProxyContext) -> Res
             let state = ctx.state.borrow().clone();
             json_response(&json!({
                 "config": ctx.config,
+                "discovery_version": {"epoch": state.version.epoch, "version": state.version.version},
+                "mtls_mode": state.mtls_mode.or(ctx.config.mtls_mode),
                 "workloads_known": state.len(),
+                "policy_rules": state.policy.dump(),
                 "services": services::dump(state.services()),
             }))
         }

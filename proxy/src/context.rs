@@ -7,6 +7,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -119,6 +120,52 @@ impl ProxyContext {
                 peer_id: self.labels.peer(peer),
             })
             .inc();
+    }
+
+    /// Adds the bytes `record` moved since the last report to the byte counters.
+    pub fn report_bytes(&self, record: &ConnRecord) {
+        let delta = |total: &AtomicU64, reported: &AtomicU64| {
+            let now = total.load(Ordering::Relaxed);
+            now.saturating_sub(reported.swap(now, Ordering::Relaxed))
+        };
+        self.metrics.add_bytes(
+            record.direction.label(),
+            delta(&record.bytes_sent, &record.reported_sent),
+            delta(&record.bytes_received, &record.reported_received),
+        );
+    }
+
+    /// Copies between `client` and `server` for the connection `record` (idle timeout from the
+    /// configuration), reporting its bytes to the metrics while it lasts.
+    pub async fn copy<A, B>(
+        &self,
+        client: A,
+        server: B,
+        record: &Arc<ConnRecord>,
+    ) -> Result<(), crate::copy::CopyError>
+    where
+        A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+        B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let report = || self.report_bytes(record);
+        crate::copy::bidirectional_reporting(
+            client,
+            server,
+            self.config.idle_timeout,
+            record,
+            &report,
+        )
+        .await
+    }
+
+    /// Marks a proxied connection closed: reports its last bytes and its duration.
+    pub fn close(&self, record: &ConnRecord) {
+        record.close();
+        self.report_bytes(record);
+        self.metrics.observe_duration(
+            record.direction.label(),
+            record.started.elapsed().as_secs_f64(),
+        );
     }
 
     /// Counts a refusal by reason code (in addition to the record).

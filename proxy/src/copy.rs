@@ -214,6 +214,23 @@ where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
+    bidirectional_reporting(client, server, idle, record, &|| {}).await
+}
+
+/// [`bidirectional`], calling `report` at every idle check (every quarter of `idle`, between
+/// 100 ms and 30 s) so that the byte counts of a long connection reach the metrics while it
+/// lasts, not only when it closes.
+pub async fn bidirectional_reporting<A, B>(
+    client: A,
+    server: B,
+    idle: Duration,
+    record: &Arc<ConnRecord>,
+    report: &(dyn Fn() + Sync),
+) -> Result<(), CopyError>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
     let activity = AtomicU64::new(0);
     let epoch = Instant::now();
     let mut a = Metered {
@@ -235,6 +252,7 @@ where
         tokio::select! {
             res = &mut copy => return res.map_err(CopyError::from),
             () = tokio::time::sleep(check) => {
+                report();
                 let last = Duration::from_millis(activity.load(Ordering::Relaxed));
                 if epoch.elapsed().saturating_sub(last) >= idle {
                     return Err(CopyError::Idle(idle));

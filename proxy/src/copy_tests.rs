@@ -352,3 +352,43 @@ async fn an_end_that_vanishes_ends_the_copy_with_an_error() {
     let res = within("the copy to fail", copy).await.unwrap();
     assert!(matches!(res, Err(CopyError::Io(_))), "{res:?}");
 }
+
+#[tokio::test]
+async fn bytes_of_a_connection_still_open_are_reported_at_its_idle_checks() {
+    let (mut client, near_client) = duplex(64 * 1024);
+    let (near_server, mut server) = duplex(64 * 1024);
+    let rec = record();
+    let reported = Arc::new(AtomicU64::new(0));
+    let copy = tokio::spawn({
+        let (rec, reported) = (rec.clone(), reported.clone());
+        async move {
+            let report = || {
+                let sent = rec.bytes_sent.load(Ordering::Relaxed);
+                reported.store(sent, Ordering::Relaxed);
+            };
+            // Idle checks every 500 ms; the connection stays open 2 s without traffic.
+            bidirectional_reporting(
+                near_client,
+                near_server,
+                Duration::from_secs(2),
+                &rec,
+                &report,
+            )
+            .await
+        }
+    });
+    client.write_all(b"still open").await.unwrap();
+    let mut got = [0u8; 10];
+    within("the message", server.read_exact(&mut got))
+        .await
+        .unwrap();
+    within("a report while the connection is open", async {
+        while reported.load(Ordering::Relaxed) != 10 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(!copy.is_finished(), "reported while the copy still runs");
+    drop((client, server));
+    let _ = within("the copy ends", copy).await;
+}

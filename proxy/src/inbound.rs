@@ -199,13 +199,13 @@ async fn pass_through(
     );
     ctx.metrics.open_connections.inc();
     let (mut client, mut app) = (client, app);
-    let res = copy::bidirectional(&mut client, &mut app, ctx.config.idle_timeout, &record).await;
+    let res = ctx.copy(&mut client, &mut app, &record).await;
     copy::reset_on_error(&res, &client);
     copy::reset_on_error(&res, &app);
     if let Err(e) = res {
         debug!(error = %e, "plaintext connection ended");
     }
-    record.close();
+    ctx.close(&record);
     ctx.metrics.open_connections.dec();
 }
 

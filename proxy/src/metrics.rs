@@ -1,6 +1,10 @@
-//! The proxy's Prometheus metrics (`trellis_proxy_*`), one registry per process.
+//! The proxy's Prometheus metrics (`trellis_proxy_*`), one registry per process, next to the
+//! metrics every Trellis process has (`trellis_build_info`, `process_*`, from
+//! `trellis_telemetry::process_metrics`).
 //!
-//! Owns: metric names and label sets. Served by `admin`.
+//! Owns: metric names and label sets, and which label values exist at 0 from the start (so a
+//! `rate()` alert sees 0, not "no data"): renewals by result, bytes and durations by direction,
+//! and the refusal reasons alerts watch ([`ZERO_REFUSALS`]). Served by `admin`.
 
 use std::sync::atomic::AtomicU64;
 
@@ -45,6 +49,29 @@ pub struct DecisionLabels {
     pub peer_id: String,
 }
 
+/// Labels of byte counters and connection durations.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabel {
+    /// outbound / inbound / inbound-plain.
+    pub direction: &'static str,
+}
+
+/// Every direction label value.
+pub const DIRECTIONS: [&str; 3] = ["outbound", "inbound", "inbound-plain"];
+
+/// Refusals present at 0 from the start: the ones operators alert on (a policy refusal, a
+/// plaintext connection to a STRICT pod).
+pub const ZERO_REFUSALS: [(&str, &str); 3] = [
+    ("inbound", "policy"),
+    ("inbound-plain", "policy"),
+    ("inbound-plain", "plaintext"),
+];
+
+/// Upper bounds of the connection duration histogram, seconds (10 ms to 1 h).
+const DURATION_BUCKETS: [f64; 12] = [
+    0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+];
+
 /// Labels of a renewal.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
@@ -69,6 +96,14 @@ pub struct Metrics {
     pub open_connections: Gauge,
     /// Tunnel connections opened to peers (each one a TLS handshake).
     pub tunnel_connections_opened: Counter,
+    /// Bytes from the connection's client towards its server, by direction (reported at each
+    /// idle check of a connection and when it closes; the same count as `bytes_sent` in
+    /// `/handshakes`).
+    pub sent_bytes: Family<DirectionLabel, Counter>,
+    /// Bytes from the server back to the client, by direction (reported likewise).
+    pub received_bytes: Family<DirectionLabel, Counter>,
+    /// How long proxied connections stayed open, by direction.
+    pub connection_duration: Family<DirectionLabel, Histogram>,
     /// Expiry of the current certificate, seconds since the epoch.
     pub cert_expiry: Gauge<f64, AtomicU64>,
     /// Certificate renewals by result.
@@ -92,7 +127,9 @@ impl Default for Metrics {
 impl Metrics {
     /// Registers every metric.
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("trellis_proxy");
+        let mut root = Registry::default();
+        trellis_telemetry::process_metrics::register(&mut root, "proxy", env!("CARGO_PKG_VERSION"));
+        let registry = root.sub_registry_with_prefix("trellis_proxy");
         let connections = Family::<ConnLabels, Counter>::default();
         registry.register("connections", "Connections handled", connections.clone());
         let refusals = Family::<RefusalLabels, Counter>::default();
@@ -126,6 +163,26 @@ impl Metrics {
             "tunnel_connections_opened",
             "Pooled mTLS tunnel connections opened to peers",
             tunnel_connections_opened.clone(),
+        );
+        let sent_bytes = Family::<DirectionLabel, Counter>::default();
+        registry.register(
+            "sent_bytes",
+            "Bytes proxied from the connection's client to its server, by direction (reported every 30 s at most while it lasts)",
+            sent_bytes.clone(),
+        );
+        let received_bytes = Family::<DirectionLabel, Counter>::default();
+        registry.register(
+            "received_bytes",
+            "Bytes proxied from the server back to the connection's client, by direction (reported every 30 s at most while it lasts)",
+            received_bytes.clone(),
+        );
+        let connection_duration = Family::<DirectionLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new(DURATION_BUCKETS)
+        });
+        registry.register(
+            "connection_duration_seconds",
+            "How long proxied connections stayed open, by direction",
+            connection_duration.clone(),
         );
         let cert_expiry = Gauge::<f64, AtomicU64>::default();
         registry.register(
@@ -163,11 +220,26 @@ impl Metrics {
             "1 while the discovery stream is up",
             discovery_connected.clone(),
         );
+        for direction in DIRECTIONS {
+            let label = DirectionLabel { direction };
+            drop(sent_bytes.get_or_create(&label));
+            drop(received_bytes.get_or_create(&label));
+            drop(connection_duration.get_or_create(&label));
+        }
+        for result in ["ok", "error"] {
+            drop(renewals.get_or_create(&ResultLabels { result }));
+        }
+        for (direction, reason) in ZERO_REFUSALS {
+            drop(refusals.get_or_create(&RefusalLabels { direction, reason }));
+        }
         Self {
+            registry: root,
+            sent_bytes,
+            received_bytes,
+            connection_duration,
             discovery_updates,
             discovery_version,
             discovery_connected,
-            registry,
             connections,
             refusals,
             decisions,
@@ -178,6 +250,24 @@ impl Metrics {
             renewals,
             control_plane_unreachable,
         }
+    }
+
+    /// Counts bytes a connection moved each way.
+    pub fn add_bytes(&self, direction: &'static str, sent: u64, received: u64) {
+        let label = DirectionLabel { direction };
+        if sent > 0 {
+            self.sent_bytes.get_or_create(&label).inc_by(sent);
+        }
+        if received > 0 {
+            self.received_bytes.get_or_create(&label).inc_by(received);
+        }
+    }
+
+    /// Records how long a connection that just closed stayed open.
+    pub fn observe_duration(&self, direction: &'static str, open_for: f64) {
+        self.connection_duration
+            .get_or_create(&DirectionLabel { direction })
+            .observe(open_for);
     }
 
     /// The text exposition.

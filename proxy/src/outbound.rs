@@ -252,13 +252,13 @@ async fn carry_tunnel(
     );
     ctx.metrics.open_connections.inc();
     let mut app = app;
-    let res = copy::bidirectional(&mut app, stream.io, ctx.config.idle_timeout, &record).await;
+    let res = ctx.copy(&mut app, stream.io, &record).await;
     copy::reset_on_error(&res, &app);
     if let Err(e) = res {
         debug!(error = %e, "outbound connection ended");
     }
     drop(stream.guard);
-    record.close();
+    ctx.close(&record);
     ctx.metrics.open_connections.dec();
 }
 
@@ -294,12 +294,12 @@ async fn carry_plain(
     );
     ctx.metrics.open_connections.inc();
     let (mut app, mut server) = (app, server);
-    let res = copy::bidirectional(&mut app, &mut server, ctx.config.idle_timeout, &record).await;
+    let res = ctx.copy(&mut app, &mut server, &record).await;
     copy::reset_on_error(&res, &app);
     copy::reset_on_error(&res, &server);
     if let Err(e) = res {
         debug!(error = %e, "passthrough connection ended");
     }
-    record.close();
+    ctx.close(&record);
     ctx.metrics.open_connections.dec();
 }

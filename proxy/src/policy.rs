@@ -81,6 +81,31 @@ pub struct InboundPolicy {
     pub rules: Vec<Rule>,
 }
 
+impl InboundPolicy {
+    /// The rules as `/config_dump` shows them: policy name, ports (empty: all), who is allowed,
+    /// and whether the rule enforces or only audits.
+    pub fn dump(&self) -> serde_json::Value {
+        let rules: Vec<serde_json::Value> = self
+            .rules
+            .iter()
+            .map(|r| {
+                let allow: Vec<String> = r.allow.iter().map(ToString::to_string).collect();
+                serde_json::json!({
+                    "policy": r.name,
+                    "ports": r.ports,
+                    "allow": allow,
+                    "allow_unauthenticated": r.allow_unauthenticated,
+                    "mode": match r.mode {
+                        RuleMode::Enforce => "enforce",
+                        RuleMode::Audit => "audit",
+                    },
+                })
+            })
+            .collect();
+        serde_json::Value::Array(rules)
+    }
+}
+
 /// The outcome of an authorization check.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {

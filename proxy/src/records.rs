@@ -94,6 +94,12 @@ pub struct ConnRecord {
     pub bytes_received: AtomicU64,
     /// Whether the connection is still open.
     pub open: AtomicBool,
+    /// When it was accepted, on the monotonic clock (its duration when it closes).
+    pub started: Instant,
+    /// `bytes_sent` already added to the metrics.
+    pub reported_sent: AtomicU64,
+    /// `bytes_received` already added to the metrics.
+    pub reported_received: AtomicU64,
 }
 
 impl ConnRecord {
@@ -119,6 +125,9 @@ impl ConnRecord {
             bytes_sent: AtomicU64::new(0),
             bytes_received: AtomicU64::new(0),
             open: AtomicBool::new(decision != "deny"),
+            started: Instant::now(),
+            reported_sent: AtomicU64::new(0),
+            reported_received: AtomicU64::new(0),
         }
     }
 

@@ -10,8 +10,10 @@
 //! | [`json`] | the JSON line format: `timestamp`, `level`, `target`, `span`, `message`, then span and event fields, flat |
 //! | [`install`] | building the subscriber (stderr, text or JSON) and [`LogHandle`], which reads and replaces the filter at run time |
 //! | [`capture`] | [`LogBuffer`]: lines kept in memory, for tests |
+//! | [`process_metrics`] | `trellis_build_info` and the standard `process_*` metrics every binary exposes alike |
 //!
-//! Metrics stay with the part that counts them; this crate only owns logs. It is a crate of its
+//! Metrics stay with the part that counts them; this crate owns logs and the few metrics every
+//! process exposes alike (build, CPU, memory, file descriptors). It is a crate of its
 //! own because every binary needs it and none of the shared crates fits: `trellis-ca` does no
 //! I/O, and `trellis-client` would pull gRPC into the injector.
 
@@ -22,6 +24,7 @@ pub mod capture;
 pub mod filter;
 pub mod install;
 pub mod json;
+pub mod process_metrics;
 
 pub use args::{LogArgs, LogFormat, LogSettings};
 pub use capture::{LogBuffer, thread_default};

@@ -298,7 +298,7 @@ async fn handle_stream(
                 Ok(send) => send,
                 Err(e) => {
                     debug!(error = %e, "CONNECT answer failed");
-                    record.close();
+                    ctx.close(&record);
                     return;
                 }
             };
@@ -306,14 +306,15 @@ async fn handle_stream(
             let tunnel = H2Stream::new(send, req.into_body());
             ctx.metrics.open_connections.inc();
             let mut app = app;
-            let res = copy::bidirectional(tunnel, &mut app, ctx.config.idle_timeout, &record)
+            let res = ctx
+                .copy(tunnel, &mut app, &record)
                 .instrument(info_span!("inbound", peer.id = %peer.id, dst = %target))
                 .await;
             copy::reset_on_error(&res, &app);
             if let Err(e) = res {
                 debug!(error = %e, "inbound stream ended");
             }
-            record.close();
+            ctx.close(&record);
             ctx.metrics.open_connections.dec();
             return;
         }

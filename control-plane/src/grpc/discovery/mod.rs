@@ -18,7 +18,7 @@ mod wire;
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
@@ -35,6 +35,7 @@ use wire::GlobalPart;
 
 use crate::mesh::model::InboundView;
 use crate::mesh::{MeshView, Since};
+use crate::metrics::{Metrics, PushLabel};
 use crate::tls_listener::PeerInfo;
 
 /// Time a proxy has to send its first request.
@@ -57,6 +58,8 @@ pub struct DiscoveryService {
     parts: Arc<PartCache>,
     /// Ends every stream on shutdown.
     shutdown: CancellationToken,
+    /// Counts pushes and resyncs (none in unit tests).
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl DiscoveryService {
@@ -72,7 +75,15 @@ impl DiscoveryService {
             watchers: Arc::new(Watchers::default()),
             parts: Arc::new(PartCache::default()),
             shutdown,
+            metrics: None,
         }
+    }
+
+    /// Counts pushes and resyncs in `metrics`, whose discovery gauges read these streams.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        metrics.set_watchers(self.watchers.clone());
+        self.metrics = Some(metrics);
+        self
     }
 
     /// The open streams.
@@ -131,6 +142,8 @@ impl DiscoveryService {
             resync: false,
             handle: self.watchers.register(info),
             parts: self.parts.clone(),
+            metrics: self.metrics.clone(),
+            pushed_full: false,
         };
         tokio::spawn(
             stream
@@ -169,6 +182,10 @@ struct WatchStream {
     handle: watchers::WatcherHandle,
     /// Shared global parts.
     parts: Arc<PartCache>,
+    /// Counts pushes and resyncs.
+    metrics: Option<Arc<Metrics>>,
+    /// Whether the last update built was the full state.
+    pushed_full: bool,
 }
 
 impl WatchStream {
@@ -184,13 +201,24 @@ impl WatchStream {
         loop {
             let view = views.borrow_and_update().clone();
             let bundle = bundles.borrow_and_update().clone();
+            let started = Instant::now();
             let frames = self.next_update(&view, &bundle, first);
             first = false;
+            let pushed = !frames.is_empty();
             for frame in frames {
                 tokio::select! {
                     () = shutdown.cancelled() => return,
                     sent = tx.send(frame) => if sent.is_err() { return },
                 }
+            }
+            if let (true, Some(m)) = (pushed, &self.metrics) {
+                let kind = if self.pushed_full {
+                    "full"
+                } else {
+                    "incremental"
+                };
+                m.pushes.get_or_create(&PushLabel { kind }).inc();
+                m.push_duration.observe(started.elapsed().as_secs_f64());
             }
             tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -220,6 +248,9 @@ impl WatchStream {
             );
             self.resync = true;
             self.handle.update(|i| i.resyncs += 1);
+            if let Some(m) = &self.metrics {
+                m.resyncs.inc();
+            }
         }
     }
 
@@ -258,6 +289,7 @@ impl WatchStream {
         // Sent even when it carries nothing for this proxy (a change elsewhere): the version
         // moves on, so every proxy's acknowledged version says exactly what it holds.
         let global = self.parts.get(view, &since, self.held.1);
+        self.pushed_full = global.full;
         let mut head = MeshUpdate {
             epoch: view.epoch,
             version: view.version,

@@ -55,6 +55,8 @@ fn stream(caller: &str, ip: &str, held: (u64, u64)) -> WatchStream {
         resync: false,
         handle,
         parts: Arc::new(PartCache::default()),
+        metrics: None,
+        pushed_full: false,
     }
 }
 
