@@ -127,7 +127,28 @@ fn a_guard_counts_a_connection_until_dropped_and_the_average_moves_towards_sampl
     drop(g);
     assert_eq!(load.active(), 0);
     load.observe_open(Duration::from_micros(1000));
-    assert_eq!(load.open_ewma_us(), 1000);
+    assert_eq!(load.unfaded_us(), 1000);
     load.observe_open(Duration::from_micros(2000));
-    assert_eq!(load.open_ewma_us(), 1300);
+    assert_eq!(load.unfaded_us(), 1300);
+    // Read back, it has faded by at most the time since (a fraction of a half-life here).
+    assert!((1..=1300).contains(&load.open_ewma_us()));
+}
+
+#[test]
+fn an_open_latency_average_fades_by_half_every_half_life_and_stays_measured() {
+    use crate::services::{OPEN_LATENCY_HALF_LIFE_MS as H, faded_us};
+    let table = [
+        // (average µs, age ms, faded µs)
+        (0, 0, 0),
+        (0, 10 * H, 0),
+        (5_000, 0, 5_000),
+        (5_000, H, 2_500),
+        (5_000, 2 * H, 1_250),
+        (8_000, 3 * H, 1_000),
+        (5_000, 100 * H, 1),
+        (5_000, u32::MAX, 1),
+    ];
+    for (avg, age, want) in table {
+        assert_eq!(faded_us(avg, age), want, "faded_us({avg}, {age})");
+    }
 }

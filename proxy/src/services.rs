@@ -10,8 +10,9 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Whether an endpoint may take new connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +46,9 @@ pub struct EndpointLoad {
     /// Exponentially weighted moving average of the time to open a tunnel stream to it, in
     /// microseconds (0: not measured yet).
     open_ewma_us: AtomicU32,
+    /// When the last sample was folded in, in milliseconds since [`epoch`]: the average
+    /// fades with age (see [`faded_us`]).
+    sampled_at_ms: AtomicU32,
 }
 
 impl EndpointLoad {
@@ -56,8 +60,17 @@ impl EndpointLoad {
         self.active.load(Ordering::Relaxed)
     }
 
-    /// The moving average of tunnel open latency, in microseconds (0: none yet).
+    /// The moving average of tunnel open latency, in microseconds (0: none yet), faded by the
+    /// age of its last sample: an endpoint that lost every tie on one slow open is not chosen,
+    /// so it takes no new sample; without fading it would be starved for good by a quiet client.
     pub fn open_ewma_us(&self) -> u32 {
+        let age_ms = now_ms().saturating_sub(self.sampled_at_ms.load(Ordering::Relaxed));
+        faded_us(self.open_ewma_us.load(Ordering::Relaxed), age_ms)
+    }
+
+    /// The average as last folded in, not faded.
+    #[cfg(test)]
+    pub fn unfaded_us(&self) -> u32 {
         self.open_ewma_us.load(Ordering::Relaxed)
     }
 
@@ -77,7 +90,30 @@ impl EndpointLoad {
             (f64::from(old) * (1.0 - Self::ALPHA) + f64::from(sample) * Self::ALPHA) as u32
         };
         self.open_ewma_us.store(new.max(1), Ordering::Relaxed);
+        self.sampled_at_ms.store(now_ms(), Ordering::Relaxed);
     }
+}
+
+/// How long it takes an unrefreshed open-latency average to halve.
+pub const OPEN_LATENCY_HALF_LIFE_MS: u32 = 500;
+
+/// `ewma_us` faded by `age_ms`: halved every [`OPEN_LATENCY_HALF_LIFE_MS`], kept at 1 (still
+/// "measured") rather than 0. A slow open costs its endpoint new connections for about a second
+/// (5 ms fades under the 1 ms tie-break floor in ~1.2 s), not forever.
+pub fn faded_us(ewma_us: u32, age_ms: u32) -> u32 {
+    if ewma_us == 0 {
+        return 0;
+    }
+    let halvings = f64::from(age_ms) / f64::from(OPEN_LATENCY_HALF_LIFE_MS);
+    ((f64::from(ewma_us) * 0.5_f64.powf(halvings)) as u32).max(1)
+}
+
+/// Milliseconds since the first call in this process (wraps after 49 days; an age computed
+/// across the wrap saturates to 0, which only delays fading once).
+fn now_ms() -> u32 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    epoch.elapsed().as_millis() as u32
 }
 
 /// A connection counted in an [`EndpointLoad`]; uncounts it on drop.
