@@ -19,6 +19,7 @@
 //! | [`tls_listener`] | concurrent TLS handshakes feeding tonic, with the caller's address and SPIFFE ID |
 //! | [`serving_cert`] | the control plane's own SVID, renewed at half-life |
 //! | [`metrics`] | the Prometheus registry and the `/metrics` `/ready` `/live` endpoint (15014) |
+//! | [`status`] | `GET /status` on loopback (port-forwarded): every discovery stream, its certificate and versions |
 //! | [`server`] | start-up order, listeners, graceful shutdown |
 //!
 //! One request: `tls_listener` accepts → tonic routes to `grpc::IdentityService` → the bearer
@@ -42,4 +43,5 @@ pub mod owned_watch;
 pub mod rate_limit;
 pub mod server;
 pub mod serving_cert;
+pub mod status;
 pub mod tls_listener;
