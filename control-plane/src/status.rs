@@ -90,6 +90,8 @@ pub struct ProxyStatus {
     pub resyncs: u64,
     /// Serial of the certificate the stream was opened with (lowercase hex).
     pub cert_serial: Option<String>,
+    /// Its start of validity, Unix seconds.
+    pub cert_not_before: Option<u64>,
     /// Its expiry, Unix seconds.
     pub cert_not_after: Option<u64>,
     /// The mTLS mode last sent: "STRICT" or "PERMISSIVE" (none before the first update).
@@ -114,6 +116,7 @@ pub fn document(streams: &[WatcherInfo], epoch: u64, version: u64) -> StatusDocu
             acked: [w.acked.0, w.acked.1],
             resyncs: w.resyncs,
             cert_serial: w.cert.as_ref().map(|c| c.serial.clone()),
+            cert_not_before: w.cert.as_ref().map(|c| unix(c.not_before)),
             cert_not_after: w.cert.as_ref().map(|c| unix(c.not_after)),
             mtls: w.mtls.map(|m| match m {
                 MtlsMode::Strict => "STRICT",
@@ -210,6 +213,7 @@ mod tests {
             resyncs: 1,
             cert: Some(PeerCert {
                 serial: "0a1b".into(),
+                not_before: UNIX_EPOCH,
                 not_after: UNIX_EPOCH + Duration::from_secs(4000),
             }),
             mtls: Some(MtlsMode::Permissive),

@@ -68,6 +68,8 @@ pub struct PeerInfo {
 pub struct PeerCert {
     /// Serial number, lowercase hex (as `trellis_ca::Svid::serial`).
     pub serial: String,
+    /// Start of validity.
+    pub not_before: std::time::SystemTime,
     /// End of validity.
     pub not_after: std::time::SystemTime,
 }
@@ -76,10 +78,15 @@ impl PeerCert {
     /// Reads them from a DER certificate; `None` if it does not parse.
     pub fn from_der(der: &[u8]) -> Option<Self> {
         let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-        let secs = u64::try_from(cert.validity().not_after.timestamp()).ok()?;
+        let time = |t: x509_parser::time::ASN1Time| {
+            u64::try_from(t.timestamp())
+                .ok()
+                .map(|secs| std::time::UNIX_EPOCH + Duration::from_secs(secs))
+        };
         Some(Self {
             serial: cert.raw_serial_as_string().replace(':', ""),
-            not_after: std::time::UNIX_EPOCH + Duration::from_secs(secs),
+            not_before: time(cert.validity().not_before)?,
+            not_after: time(cert.validity().not_after)?,
         })
     }
 }

@@ -11,9 +11,25 @@ use crate::humanize::short_duration;
 use crate::style::{Palette, Style};
 use crate::table::{Cell, Table};
 
-/// A certificate with less than this left is flagged (proxies renew at half-life, so a
-/// healthy one never gets this close).
+/// Without its start of validity, a certificate with less than this left is flagged.
 pub const EXPIRING_SECS: u64 = 15 * 60;
+
+/// How far the mesh CA back-dates a certificate's start of validity (`trellis_ca`'s
+/// `CLOCK_SKEW`): its lifetime starts this much after `not_before`.
+pub const BACKDATE_SECS: u64 = 5 * 60;
+
+/// Whether a certificate is expiring: expired, or under a quarter of its lifetime left —
+/// proxies renew at half-life, so a healthy one never gets there — or, lifetime unknown,
+/// under [`EXPIRING_SECS`] left.
+pub fn expiring(not_before: Option<u64>, not_after: u64, now: u64) -> bool {
+    let left = not_after.saturating_sub(now);
+    let issued = not_before.map(|nb| nb.saturating_add(BACKDATE_SECS));
+    match issued {
+        _ if left == 0 => true,
+        Some(at) if at < not_after => left < (not_after - at) / 4,
+        _ => left < EXPIRING_SECS,
+    }
+}
 
 /// The control plane's `GET /status` document.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -43,6 +59,9 @@ pub struct CpProxy {
     pub acked: [u64; 2],
     /// Certificate serial.
     pub cert_serial: Option<String>,
+    /// Certificate start of validity, Unix seconds.
+    #[serde(default)]
+    pub cert_not_before: Option<u64>,
     /// Certificate expiry, Unix seconds.
     pub cert_not_after: Option<u64>,
     /// mTLS mode sent.
@@ -73,7 +92,7 @@ pub enum State {
     /// A meshed pod with no discovery stream: its proxy is down or cannot reach the control
     /// plane.
     Unreachable,
-    /// Its certificate expires within [`EXPIRING_SECS`] (or has expired).
+    /// Its certificate is [`expiring`] (or has expired).
     Expiring,
 }
 
@@ -187,7 +206,10 @@ fn row(
         .cert_not_after
         .map(|t| i64::try_from(t).unwrap_or(i64::MAX) - i64::try_from(now_unix).unwrap_or(0));
     let acked_version = (s.acked[0] == cp.epoch).then_some(s.acked[1]);
-    let state = if secs_left.is_some_and(|l| l < i64::try_from(EXPIRING_SECS).unwrap_or(0)) {
+    let state = if s
+        .cert_not_after
+        .is_some_and(|na| expiring(s.cert_not_before, na, now_unix))
+    {
         State::Expiring
     } else if acked_version == Some(cp.version) {
         State::Synced

@@ -12,6 +12,7 @@ fn stream(node: &str, ip: &str, acked: [u64; 2], not_after: u64) -> CpProxy {
         proxy_version: "0.1.0".into(),
         acked,
         cert_serial: Some("00aa11bb22cc33dd44ee".into()),
+        cert_not_before: Some(not_after.saturating_sub(4 * 3600 + BACKDATE_SECS)),
         cert_not_after: Some(not_after),
         mtls: Some("STRICT".into()),
     }
@@ -113,6 +114,27 @@ fn the_table_says_how_far_behind_a_stale_proxy_is_and_that_a_pod_is_unreachable(
     assert!(text.contains("expired"), "{text}");
     assert!(text.contains("UNREACHABLE"), "{text}");
     assert!(text.contains("2 proxies, 2 need attention"), "{text}");
+}
+
+#[test]
+fn a_certificate_is_expiring_under_a_quarter_of_its_lifetime_left() {
+    for (not_before, not_after, now, want) in [
+        // Issued at 300 (back-dated to 0), valid until 400: expiring under 25 s left.
+        (Some(0), 400, 374, false),
+        (Some(0), 400, 376, true),
+        (Some(0), 400, 400, true),
+        (Some(0), 400, 500, true),
+        (Some(0), 306, 302, false), // a 6 s certificate, fresh
+        (None, 10_000, 0, false),
+        (None, 10_000, 10_000 - EXPIRING_SECS + 1, true),
+        (Some(50), 50, 0, true), // nonsense dates: judged by time left
+    ] {
+        assert_eq!(
+            expiring(not_before, not_after, now),
+            want,
+            "{not_before:?} {not_after} {now}"
+        );
+    }
 }
 
 #[test]
