@@ -8,6 +8,7 @@
 //! | [`files`] | writing output files atomically, keys with mode 0600 |
 //! | [`inspect`] | `trellis inspect`: a proxy's identity and recent handshakes, once or `--watch`ed |
 //! | [`check`] | `trellis check`: pre-flight and health checks, ✔ / ‼ / ✘ with hints |
+//! | [`describe`] | `trellis describe pod`: one pod's mesh facts and a verdict for a caller |
 //! | [`status`] | `trellis status`: every proxy as the control plane sees it |
 //! | [`completions`] | `trellis completion SHELL` (alias `completions`) |
 //! | [`version`] | `trellis version`: this tool's, the control plane's and the proxies' |
@@ -31,6 +32,7 @@ mod admin_client;
 mod check;
 mod completions;
 mod demo;
+mod describe;
 mod dial;
 mod files;
 mod health_probe;
@@ -64,6 +66,7 @@ use crate::style::{ColorChoice, Palette};
 Examples:
   trellis check                                  # is the mesh in this cluster healthy?
   trellis status                                 # every proxy: identity, certificate, sync
+  trellis describe pod -n shop backend-6c9f7d8b4-q2w3e --from-pod shop/frontend-x --port 8080
   trellis inspect -n shop deploy/frontend        # a pod's identity and handshakes
   trellis inspect --admin 127.0.0.1:15000 --watch   # a local proxy, following new connections
   trellis --context prod status -n shop -o yaml  # kubectl's --kubeconfig/--context work everywhere
@@ -125,6 +128,16 @@ Examples:
     /// plane pod's 127.0.0.1:15015; needs `create pods/portforward` in its namespace), never
     /// from each proxy.
     Status(status::StatusArgs),
+    /// Describe one object of the mesh (`describe pod NAME`).
+    ///
+    /// For a pod: injected or why not, its identity, the policies that select it and what
+    /// they allow per port, its mTLS mode, its recent refusals with reasons, and a one-line
+    /// verdict for "can X reach this pod on port P?" (--from SPIFFE_ID or --from-pod NS/NAME,
+    /// with --port), decided by its proxy's own enforcement code.
+    Describe {
+        #[command(subcommand)]
+        command: describe::DescribeCommand,
+    },
     /// Work with X509-SVIDs (workload certificates).
     Svid {
         #[command(subcommand)]
@@ -157,6 +170,7 @@ async fn main() -> ExitCode {
         Command::Demo(args) => demo::run(args, palette).await,
         Command::Check(args) => check::run(args, &cli.kube, palette).await,
         Command::Status(args) => status::run(args, &cli.kube, palette).await,
+        Command::Describe { command } => describe::run(command, &cli.kube).await,
         Command::Svid { command } => svid::run(command).await.map(|()| true),
         Command::Completion { shell } => completions::run(shell, &mut Cli::command())
             .map(|()| true)

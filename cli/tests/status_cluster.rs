@@ -208,3 +208,89 @@ async fn kubeconfig_and_context_flags_choose_the_cluster_as_kubectl_does() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("expected NAME, pod/NAME or deploy/NAME"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn describe_pod_shows_the_policy_in_force_its_refusals_and_a_verdict_for_a_caller() {
+    let mesh = Mesh::start().await;
+    mesh.one_allowed_one_refused().await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = mesh.cp.bundle.to_pem();
+    let server = fake_api_server(Cluster {
+        ca_bundle: root.clone(),
+        ca_crt: root,
+        injector_available: 1,
+        forwards: HashMap::from([(
+            ("shop", MESHED_POD, 15000),
+            mesh.backend.addrs.admin.unwrap(),
+        )]),
+        plaintext_probe: false,
+    })
+    .await;
+    let config = kubeconfig(dir.path(), &server);
+
+    let out = trellis(&config, &["describe", "pod", MESHED_POD, "-o", "json"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["injected"], true);
+    assert_eq!(doc["identity"], BACKEND);
+    let rule = &doc["proxy"]["policy"]["rules"][0];
+    assert_eq!(rule["name"], "shop/backend-allow", "{doc}");
+    assert_eq!(rule["allow"][0], FRONTEND, "{doc}");
+    let port = rule["ports"][0].as_u64().unwrap().to_string();
+    let refusals = doc["proxy"]["refusals"].as_array().unwrap();
+    assert!(
+        refusals
+            .iter()
+            .any(|r| r["peer_id"] == INTRUDER && r["decision"] == "deny"),
+        "{doc}"
+    );
+
+    let out = trellis(
+        &config,
+        &[
+            "describe", "pod", "-n", "shop", MESHED_POD, "--from", FRONTEND, "--port", &port,
+        ],
+    )
+    .await;
+    let text = stdout(&out);
+    println!("{text}");
+    assert!(
+        text.contains(&format!(
+            "Verdict:    {FRONTEND} CAN reach shop/{MESHED_POD} on port {port}\n"
+        )),
+        "{text}"
+    );
+    assert!(text.contains("mTLS mode:  STRICT\n"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "  shop/backend-allow: port {port} allows {FRONTEND}\n"
+        )),
+        "{text}"
+    );
+    let out = trellis(
+        &config,
+        &[
+            "describe", "pod", MESHED_POD, "--from", INTRUDER, "--port", &port,
+        ],
+    )
+    .await;
+    let text = stdout(&out);
+    let verdict = text.lines().find(|l| l.starts_with("Verdict:")).unwrap();
+    assert!(
+        verdict.contains(&format!(
+            "{INTRUDER} CANNOT reach shop/{MESHED_POD} on port {port}: "
+        )) && verdict.contains("shop/backend-allow"),
+        "{verdict}"
+    );
+
+    // A pod the injector has not seen yet: why, and what that means.
+    let out = trellis(&config, &["describe", "pod", "web-7d9f8b7c5-x2x4q"]).await;
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        text.contains("Injected:   no (created before injection was enabled"),
+        "{text}"
+    );
+    assert!(text.contains("is not meshed"), "{text}");
+    mesh.stop().await;
+}
