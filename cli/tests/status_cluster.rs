@@ -203,6 +203,11 @@ async fn kubeconfig_and_context_flags_choose_the_cluster_as_kubectl_does() {
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
     assert!(err.contains("prod"), "{err}");
+    // deploy/NAME reads the Deployment (for its selector) first.
+    let out = run(&["--kubeconfig", &config, "inspect", "deploy/api"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("deployment shop/api not found"), "{err}");
     // pod/NAME and deploy/NAME parse; other kinds are refused as usage errors.
     let out = run(&["inspect", "svc/web"]);
     assert_eq!(out.status.code(), Some(2));
