@@ -98,6 +98,15 @@ impl AdminClient {
         Ok(page.into_parts())
     }
 
+    /// `GET path` answered with JSON (e.g. `/policy?from=...&port=P`).
+    pub async fn get_json<T: serde::de::DeserializeOwned>(
+        &mut self,
+        path: &str,
+    ) -> Result<T, AdminError> {
+        let (status, body) = self.get(path).await?;
+        self.parse(path, status, &body)
+    }
+
     async fn get(&mut self, path: &str) -> Result<(StatusCode, Bytes), AdminError> {
         self.http
             .get(path)

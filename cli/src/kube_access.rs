@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
+use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client};
 
 use crate::dial::Target;
@@ -59,7 +60,7 @@ impl<T> Fetched<T> {
 pub enum KubeError {
     /// No kubeconfig and not in a cluster, or a broken kubeconfig.
     #[error(
-        "cannot set up a Kubernetes client: {0}\n  hint: set KUBECONFIG or `kubectl config use-context`; to talk to a local proxy use --admin ADDR"
+        "cannot set up a Kubernetes client: {0}\n  hint: pass --kubeconfig FILE or --context NAME (or set KUBECONFIG, `kubectl config use-context`); to talk to a local proxy use --admin ADDR"
     )]
     Config(String),
     /// The pod does not exist.
@@ -85,14 +86,48 @@ pub enum KubeError {
     Api(String),
 }
 
-/// A client from the kubeconfig (or the in-cluster configuration).
-pub async fn client() -> Result<Client, KubeError> {
-    match tokio::time::timeout(CALL_TIMEOUT, Client::try_default()).await {
-        Ok(Ok(client)) => Ok(client),
-        Ok(Err(e)) => Err(KubeError::Config(describe(&e))),
+/// `--kubeconfig` and `--context`, as kubectl has them (global flags of `trellis`).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct KubeOpts {
+    /// Path to the kubeconfig file (default: $KUBECONFIG, else ~/.kube/config, else the
+    /// in-cluster configuration).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub kubeconfig: Option<std::path::PathBuf>,
+    /// The kubeconfig context to use (default: its current-context).
+    #[arg(long, global = true, value_name = "NAME")]
+    pub context: Option<String>,
+}
+
+/// A client from the kubeconfig (or the in-cluster configuration), as `opts` choose.
+pub async fn client(opts: &KubeOpts) -> Result<Client, KubeError> {
+    match tokio::time::timeout(CALL_TIMEOUT, config(opts)).await {
+        Ok(Ok(config)) => Client::try_from(config).map_err(|e| KubeError::Config(describe(&e))),
+        Ok(Err(e)) => Err(KubeError::Config(e)),
         Err(_) => Err(KubeError::Config(format!(
             "no answer within {CALL_TIMEOUT:?}"
         ))),
+    }
+}
+
+async fn config(opts: &KubeOpts) -> Result<kube::Config, String> {
+    let options = KubeConfigOptions {
+        context: opts.context.clone(),
+        ..KubeConfigOptions::default()
+    };
+    // kube's config errors already say their causes in their own message.
+    let chain = |e: &dyn std::error::Error| e.to_string();
+    match (&opts.kubeconfig, &opts.context) {
+        (Some(path), _) => {
+            let file = Kubeconfig::read_from(path)
+                .map_err(|e| format!("--kubeconfig {}: {}", path.display(), chain(&e)))?;
+            kube::Config::from_custom_kubeconfig(file, &options)
+                .await
+                .map_err(|e| format!("--kubeconfig {}: {}", path.display(), chain(&e)))
+        }
+        (None, Some(context)) => kube::Config::from_kubeconfig(&options)
+            .await
+            .map_err(|e| format!("--context {context}: {}", chain(&e))),
+        (None, None) => kube::Config::infer().await.map_err(|e| chain(&e)),
     }
 }
 

@@ -8,7 +8,12 @@
 //! | [`files`] | writing output files atomically, keys with mode 0600 |
 //! | [`inspect`] | `trellis inspect`: a proxy's identity and recent handshakes, once or `--watch`ed |
 //! | [`check`] | `trellis check`: pre-flight and health checks, ✔ / ‼ / ✘ with hints |
-//! | [`completions`] | `trellis completions SHELL` |
+//! | [`describe`] | `trellis describe pod`: one pod's mesh facts and a verdict for a caller |
+//! | [`status`] | `trellis status`: every proxy as the control plane sees it |
+//! | [`completions`] | `trellis completion SHELL` (alias `completions`) |
+//! | [`version`] | `trellis version`: this tool's, the control plane's and the proxies' |
+//! | [`output`] | `-o table|json|yaml` |
+//! | [`pod_ref`] | `NAME`, `pod/NAME`, `deploy/NAME`, `-l SELECTOR` resolved to a pod |
 //! | [`demo`] | `trellis demo`: a control plane and sample workloads on this machine, shown live |
 //! | [`admin_api`], [`admin_client`] | the proxy admin endpoint's JSON, and reading it |
 //! | [`http1`] | a small HTTP/1.1 GET client over any [`dial::Target`] |
@@ -27,6 +32,7 @@ mod admin_client;
 mod check;
 mod completions;
 mod demo;
+mod describe;
 mod dial;
 mod files;
 mod health_probe;
@@ -34,9 +40,13 @@ mod http1;
 mod humanize;
 mod inspect;
 mod kube_access;
+mod output;
+mod pod_ref;
+mod status;
 mod style;
 mod svid;
 mod table;
+mod version;
 mod x509;
 
 use std::process::ExitCode;
@@ -55,9 +65,12 @@ use crate::style::{ColorChoice, Palette};
     after_help = "\
 Examples:
   trellis check                                  # is the mesh in this cluster healthy?
-  trellis inspect -n shop frontend-7d9f8b7c5-x2x4q  # a pod's identity and handshakes
+  trellis status                                 # every proxy: identity, certificate, sync
+  trellis describe pod -n shop backend-6c9f7d8b4-q2w3e --from-pod shop/frontend-x --port 8080
+  trellis inspect -n shop deploy/frontend        # a pod's identity and handshakes
   trellis inspect --admin 127.0.0.1:15000 --watch   # a local proxy, following new connections
-  trellis completions bash > ~/.local/share/bash-completion/completions/trellis
+  trellis --context prod status -n shop -o yaml  # kubectl's --kubeconfig/--context work everywhere
+  trellis completion bash > ~/.local/share/bash-completion/completions/trellis
 
 Exit status: 0 success, 1 a failed check or an error, 2 bad usage.
 Colour only on a terminal, never with NO_COLOR set (or choose with --color)."
@@ -66,6 +79,8 @@ struct Cli {
     /// When to colour the output.
     #[arg(long, global = true, value_enum, value_name = "WHEN", default_value_t)]
     color: ColorChoice,
+    #[command(flatten)]
+    kube: kube_access::KubeOpts,
     #[command(subcommand)]
     command: Command,
 }
@@ -104,24 +119,46 @@ Examples:
     /// port-forward), intermediates' expiry, labelled namespaces and pods not injected yet.
     /// With --local: a control plane on this machine.
     Check(check::CheckArgs),
+    /// Every meshed pod's proxy as the control plane sees it, stale and unreachable flagged.
+    ///
+    /// For each meshed pod (or a namespace's): its SPIFFE ID, the serial and time left of the
+    /// certificate its discovery stream was opened with, the discovery version it acknowledged
+    /// against the control plane's, its mTLS mode and whether its app probes are rewritten.
+    /// Read from the control plane's /status through the API server (port-forward to a control
+    /// plane pod's 127.0.0.1:15015; needs `create pods/portforward` in its namespace), never
+    /// from each proxy.
+    Status(status::StatusArgs),
+    /// Describe one object of the mesh (`describe pod NAME`).
+    ///
+    /// For a pod: injected or why not, its identity, the policies that select it and what
+    /// they allow per port, its mTLS mode, its recent refusals with reasons, and a one-line
+    /// verdict for "can X reach this pod on port P?" (--from SPIFFE_ID or --from-pod NS/NAME,
+    /// with --port), decided by its proxy's own enforcement code.
+    Describe {
+        #[command(subcommand)]
+        command: describe::DescribeCommand,
+    },
     /// Work with X509-SVIDs (workload certificates).
     Svid {
         #[command(subcommand)]
         command: svid::SvidCommand,
     },
     /// Print a shell completion script.
-    #[command(after_help = "\
+    #[command(
+        visible_alias = "completions",
+        after_help = "\
 Examples:
-  trellis completions bash > ~/.local/share/bash-completion/completions/trellis
-  trellis completions zsh > \"${fpath[1]}/_trellis\"
-  trellis completions fish > ~/.config/fish/completions/trellis.fish")]
-    Completions {
+  trellis completion bash > ~/.local/share/bash-completion/completions/trellis
+  trellis completion zsh > \"${fpath[1]}/_trellis\"
+  trellis completion fish > ~/.config/fish/completions/trellis.fish"
+    )]
+    Completion {
         /// The shell.
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// Print the version of this tool.
-    Version,
+    /// Print the version of this tool and, when reachable, the control plane's and proxies'.
+    Version(version::VersionArgs),
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -129,17 +166,16 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let palette = Palette::for_stdout(cli.color);
     let result = match cli.command {
-        Command::Inspect(args) => inspect::run(args, palette).await.map(|()| true),
+        Command::Inspect(args) => inspect::run(args, &cli.kube, palette).await.map(|()| true),
         Command::Demo(args) => demo::run(args, palette).await,
-        Command::Check(args) => check::run(args, palette).await,
+        Command::Check(args) => check::run(args, &cli.kube, palette).await,
+        Command::Status(args) => status::run(args, &cli.kube, palette).await,
+        Command::Describe { command } => describe::run(command, &cli.kube).await,
         Command::Svid { command } => svid::run(command).await.map(|()| true),
-        Command::Completions { shell } => completions::run(shell, &mut Cli::command())
+        Command::Completion { shell } => completions::run(shell, &mut Cli::command())
             .map(|()| true)
             .map_err(Into::into),
-        Command::Version => {
-            println!("trellis {}", env!("CARGO_PKG_VERSION"));
-            Ok(true)
-        }
+        Command::Version(args) => version::run(args, &cli.kube).await,
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

@@ -103,7 +103,6 @@ impl Table {
     }
 
     /// Header and rows, fitted, one line each with a final newline.
-    #[cfg(test)]
     pub fn render(headers: &[&'static str], rows: &[Vec<Cell>], palette: Palette) -> String {
         let mut table = Self::new(headers);
         table.fit(rows);

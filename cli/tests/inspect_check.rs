@@ -224,22 +224,37 @@ async fn usage_errors_exit_2_and_help_and_completions_exit_0() {
     let out = trellis(&["inspect", "--limit", "0"]).await;
     assert_eq!(out.status.code(), Some(2));
 
-    for command in ["inspect", "check", "completions"] {
-        let out = trellis(&[command, "--help"]).await;
+    for command in [
+        &["inspect"][..],
+        &["check"],
+        &["status"],
+        &["describe", "pod"],
+        &["version"],
+        &["completion"],
+        &["completions"],
+    ] {
+        let out = trellis(&[command, &["--help"]].concat()).await;
         assert_eq!(out.status.code(), Some(0));
-        assert!(stdout(&out).contains("Examples:"), "{command} --help");
+        assert!(stdout(&out).contains("Examples:"), "{command:?} --help");
     }
-    for shell in ["bash", "zsh", "fish"] {
-        let out = trellis(&["completions", shell]).await;
+    for (command, shell) in [
+        ("completion", "bash"),
+        ("completions", "zsh"),
+        ("completion", "fish"),
+    ] {
+        let out = trellis(&[command, shell]).await;
         assert_eq!(out.status.code(), Some(0), "{shell}");
         let script = stdout(&out);
         assert!(
-            script.contains("inspect") && script.contains("check"),
+            script.contains("inspect") && script.contains("status") && script.contains("describe"),
             "{shell}"
         );
     }
-    let out = trellis(&["version"]).await;
-    assert!(stdout(&out).starts_with("trellis "));
+    let out = trellis(&["version", "--client"]).await;
+    assert_eq!(
+        stdout(&out),
+        format!("client: trellis {}\n", env!("CARGO_PKG_VERSION"))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

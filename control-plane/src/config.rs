@@ -40,6 +40,12 @@ pub struct Args {
     /// Address of the Prometheus metrics endpoint (plain HTTP).
     #[arg(long, env = "TRELLIS_METRICS_LISTEN", default_value = "0.0.0.0:15014")]
     pub metrics_listen: SocketAddr,
+    /// Address of the status endpoint (`GET /status`, JSON; read by `trellis status`). Loopback
+    /// only: it is reached through the API server's port-forward, which authenticates the
+    /// caller. Off unless set (the chart sets 127.0.0.1:15015).
+    #[arg(long, env = "TRELLIS_STATUS_LISTEN", value_name = "ADDR",
+          value_parser = crate::status::parse_listen)]
+    pub status_listen: Option<SocketAddr>,
     /// The mesh's SPIFFE trust domain.
     #[arg(long, env = "TRELLIS_TRUST_DOMAIN", default_value = "cluster.local")]
     pub trust_domain: String,

@@ -20,6 +20,7 @@
 //! | [`serving_cert`] | the control plane's own SVID, renewed at half-life |
 //! | [`metrics`] | the Prometheus registry and the `/metrics` `/ready` `/live` `/config_dump` endpoint (15014) |
 //! | [`config_dump`] | `/config_dump` (loopback callers only): flags, the CA's public side, the mesh published, open Watch streams |
+//! | [`status`] | `GET /status` on loopback (port-forwarded): every discovery stream, its certificate and versions |
 //! | [`server`] | start-up order, listeners, graceful shutdown |
 //!
 //! One request: `tls_listener` accepts → tonic routes to `grpc::IdentityService` → the bearer
@@ -44,4 +45,5 @@ pub mod owned_watch;
 pub mod rate_limit;
 pub mod server;
 pub mod serving_cert;
+pub mod status;
 pub mod tls_listener;

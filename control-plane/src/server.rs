@@ -85,6 +85,8 @@ pub struct Running {
     pub grpc_addr: SocketAddr,
     /// Where metrics listen.
     pub metrics_addr: SocketAddr,
+    /// Where `/status` listens, if it does.
+    pub status_addr: Option<SocketAddr>,
     /// The trust bundle workloads should use (at start; [`Running::live`] has the current one).
     pub bundle: TrustBundle,
     /// How the CA was obtained.
@@ -213,6 +215,14 @@ pub async fn start(config: &Config, kube: Option<kube::Client>) -> Result<Runnin
     let metrics_listener = bind("--metrics-listen", args.metrics_listen).await?;
     let grpc_addr = local_addr("--listen", &grpc_listener, args.listen)?;
     let metrics_addr = local_addr("--metrics-listen", &metrics_listener, args.metrics_listen)?;
+    let status_listener = match args.status_listen {
+        Some(addr) => {
+            let listener = bind("--status-listen", addr).await?;
+            let bound = local_addr("--status-listen", &listener, addr)?;
+            Some((listener, bound))
+        }
+        None => None,
+    };
 
     let shutdown = CancellationToken::new();
     // The cluster's pods, filled by the cluster source (step 5): node agents' nodes.
@@ -337,9 +347,17 @@ pub async fn start(config: &Config, kube: Option<kube::Client>) -> Result<Runnin
         }
     }
     let views_for_dump = views.clone();
-    let discovery_service = DiscoveryService::new(views, live.bundles(), shutdown.clone())
+    let discovery_service = DiscoveryService::new(views.clone(), live.bundles(), shutdown.clone())
         .with_metrics(metrics.clone());
     let watchers = discovery_service.watchers();
+    let status_addr = status_listener.map(|(listener, addr)| {
+        let source = crate::status::StatusSource {
+            watchers: watchers.clone(),
+            views,
+        };
+        tokio::spawn(crate::status::serve(listener, source, shutdown.clone()));
+        addr
+    });
     let discovery = DiscoveryServer::new(discovery_service);
 
     // 6. gRPC services.
@@ -390,6 +408,7 @@ pub async fn start(config: &Config, kube: Option<kube::Client>) -> Result<Runnin
     Ok(Running {
         grpc_addr,
         metrics_addr,
+        status_addr,
         bundle: ca.bundle().clone(),
         origin,
         live,

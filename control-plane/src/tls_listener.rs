@@ -59,6 +59,36 @@ pub struct PeerInfo {
     pub remote: SocketAddr,
     /// The caller's SPIFFE ID, when it presented a valid client certificate.
     pub id: Option<SpiffeId>,
+    /// Serial and expiry of that certificate (for status; the handshake verified it).
+    pub cert: Option<PeerCert>,
+}
+
+/// The serial and expiry of a verified client certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerCert {
+    /// Serial number, lowercase hex (as `trellis_ca::Svid::serial`).
+    pub serial: String,
+    /// Start of validity.
+    pub not_before: std::time::SystemTime,
+    /// End of validity.
+    pub not_after: std::time::SystemTime,
+}
+
+impl PeerCert {
+    /// Reads them from a DER certificate; `None` if it does not parse.
+    pub fn from_der(der: &[u8]) -> Option<Self> {
+        let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+        let time = |t: x509_parser::time::ASN1Time| {
+            u64::try_from(t.timestamp())
+                .ok()
+                .map(|secs| std::time::UNIX_EPOCH + Duration::from_secs(secs))
+        };
+        Some(Self {
+            serial: cert.raw_serial_as_string().replace(':', ""),
+            not_before: time(cert.validity().not_before)?,
+            not_after: time(cert.validity().not_after)?,
+        })
+    }
 }
 
 /// A server-side TLS stream that tells tonic who is on the other end.
@@ -149,13 +179,14 @@ pub fn incoming(
                 drop(ticket);
                 match handshake {
                     Ok(Ok(tls)) => {
-                        let id = tls
+                        let leaf = tls
                             .get_ref()
                             .1
                             .peer_certificates()
-                            .and_then(|certs| certs.first())
-                            .and_then(|leaf| trellis_ca::peer_spiffe_id(leaf).ok());
-                        let info = PeerInfo { remote, id };
+                            .and_then(|certs| certs.first());
+                        let id = leaf.and_then(|leaf| trellis_ca::peer_spiffe_id(leaf).ok());
+                        let cert = leaf.and_then(|leaf| PeerCert::from_der(leaf));
+                        let info = PeerInfo { remote, id, cert };
                         let _ = tx.send(Ok(PeerStream { inner: tls, info })).await;
                     }
                     Ok(Err(e)) => {

@@ -141,6 +141,24 @@ fn respond(req: &Request<Incoming>, surface: Surface, ctx: &ProxyContext) -> Res
                 "services": services::dump(state.services()),
             }))
         }
+        (Surface::Admin, "/policy") => {
+            let state = ctx.state.borrow().clone();
+            let mode = ctx
+                .config
+                .mtls_mode
+                .or(state.mtls_mode)
+                .unwrap_or(crate::config::MtlsMode::Strict);
+            match crate::admin_policy::document(
+                &state.policy,
+                mode,
+                &ctx.config.trust_domain,
+                query_param(req, "from"),
+                query_param(req, "port"),
+            ) {
+                Ok(doc) => json_response(&doc),
+                Err(e) => text(StatusCode::BAD_REQUEST, &format!("{e}\n")),
+            }
+        }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }

@@ -24,6 +24,7 @@
 //! | [`refusals`] | the rate-limited `info` line of every refused connection |
 //! | [`metrics`] | `trellis_proxy_*` Prometheus metrics |
 //! | [`admin`] | 127.0.0.1:15000 admin pages and the pod-IP :15020 health/metrics |
+//! | [`admin_policy`] | the admin page `/policy`: the inbound policy in force and the verdict for a caller and port |
 //! | [`probe`] | the app's original probes, run on kubelet's behalf at 15020 `/app-health/...` |
 //! | [`quit`] | `POST /quitquitquit` on the admin port: a Job's app stops its sidecar |
 //! | [`wait`] | `trellis-proxy wait`: the classic layout's postStart hook, until `/ready` |
@@ -42,6 +43,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod admin_policy;
 pub mod backoff;
 pub mod balance;
 pub mod config;

@@ -26,6 +26,8 @@ use crate::sidecar::PROXY_UID;
 pub const GRPC_PORT: u16 = 15012;
 /// The control plane's plain-HTTP metrics and probes port.
 pub const METRICS_PORT: u16 = 15014;
+/// Where its `/status` listens, on its namespace's loopback (`trellis status --local`).
+pub const STATUS_PORT: u16 = 15015;
 /// The trust domain of every sandbox identity.
 pub const TRUST_DOMAIN: &str = "cluster.local";
 /// How long the control plane may take to answer `/ready`.
@@ -194,6 +196,7 @@ impl ControlPlane {
             .arg(&self.join_tokens)
             .args(["--listen", &format!("{ip}:{GRPC_PORT}")])
             .args(["--metrics-listen", &format!("{ip}:{METRICS_PORT}")])
+            .args(["--status-listen", &format!("127.0.0.1:{STATUS_PORT}")])
             .args(["--trust-domain", TRUST_DOMAIN])
             .args(["--shutdown-grace", "1s"])
             .args(

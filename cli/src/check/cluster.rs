@@ -33,7 +33,7 @@ use crate::{health_probe, x509};
 /// The control plane's gRPC port.
 const GRPC_PORT: u16 = 15012;
 /// Selects the control plane's pods (chart: `trellis.selectorLabels`).
-const CONTROL_PLANE_SELECTOR: &str = "app.kubernetes.io/name=trellis-control-plane";
+pub const CONTROL_PLANE_SELECTOR: &str = "app.kubernetes.io/name=trellis-control-plane";
 /// The default trust domain (docs/design.md).
 const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
 

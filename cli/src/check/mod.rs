@@ -31,7 +31,7 @@ use trellis_ca::{SpiffeId, TrustDomain};
 use self::facts::{Probe, ProbeFacts};
 use self::report::{Outcome, Section};
 use crate::health_probe::{HealthReport, ProbeError};
-use crate::kube_access;
+use crate::kube_access::{self, KubeOpts};
 use crate::style::{self, Palette};
 use crate::x509;
 
@@ -47,6 +47,9 @@ Examples:
 
   # In a script: stop unless everything is in order
   trellis check --color never || exit 1
+
+  # Another cluster, the control plane in another namespace, as JSON
+  trellis --context staging check -n mesh-system -o json
 
 Exit status: 0 when every check passed or only warned (‼), 1 when one failed (✘), 2 on bad usage.")]
 pub struct CheckArgs {
@@ -65,8 +68,11 @@ pub struct CheckArgs {
     #[arg(long, value_name = "TD", env = "TRELLIS_TRUST_DOMAIN")]
     trust_domain: Option<String>,
     /// The control plane's namespace (its SPIFFE ID names it).
-    #[arg(long, value_name = "NS", default_value = "trellis-system")]
+    #[arg(short = 'n', long, value_name = "NS", default_value = "trellis-system")]
     namespace: String,
+    /// Output format: ✔/‼/✘ lines, or the sections as JSON or YAML.
+    #[arg(short, long, value_enum, default_value_t)]
+    output: crate::output::Format,
     /// With --local: the identity the control plane must prove (default:
     /// spiffe://<trust domain>/ns/<namespace>/sa/trellis-control-plane).
     #[arg(long, value_name = "SPIFFE_ID", requires = "local")]
@@ -74,7 +80,7 @@ pub struct CheckArgs {
 }
 
 /// Runs the checks and prints the report; `Ok(false)` when a check failed.
-pub async fn run(args: CheckArgs, palette: Palette) -> anyhow::Result<bool> {
+pub async fn run(args: CheckArgs, kube: &KubeOpts, palette: Palette) -> anyhow::Result<bool> {
     let trust_domain = args
         .trust_domain
         .as_deref()
@@ -101,7 +107,7 @@ pub async fn run(args: CheckArgs, palette: Palette) -> anyhow::Result<bool> {
             };
             rules::evaluate_local(&local::gather(&target).await, now)
         }
-        _ => match kube_access::client().await {
+        _ => match kube_access::client(kube).await {
             Ok(client) => {
                 let facts = cluster::gather(client, &args.namespace, trust_domain).await;
                 rules::evaluate_cluster(&facts, now)
@@ -111,15 +117,34 @@ pub async fn run(args: CheckArgs, palette: Palette) -> anyhow::Result<bool> {
                 outcomes: vec![
                     Outcome::fail(
                         "can initialize the Kubernetes client",
-                        "set KUBECONFIG or choose a context (kubectl config use-context); for a control plane on this machine use --local ADDR --trust-bundle FILE",
+                        "pass --kubeconfig FILE or --context NAME (or set KUBECONFIG, kubectl config use-context); for a control plane on this machine use --local ADDR --trust-bundle FILE",
                     )
                     .detail(client_error(&e)),
                 ],
             }],
         },
     };
-    style::print(&report::render(&sections, palette))?;
+    let text = match crate::output::structured(
+        args.output,
+        &CheckReport {
+            passed: report::passed(&sections),
+            sections: &sections,
+        },
+    )? {
+        Some(text) => text,
+        None => report::render(&sections, palette),
+    };
+    style::print(&text)?;
     Ok(report::passed(&sections))
+}
+
+/// `trellis check -o json|yaml`.
+#[derive(serde::Serialize)]
+struct CheckReport<'a> {
+    /// Whether no check failed (the exit status).
+    passed: bool,
+    /// The checks.
+    sections: &'a [Section],
 }
 
 /// The client error without its own hint (the check line has one).

@@ -4,7 +4,8 @@
 use crate::style::{Palette, Style};
 
 /// How a check came out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Status {
     /// ✔ as it should be.
     Ok,
@@ -34,7 +35,7 @@ impl Status {
 }
 
 /// One check's result.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Outcome {
     /// ✔ ‼ ✘.
     pub status: Status,
@@ -83,7 +84,7 @@ impl Outcome {
 }
 
 /// A group of checks under a heading.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Section {
     /// The heading (`kubernetes-api`, `trellis-identity`, ...).
     pub name: &'static str,

@@ -14,7 +14,8 @@ use tokio::time::MissedTickBehavior;
 use crate::admin_api::{Handshake, Snapshot};
 use crate::admin_client::{ADMIN_PORT, AdminClient, DEFAULT_ADMIN};
 use crate::dial::Target;
-use crate::kube_access;
+use crate::kube_access::{self, KubeOpts};
+use crate::pod_ref::{self, PodRef};
 use crate::style::{Palette, print};
 use crate::table::Table;
 
@@ -33,6 +34,8 @@ pub enum Output {
     /// `{"identity": ..., "handshakes": [...]}`; with --watch, one such object per line
     /// holding only the new connections.
     Json,
+    /// The same document as YAML; with --watch, one YAML document (`---`) per poll.
+    Yaml,
 }
 
 /// `trellis inspect` flags.
@@ -48,6 +51,10 @@ Examples:
   # A meshed pod in a cluster, through the API server; follow new connections
   trellis inspect -n shop frontend-7d9f8b7c5-x2x4q --watch
 
+  # A pod of a Deployment, or one matching a label selector, as YAML
+  trellis inspect -n shop deploy/frontend -o yaml
+  trellis inspect -n shop -l app=frontend
+
   # Only refused connections, with jq
   trellis inspect -o json | jq '.handshakes[] | select(.decision != \"allow\")'")]
 pub struct InspectArgs {
@@ -56,17 +63,20 @@ pub struct InspectArgs {
         long,
         value_name = "ADDR",
         env = "TRELLIS_ADMIN",
-        conflicts_with = "pod",
+        conflicts_with_all = ["pod", "selector"],
         value_parser = crate::dial::host_port
     )]
     admin: Option<String>,
     /// Namespace of POD (default: the kubeconfig context's).
-    #[arg(short = 'n', long, value_name = "NS", requires = "pod")]
+    #[arg(short = 'n', long, value_name = "NS")]
     namespace: Option<String>,
     /// A meshed pod to inspect through the Kubernetes API server (port-forward to its
-    /// admin port 15000).
-    #[arg(value_name = "POD")]
-    pod: Option<String>,
+    /// admin port 15000): NAME, pod/NAME or deploy/NAME (a ready pod of the Deployment).
+    #[arg(value_name = "POD", value_parser = |s: &str| PodRef::parse(s).map_err(|e| e.to_string()))]
+    pod: Option<PodRef>,
+    /// Inspect a ready pod matching this label selector (like kubectl's -l).
+    #[arg(short = 'l', long, value_name = "SELECTOR", conflicts_with = "pod")]
+    selector: Option<String>,
     /// Keep polling every second and print new connections as they come; stop with Ctrl-C.
     #[arg(short, long)]
     watch: bool,
@@ -80,11 +90,28 @@ pub struct InspectArgs {
 }
 
 /// Runs `trellis inspect`.
-pub async fn run(args: InspectArgs, palette: Palette) -> anyhow::Result<()> {
-    let target = match &args.pod {
+pub async fn run(args: InspectArgs, kube: &KubeOpts, palette: Palette) -> anyhow::Result<()> {
+    let pod = match (&args.pod, &args.selector) {
+        (Some(pod), _) => Some(pod.clone()),
+        (None, Some(selector)) => Some(PodRef::Selector(selector.clone())),
+        (None, None) if args.namespace.is_some() => {
+            anyhow::bail!(
+                "-n NAMESPACE names where POD is: give POD (NAME, pod/NAME, deploy/NAME) or -l SELECTOR"
+            )
+        }
+        (None, None) => None,
+    };
+    let target = match pod {
         Some(pod) => {
-            let client = kube_access::client().await?;
-            kube_access::admin_target(client, args.namespace.as_deref(), pod, ADMIN_PORT).await?
+            let client = kube_access::client(kube).await?;
+            let namespace = args
+                .namespace
+                .clone()
+                .unwrap_or_else(|| client.default_namespace().to_owned());
+            let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
+                kube::Api::namespaced(client.clone(), &namespace);
+            let name = pod_ref::resolve(&pods, &namespace, &pod).await?;
+            kube_access::admin_target(client, Some(&namespace), &name, ADMIN_PORT).await?
         }
         None => Target::tcp(args.admin.as_deref().unwrap_or(DEFAULT_ADMIN)),
     };
@@ -109,6 +136,11 @@ pub async fn run(args: InspectArgs, palette: Palette) -> anyhow::Result<()> {
             handshakes: handshakes.clone(),
             failed_handshakes: failed,
         }),
+        Output::Yaml => view::yaml_document(&Snapshot {
+            identity: identity.clone(),
+            handshakes: handshakes.clone(),
+            failed_handshakes: failed,
+        })?,
     };
     print(&first)?;
     if args.watch {
@@ -207,14 +239,19 @@ impl Watch {
                 }
                 Ok(print(&out)?)
             }
-            Output::Json if renewed || !new.rows.is_empty() => {
-                Ok(print(&view::json_line(&Snapshot {
+            Output::Json | Output::Yaml if renewed || !new.rows.is_empty() => {
+                let snapshot = Snapshot {
                     failed_handshakes: None,
                     identity,
                     handshakes: new.rows,
-                }))?)
+                };
+                let text = match self.output {
+                    Output::Yaml => view::yaml_document(&snapshot)?,
+                    _ => view::json_line(&snapshot),
+                };
+                Ok(print(&text)?)
             }
-            Output::Json => Ok(()),
+            Output::Json | Output::Yaml => Ok(()),
         }
     }
 }

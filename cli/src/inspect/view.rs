@@ -215,6 +215,13 @@ pub fn json_document(snapshot: &Snapshot) -> String {
     out
 }
 
+/// `-o yaml`: the document as YAML, opened with `---` so that `--watch`'s documents form
+/// one YAML stream.
+pub fn yaml_document(snapshot: &Snapshot) -> Result<String, crate::output::RenderError> {
+    let body = crate::output::structured(crate::output::Format::Yaml, snapshot)?;
+    Ok(format!("---\n{}", body.unwrap_or_default()))
+}
+
 /// `-o json --watch`: the same document on one line (JSON Lines).
 pub fn json_line(snapshot: &Snapshot) -> String {
     let mut out = serde_json::to_string(snapshot).unwrap_or_default();

@@ -69,6 +69,7 @@ impl Mesh {
             format!("--mesh-file={}", mesh_file.display()),
             "--listen=127.0.0.1:0".into(),
             "--metrics-listen=127.0.0.1:0".into(),
+            "--status-listen=127.0.0.1:0".into(),
         ];
         let config = trellis_control_plane::config::Args::try_parse_from(argv)
             .unwrap()
@@ -79,14 +80,17 @@ impl Mesh {
             .unwrap();
         std::fs::write(dir.path().join("root-cert.pem"), cp.bundle.to_pem()).unwrap();
 
-        let backend = proxy(&cp, dir.path(), TOKENS[1].0, &[]).await;
+        let backend = proxy(&cp, dir.path(), TOKENS[1].0, &["--pod-name=backend".into()]).await;
         let tunnel = backend.addrs.tunnel.unwrap();
-        let client_flags = [
-            format!("--outbound=127.0.0.1:0={app}"),
-            format!("--workload={app}={BACKEND}@{tunnel}"),
-        ];
-        let frontend = proxy(&cp, dir.path(), TOKENS[0].0, &client_flags).await;
-        let intruder = proxy(&cp, dir.path(), TOKENS[2].0, &client_flags).await;
+        let client_flags = |pod: &str| {
+            [
+                format!("--outbound=127.0.0.1:0={app}"),
+                format!("--workload={app}={BACKEND}@{tunnel}"),
+                format!("--pod-name={pod}"),
+            ]
+        };
+        let frontend = proxy(&cp, dir.path(), TOKENS[0].0, &client_flags("frontend")).await;
+        let intruder = proxy(&cp, dir.path(), TOKENS[2].0, &client_flags("intruder")).await;
         // The backend enforces its policy once discovery delivered it.
         assert!(
             eventually(|| !backend.ctx.state.borrow().policy.rules.is_empty()).await,

@@ -52,6 +52,9 @@ pub struct DiscoverySource {
 enum Ended {
     /// Shutdown.
     Shutdown,
+    /// A new SVID: the stream is reopened at once with it, so that the control plane always
+    /// knows the certificate in use (`trellis status` shows its serial and expiry).
+    Renewed,
     /// The stream failed; `applied` tells whether it had delivered anything (then the backoff
     /// starts over).
     Lost { error: String, applied: bool },
@@ -76,8 +79,17 @@ pub async fn run(
             },
         };
         let Some(current) = current else { continue };
-        match follow(&source, &current, &state, &metrics, &mut loads, &shutdown).await {
+        let ended = follow(
+            &source, &current, &mut svid, &state, &metrics, &mut loads, &shutdown,
+        )
+        .await;
+        match ended {
             Ended::Shutdown => return,
+            Ended::Renewed => {
+                metrics.discovery_connected.set(0);
+                failures = 0;
+                info!("new SVID: reopening the discovery stream with it");
+            }
             Ended::Lost { error, applied } => {
                 metrics.discovery_connected.set(0);
                 failures = if applied {
@@ -96,6 +108,23 @@ pub async fn run(
     }
 }
 
+/// Resolves once `svid` holds a certificate with another serial than `serial` (a trust bundle
+/// update alone keeps the stream); never if the identity manager is gone.
+async fn renewed(svid: &mut SvidWatch, serial: &str) {
+    loop {
+        if svid.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+        if svid
+            .borrow_and_update()
+            .as_ref()
+            .is_some_and(|c| c.svid.serial() != serial)
+        {
+            return;
+        }
+    }
+}
+
 fn request(source: &DiscoverySource, held: Version, error: String) -> WatchRequest {
     WatchRequest {
         node: source.node.clone(),
@@ -109,6 +138,7 @@ fn request(source: &DiscoverySource, held: Version, error: String) -> WatchReque
 async fn follow(
     source: &DiscoverySource,
     current: &crate::identity::CurrentSvid,
+    svid: &mut SvidWatch,
     state: &watch::Sender<Arc<MeshState>>,
     metrics: &Metrics,
     loads: &mut Loads,
@@ -146,6 +176,7 @@ async fn follow(
     loop {
         let message = tokio::select! {
             () = shutdown.cancelled() => return Ended::Shutdown,
+            () = renewed(svid, current.svid.serial()) => return Ended::Renewed,
             m = stream.message() => match m {
                 Ok(Some(m)) => m,
                 Ok(None) => return lost("the control plane closed the stream".into(), applied),

@@ -130,6 +130,8 @@ impl DiscoveryService {
             sent: (0, 0),
             acked: (first.epoch, first.version),
             resyncs: 0,
+            cert: peer.cert.clone(),
+            mtls: None,
         };
         let span =
             info_span!("watch", peer.id = %caller, peer.addr = %peer.remote, node = %info.node);
@@ -310,6 +312,8 @@ impl WatchStream {
             info!(version = view.version, "sending the full state again");
         }
         if let Some(v) = inbound {
+            let mtls = v.mtls;
+            self.handle.update(|i| i.mtls = Some(mtls));
             self.last_inbound = Some(v);
         }
         self.last_bundle = Some(bundle.clone());

@@ -45,6 +45,8 @@ fn stream(caller: &str, ip: &str, held: (u64, u64)) -> WatchStream {
         sent: (0, 0),
         acked: held,
         resyncs: 0,
+        cert: None,
+        mtls: None,
     });
     WatchStream {
         caller: id(caller),

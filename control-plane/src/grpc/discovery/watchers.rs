@@ -11,6 +11,9 @@ use std::time::SystemTime;
 
 use trellis_ca::SpiffeId;
 
+use crate::mesh::model::MtlsMode;
+use crate::tls_listener::PeerCert;
+
 /// One open stream.
 #[derive(Debug, Clone)]
 pub struct WatcherInfo {
@@ -30,6 +33,11 @@ pub struct WatcherInfo {
     pub acked: (u64, u64),
     /// Full states sent after the first (the proxy missed something, or fell behind the history).
     pub resyncs: u64,
+    /// The client certificate the stream was opened with (the proxy reopens its stream with
+    /// each new certificate).
+    pub cert: Option<PeerCert>,
+    /// The mTLS mode last sent to the proxy.
+    pub mtls: Option<MtlsMode>,
 }
 
 /// Every open stream.
