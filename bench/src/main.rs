@@ -77,6 +77,15 @@ struct Cli {
     /// report is then incomplete.
     #[arg(long, value_delimiter = ',', value_parser = ["latency", "connections", "throughput"])]
     skip: Vec<String>,
+    /// An extra argument for every Trellis proxy (repeatable), e.g.
+    /// `--proxy-arg=--pool-max-streams=200`.
+    #[arg(long = "proxy-arg", allow_hyphen_values = true)]
+    proxy_args: Vec<String>,
+    /// A/B run: start a second Trellis pair, route `trellis-b`, whose proxies also get these
+    /// arguments (whitespace-separated, e.g. `--ab "--worker-threads=2"`); it alternates with
+    /// `trellis` within every repetition and the report compares the two.
+    #[arg(long, allow_hyphen_values = true)]
+    ab: Option<String>,
     /// Keep the run's directory (configs, certificates, logs) and print its path.
     #[arg(long)]
     keep_dir: bool,
@@ -159,9 +168,20 @@ fn bench(cli: &Cli) -> anyhow::Result<bool> {
         let mut sup = Supervisor::new(dir.path());
         let work = async {
             let started = std::time::Instant::now();
-            let mut routes = routes::start(&mut sup, dir.path(), &bins).await?;
+            let args = routes::TrellisArgs {
+                common: cli.proxy_args.clone(),
+                b: cli
+                    .ab
+                    .as_deref()
+                    .map(|b| b.split_whitespace().map(str::to_owned).collect()),
+            };
+            let mut routes = routes::start(&mut sup, dir.path(), &bins, &args).await?;
             if !cli.routes.is_empty() {
-                routes.retain(|r| r.name == "direct" || cli.routes.iter().any(|n| n == r.name));
+                routes.retain(|r| {
+                    r.name == "direct"
+                        || (r.name == "trellis-b" && cli.ab.is_some())
+                        || cli.routes.iter().any(|n| n == r.name)
+                });
             }
             eprintln!(
                 "bench: {} routes up in {:.1?}; {} run",

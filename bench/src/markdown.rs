@@ -75,6 +75,26 @@ pub fn render(r: &Report) -> String {
     }
     o.push('\n');
 
+    if !r.ab.is_empty() {
+        let _ = writeln!(
+            o,
+            "## A/B: `trellis-b` (B) against `trellis` (A), alternating in this run\n"
+        );
+        let _ = writeln!(o, "| figure | A | B | B ÷ A |");
+        let _ = writeln!(o, "|---|---:|---:|---:|");
+        for t in &r.ab {
+            let _ = writeln!(
+                o,
+                "| {} | {} | {} | {} |",
+                t.name,
+                f(t.haproxy, 1),
+                f(t.trellis, 1),
+                f(t.ratio, 3)
+            );
+        }
+        o.push('\n');
+    }
+
     for (i, &rate) in p.rates.iter().enumerate() {
         let _ = writeln!(o, "## Latency at {} req/s (µs)\n", thousands(rate));
         let _ = writeln!(

@@ -122,6 +122,9 @@ pub struct Report {
     pub routes: Vec<RouteSummary>,
     /// Targets.
     pub targets: Vec<Target>,
+    /// An A/B run (`--ab`): the target rows of `trellis-b` (in `trellis`) against `trellis`
+    /// (in `haproxy`); empty otherwise.
+    pub ab: Vec<Target>,
     /// Every route carried traffic in every measurement and every cell has a figure.
     pub complete: bool,
     /// What makes the report incomplete.
@@ -272,6 +275,7 @@ pub fn build(environment: Environment, plan: Plan, samples: Vec<Samples>) -> Rep
             plan,
             routes: vec![],
             targets: vec![],
+            ab: vec![],
             complete: false,
             problems: vec!["no direct route measured".into()],
             warnings: vec![],
@@ -284,7 +288,9 @@ pub fn build(environment: Environment, plan: Plan, samples: Vec<Samples>) -> Rep
         .collect();
     let (problems, warnings) = check(&routes, &plan);
     let targets = targets(&routes, &plan);
+    let ab = ab(&routes, &plan);
     Report {
+        ab,
         environment,
         complete: problems.is_empty(),
         problems,
@@ -382,6 +388,36 @@ fn targets(routes: &[RouteSummary], plan: &Plan) -> Vec<Target> {
     let (Some(t), Some(h)) = (find("trellis"), find("haproxy")) else {
         return vec![];
     };
+    compare(t, h, plan)
+}
+
+/// An A/B run's comparison: the `targets` rows with `trellis-b` (B) in the `trellis` column
+/// and `trellis` (A) in the `haproxy` one, so `ratio` is B ÷ A; `pass` does not apply.
+fn ab(routes: &[RouteSummary], plan: &Plan) -> Vec<Target> {
+    let find = |n: &str| routes.iter().find(|r| r.route == n);
+    let (Some(b), Some(a)) = (find("trellis-b"), find("trellis")) else {
+        return vec![];
+    };
+    let mut rows = compare(b, a, plan);
+    for row in &mut rows {
+        row.pass = None;
+        row.note.clear();
+        row.requirement.clear();
+    }
+    rows.push(Target {
+        name: "proxies' CPU s per GB, single stream".into(),
+        trellis: b.stream_cpu_s_per_gb,
+        haproxy: a.stream_cpu_s_per_gb,
+        ratio: ratio(b.stream_cpu_s_per_gb, a.stream_cpu_s_per_gb),
+        requirement: String::new(),
+        pass: None,
+        note: String::new(),
+    });
+    rows
+}
+
+/// The target rows of route `t` against the reference `h`.
+fn compare(t: &RouteSummary, h: &RouteSummary, plan: &Plan) -> Vec<Target> {
     let mut out = Vec::new();
     let at = |r: &RouteSummary, rate: u32| r.latency.iter().find(|l| l.rate == rate).cloned();
     for &rate in &plan.rates {
