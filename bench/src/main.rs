@@ -20,6 +20,7 @@
 
 mod backend;
 mod control_plane;
+mod idle;
 mod load;
 mod markdown;
 mod plan;
@@ -73,10 +74,14 @@ struct Cli {
     /// the report is then incomplete.
     #[arg(long, value_delimiter = ',')]
     routes: Vec<String>,
-    /// Leave out these measurements (latency, connections, throughput), for profiling; the
-    /// report is then incomplete.
-    #[arg(long, value_delimiter = ',', value_parser = ["latency", "connections", "throughput"])]
+    /// Leave out these measurements (idle, latency, connections, throughput), for profiling;
+    /// the report is then incomplete.
+    #[arg(long, value_delimiter = ',', value_parser = ["idle", "latency", "connections", "throughput"])]
     skip: Vec<String>,
+    /// Connections held open at once in the connections-at-scale measurement (default: quick
+    /// 200, full 10,000).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=idle::MAX_CONNECTIONS as i64))]
+    idle_connections: Option<u32>,
     /// An extra argument for every Trellis proxy (repeatable), e.g.
     /// `--proxy-arg=--pool-max-streams=200`.
     #[arg(long = "proxy-arg", allow_hyphen_values = true)]
@@ -145,6 +150,11 @@ fn bench(cli: &Cli) -> anyhow::Result<bool> {
         Plan::full()
     };
     plan.skip.clone_from(&cli.skip);
+    if let Some(n) = cli.idle_connections {
+        plan.idle.connections = n as usize;
+    }
+    // The fleet, the latency connections and the bench's own sockets all hold descriptors.
+    procs::raise_open_files();
     if let Some(n) = cli.repetitions {
         plan.repetitions = n.max(1);
     }
@@ -168,14 +178,23 @@ fn bench(cli: &Cli) -> anyhow::Result<bool> {
         let mut sup = Supervisor::new(dir.path());
         let work = async {
             let started = std::time::Instant::now();
+            // The proxies' connection cap (10,000 by default) must leave room for the fleet;
+            // --proxy-arg comes after this and can still set it.
+            let cap = format!(
+                "--max-connections={}",
+                plan.idle.connections.max(9_000) + 1_000
+            );
             let args = routes::TrellisArgs {
-                common: cli.proxy_args.clone(),
+                common: std::iter::once(cap)
+                    .chain(cli.proxy_args.iter().cloned())
+                    .collect(),
                 b: cli
                     .ab
                     .as_deref()
                     .map(|b| b.split_whitespace().map(str::to_owned).collect()),
             };
-            let mut routes = routes::start(&mut sup, dir.path(), &bins, &args).await?;
+            let max_conns = plan.idle.connections + 1_000;
+            let mut routes = routes::start(&mut sup, dir.path(), &bins, &args, max_conns).await?;
             if !cli.routes.is_empty() {
                 routes.retain(|r| {
                     r.name == "direct"

@@ -130,6 +130,7 @@ pub fn render(r: &Report) -> String {
         o.push('\n');
     }
 
+    idle_table(r, &mut o);
     let _ = writeln!(
         o,
         "## New connections (fresh TCP connection per request, {} concurrent, closed loop, {:.1} s)\n",
@@ -228,4 +229,46 @@ pub fn render(r: &Report) -> String {
         let _ = writeln!(o, "- warning: {w}");
     }
     o
+}
+
+/// Connections at scale: memory per proxy and the fleet's latency.
+fn idle_table(r: &Report, o: &mut String) {
+    let p = &r.plan;
+    if !p.runs("idle") {
+        return;
+    }
+    let _ = writeln!(
+        o,
+        "## Connections at scale ({} application connections open at once, each one request every {:.0} s; fresh proxies)\n",
+        thousands(p.idle.connections as u32),
+        p.idle.interval.as_secs_f64()
+    );
+    let _ = writeln!(
+        o,
+        "| route | side | RSS before (MiB) | RSS open (MiB) | KiB per connection | p50 µs | p99 µs | added p99 µs | errors |"
+    );
+    let _ = writeln!(o, "|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    for route in &r.routes {
+        let Some(i) = &route.idle else { continue };
+        let latency = format!(
+            "{:.1} | {:.1} | {} | {}",
+            i.p50_us,
+            i.p99_us,
+            f(i.added_p99_us, 1),
+            i.errors
+        );
+        if i.proxies.is_empty() {
+            let _ = writeln!(o, "| {} | — | — | — | — | {latency} |", route.route);
+        }
+        for x in &i.proxies {
+            let _ = writeln!(
+                o,
+                "| {} | {} | {:.1} | {:.1} | {:.2} | {latency} |",
+                route.route, x.side, x.rss_before_mib, x.rss_open_mib, x.kib_per_connection
+            );
+        }
+    }
+    o.push_str(
+        "\nKiB per connection: (RSS open − RSS before) ÷ connections, per proxy process; the latency is that of the fleet's own requests (added = route − direct).\n\n",
+    );
 }

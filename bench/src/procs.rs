@@ -302,6 +302,23 @@ pub fn rss_kib(pids: &[u32]) -> u64 {
     pids.iter().filter_map(|&p| status_kib(p, "VmRSS:")).sum()
 }
 
+/// Raises this process's open-file limit to its hard limit; children started afterwards
+/// inherit it (the connections-at-scale fleet holds thousands of sockets in the bench, the
+/// backend and HAProxy).
+pub fn raise_open_files() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if let Some(max) = limit.maximum {
+        let _ = setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(max),
+                maximum: Some(max),
+            },
+        );
+    }
+}
+
 /// Bytes `pid` passed to write-like system calls (`wchar` of `/proc/PID/io`): for a server,
 /// mostly what it sent on its sockets.
 pub fn written_bytes(pid: u32) -> Option<u64> {

@@ -6,8 +6,9 @@
 
 use serde::Serialize;
 
+use crate::idle::{self, IdleSummary};
 use crate::plan::Plan;
-use crate::run::Samples;
+use crate::run::{IDLE_ROUTES, Samples};
 
 /// Facts about the machine and the software compared.
 #[derive(Debug, Clone, Serialize)]
@@ -90,6 +91,8 @@ pub struct RouteSummary {
     pub stream_errors: usize,
     /// Per proxy process.
     pub proxies: Vec<ProxySummary>,
+    /// Connections at scale.
+    pub idle: Option<IdleSummary>,
 }
 
 /// One of the targets.
@@ -264,6 +267,10 @@ fn summarize(route: &Samples, direct: &Samples, rates: &[u32]) -> RouteSummary {
         ),
         stream_errors: route.streams.iter().filter(|s| s.error.is_some()).count(),
         proxies,
+        idle: route
+            .idle
+            .as_ref()
+            .and_then(|i| idle::summarize(i, direct.idle.as_ref())),
     }
 }
 
@@ -315,6 +322,19 @@ fn check(routes: &[RouteSummary], plan: &Plan) -> (Vec<String>, Vec<String>) {
     }
     for r in routes {
         let name = r.route;
+        if plan.runs("idle") && IDLE_ROUTES.contains(&name) {
+            match &r.idle {
+                None => problems.push(format!(
+                    "{name}: no figures with {} open connections",
+                    plan.idle.connections
+                )),
+                Some(i) if i.errors > 0 => warnings.push(format!(
+                    "{name}: {} requests failed with {} open connections",
+                    i.errors, i.connections
+                )),
+                Some(_) => {}
+            }
+        }
         for l in &r.latency {
             if l.completed == 0
                 || l.us.iter().any(Option::is_none)
@@ -489,6 +509,27 @@ fn compare(t: &RouteSummary, h: &RouteSummary, plan: &Plan) -> Vec<Target> {
             ratio: ratio(tv, hv),
             requirement: "≤ 15 MiB".into(),
             pass: tv.map(|v| v <= 15.0),
+            note: String::new(),
+        });
+    }
+    let idle_sides = |r: &RouteSummary| r.idle.as_ref().map(|i| i.proxies.clone());
+    for (tp, hp) in idle_sides(t)
+        .unwrap_or_default()
+        .iter()
+        .zip(idle_sides(h).unwrap_or_default().iter())
+    {
+        let (tv, hv) = (Some(tp.kib_per_connection), Some(hp.kib_per_connection));
+        out.push(Target {
+            name: format!(
+                "{} proxy memory per open connection, {} open (KiB)",
+                tp.side,
+                thousands(plan.idle.connections as u32)
+            ),
+            trellis: tv,
+            haproxy: hv,
+            ratio: ratio(tv, hv),
+            requirement: "≤ 6 KiB".into(),
+            pass: tv.map(|v| v <= 6.0),
             note: String::new(),
         });
     }

@@ -133,6 +133,7 @@ pub async fn start(
     dir: &Path,
     bins: &Bins,
     args: &TrellisArgs,
+    max_conns: usize,
 ) -> anyhow::Result<Vec<Route>> {
     // Backend.
     let (app_http, app_stream) = (free_addr()?, free_addr()?);
@@ -249,7 +250,7 @@ pub async fn start(
         .await?;
         routes.push(b_route);
     }
-    routes.push(start_haproxy(sup, dir, app_http, app_stream).await?);
+    routes.push(start_haproxy(sup, dir, app, max_conns).await?);
     routes.push(start_nginx(sup, dir, app_http, app_stream).await?);
     for r in &routes {
         let mut c = load::open_connections(r.http, 1, Duration::from_secs(10))
@@ -329,19 +330,23 @@ async fn start_trellis(
 
 /// HAProxy in `mode tcp`: each application connection is its own TLS connection between the
 /// two HAProxies (no multiplexing in TCP mode); TLS sessions are resumed by default.
+/// `maxconn` is at least 8,000 and `max_conns` (the connections-at-scale fleet and more).
 async fn start_haproxy(
     sup: &mut Supervisor,
     dir: &Path,
-    app_http: SocketAddr,
-    app_stream: SocketAddr,
+    (app_http, app_stream): (SocketAddr, SocketAddr),
+    max_conns: usize,
 ) -> anyhow::Result<Route> {
     let (tls_http, tls_stream, http, stream) =
         (free_addr()?, free_addr()?, free_addr()?, free_addr()?);
     let d = dir.display();
-    let head = "global\n  maxconn 8000\n  nbthread 2\n\
-                defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n";
-    let mut server = head.to_owned();
-    let mut client = head.to_owned();
+    let head = format!(
+        "global\n  maxconn {}\n  nbthread 2\n\
+         defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n",
+        max_conns.max(8000)
+    );
+    let mut server = head.clone();
+    let mut client = head;
     for (name, tls, listen, app) in [
         ("http", tls_http, http, app_http),
         ("stream", tls_stream, stream, app_stream),
