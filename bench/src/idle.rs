@@ -39,6 +39,23 @@ pub struct IdlePlan {
     pub intervals: u32,
 }
 
+/// The fleet's requests per second at most: the generator's one thread keeps its own latency
+/// well under the proxies' at this rate (at 10,000/s direct's p99 was seconds).
+const MAX_FLEET_RATE: f64 = 2_000.0;
+
+impl IdlePlan {
+    /// The plan with `n` connections, the interval lengthened if the fleet would send more than
+    /// [`MAX_FLEET_RATE`] requests per second.
+    pub fn with_connections(self, n: usize) -> Self {
+        let least = Duration::from_secs_f64(n as f64 / MAX_FLEET_RATE);
+        Self {
+            connections: n,
+            interval: self.interval.max(least),
+            ..self
+        }
+    }
+}
+
 /// One proxy's memory over the scenario.
 #[derive(Debug, Clone, Serialize)]
 pub struct IdleProxy {
@@ -260,6 +277,22 @@ mod tests {
             assert_eq!(v4.ip().octets()[..2], [127, 1], "{a}");
             assert_ne!(v4.ip().octets()[3], 0, "{a}");
             assert_ne!(v4.ip().octets()[3], 255, "{a}");
+        }
+    }
+
+    #[test]
+    fn a_larger_fleet_gets_a_longer_interval_so_its_rate_stays_bounded() {
+        let quick = IdlePlan {
+            connections: 200,
+            interval: Duration::from_secs(1),
+            intervals: 2,
+        };
+        let cases = [(200, 1.0), (2_000, 1.0), (10_000, 5.0), (20_000, 10.0)];
+        for (n, secs) in cases {
+            let p = quick.clone().with_connections(n);
+            assert_eq!(p.connections, n);
+            assert_eq!(p.interval, Duration::from_secs_f64(secs), "{n} connections");
+            assert_eq!(p.intervals, 2);
         }
     }
 

@@ -151,7 +151,7 @@ fn bench(cli: &Cli) -> anyhow::Result<bool> {
     };
     plan.skip.clone_from(&cli.skip);
     if let Some(n) = cli.idle_connections {
-        plan.idle.connections = n as usize;
+        plan.idle = plan.idle.with_connections(n as usize);
     }
     // The fleet, the latency connections and the bench's own sockets all hold descriptors.
     procs::raise_open_files();

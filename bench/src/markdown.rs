@@ -249,6 +249,9 @@ fn idle_table(r: &Report, o: &mut String) {
     );
     let _ = writeln!(o, "|---|---|---:|---:|---:|---:|---:|---:|---:|");
     for route in &r.routes {
+        if let Some(why) = &route.idle_skipped {
+            let _ = writeln!(o, "| {} | not measured: {why} | | | | | | | |", route.route);
+        }
         let Some(i) = &route.idle else { continue };
         let latency = format!(
             "{:.1} | {:.1} | {} | {}",

@@ -93,6 +93,8 @@ pub struct RouteSummary {
     pub proxies: Vec<ProxySummary>,
     /// Connections at scale.
     pub idle: Option<IdleSummary>,
+    /// Why connections at scale were not measured.
+    pub idle_skipped: Option<String>,
 }
 
 /// One of the targets.
@@ -271,6 +273,7 @@ fn summarize(route: &Samples, direct: &Samples, rates: &[u32]) -> RouteSummary {
             .idle
             .as_ref()
             .and_then(|i| idle::summarize(i, direct.idle.as_ref())),
+        idle_skipped: route.idle_skipped.clone(),
     }
 }
 
@@ -324,6 +327,11 @@ fn check(routes: &[RouteSummary], plan: &Plan) -> (Vec<String>, Vec<String>) {
         let name = r.route;
         if plan.runs("idle") && IDLE_ROUTES.contains(&name) {
             match &r.idle {
+                None if r.idle_skipped.is_some() => warnings.push(format!(
+                    "{name}: not measured with {} open connections: {}",
+                    plan.idle.connections,
+                    r.idle_skipped.as_deref().unwrap_or_default()
+                )),
                 None => problems.push(format!(
                     "{name}: no figures with {} open connections",
                     plan.idle.connections

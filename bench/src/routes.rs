@@ -25,7 +25,7 @@ use anyhow::{Context, bail};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::procs::Supervisor;
+use crate::procs::{self, Supervisor};
 use crate::{load, service_route};
 
 /// A proxy process of a route.
@@ -330,7 +330,8 @@ async fn start_trellis(
 
 /// HAProxy in `mode tcp`: each application connection is its own TLS connection between the
 /// two HAProxies (no multiplexing in TCP mode); TLS sessions are resumed by default.
-/// `maxconn` is at least 8,000 and `max_conns` (the connections-at-scale fleet and more).
+/// `maxconn` is at least 8,000 and `max_conns` (the connections-at-scale fleet and more) when
+/// the open-file limit allows it.
 async fn start_haproxy(
     sup: &mut Supervisor,
     dir: &Path,
@@ -343,7 +344,7 @@ async fn start_haproxy(
     let head = format!(
         "global\n  maxconn {}\n  nbthread 2\n\
          defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n",
-        max_conns.max(8000)
+        max_conns.min(procs::haproxy_connections()).max(8000)
     );
     let mut server = head.clone();
     let mut client = head;

@@ -105,6 +105,9 @@ pub struct Samples {
     pub streams: Vec<StreamSample>,
     /// Connections at scale (routes in [`IDLE_ROUTES`] only).
     pub idle: Option<IdleSample>,
+    /// Why connections at scale were not measured on this route (HAProxy beyond the
+    /// open-file limit).
+    pub idle_skipped: Option<String>,
     /// All recorded latencies per rate, every repetition merged (for the plots).
     #[serde(skip)]
     pub merged: BTreeMap<u32, Histogram<u64>>,
@@ -124,6 +127,7 @@ pub async fn measure(plan: &Plan, routes: &[Route]) -> Vec<Samples> {
             conns: vec![],
             streams: vec![],
             idle: None,
+            idle_skipped: None,
             merged: BTreeMap::new(),
         })
         .collect();
@@ -133,6 +137,19 @@ pub async fn measure(plan: &Plan, routes: &[Route]) -> Vec<Samples> {
         .enumerate()
         .filter(|(_, r)| plan.runs("idle") && IDLE_ROUTES.contains(&r.name));
     for (i, route) in idle_runs {
+        let most = procs::haproxy_connections().saturating_sub(plan.connections);
+        if route.name == "haproxy" && plan.idle.connections > most {
+            let why = format!(
+                "HAProxy holds two descriptors per connection: the open-file limit ({}) allows {most}",
+                procs::open_files_limit()
+            );
+            eprintln!(
+                "bench: {} open connections haproxy: not measured ({why})",
+                plan.idle.connections
+            );
+            all[i].idle_skipped = Some(why);
+            continue;
+        }
         let s = idle::measure(&plan.idle, route).await;
         let rss: Vec<String> = s
             .proxies
