@@ -14,7 +14,9 @@
 //! - `routes` — the four routes and the processes behind them (control plane, proxies, certs).
 //! - `load` — the open-loop generator, the new-connection loop, single-stream transfers.
 //! - `run` — the schedule: repetitions, routes alternating; raw samples.
-//! - `report` — medians, added latency, targets, completeness; `markdown` and `svg` render it.
+//! - `idle` — connections at scale: thousands of connections held open, RSS per connection.
+//! - `report` — medians, added latency, completeness; `targets` — the targets and the
+//!   A/B table; `markdown` and `svg` render them.
 //! - `control_plane` — `trellis-bench control-plane`: the control plane at scale (its own
 //!   layout in its module).
 
@@ -30,6 +32,7 @@ mod routes;
 mod run;
 mod service_route;
 mod svg;
+mod targets;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
