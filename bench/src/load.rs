@@ -33,7 +33,7 @@ pub fn histogram() -> Histogram<u64> {
 }
 
 /// One request/response exchange on an open connection.
-async fn exchange(s: &mut TcpStream, buf: &mut [u8; 128]) -> anyhow::Result<()> {
+pub(crate) async fn exchange(s: &mut TcpStream, buf: &mut [u8; 128]) -> anyhow::Result<()> {
     s.write_all(REQUEST).await?;
     let resp = &mut buf[..RESPONSE.len()];
     s.read_exact(resp).await?;

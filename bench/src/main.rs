@@ -14,12 +14,15 @@
 //! - `routes` — the four routes and the processes behind them (control plane, proxies, certs).
 //! - `load` — the open-loop generator, the new-connection loop, single-stream transfers.
 //! - `run` — the schedule: repetitions, routes alternating; raw samples.
-//! - `report` — medians, added latency, targets, completeness; `markdown` and `svg` render it.
+//! - `idle` — connections at scale: thousands of connections held open, RSS per connection.
+//! - `report` — medians, added latency, completeness; `targets` — the targets and the
+//!   A/B table; `markdown` and `svg` render them.
 //! - `control_plane` — `trellis-bench control-plane`: the control plane at scale (its own
 //!   layout in its module).
 
 mod backend;
 mod control_plane;
+mod idle;
 mod load;
 mod markdown;
 mod plan;
@@ -29,6 +32,7 @@ mod routes;
 mod run;
 mod service_route;
 mod svg;
+mod targets;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -73,10 +77,23 @@ struct Cli {
     /// the report is then incomplete.
     #[arg(long, value_delimiter = ',')]
     routes: Vec<String>,
-    /// Leave out these measurements (latency, connections, throughput), for profiling; the
-    /// report is then incomplete.
-    #[arg(long, value_delimiter = ',', value_parser = ["latency", "connections", "throughput"])]
+    /// Leave out these measurements (idle, latency, connections, throughput), for profiling;
+    /// the report is then incomplete.
+    #[arg(long, value_delimiter = ',', value_parser = ["idle", "latency", "connections", "throughput"])]
     skip: Vec<String>,
+    /// Connections held open at once in the connections-at-scale measurement (default: quick
+    /// 200, full 10,000).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=idle::MAX_CONNECTIONS as i64))]
+    idle_connections: Option<u32>,
+    /// An extra argument for every Trellis proxy (repeatable), e.g.
+    /// `--proxy-arg=--pool-max-streams=200`.
+    #[arg(long = "proxy-arg", allow_hyphen_values = true)]
+    proxy_args: Vec<String>,
+    /// A/B run: start a second Trellis pair, route `trellis-b`, whose proxies also get these
+    /// arguments (whitespace-separated, e.g. `--ab "--worker-threads=2"`); it alternates with
+    /// `trellis` within every repetition and the report compares the two.
+    #[arg(long, allow_hyphen_values = true)]
+    ab: Option<String>,
     /// Keep the run's directory (configs, certificates, logs) and print its path.
     #[arg(long)]
     keep_dir: bool,
@@ -136,6 +153,11 @@ fn bench(cli: &Cli) -> anyhow::Result<bool> {
         Plan::full()
     };
     plan.skip.clone_from(&cli.skip);
+    if let Some(n) = cli.idle_connections {
+        plan.idle = plan.idle.with_connections(n as usize);
+    }
+    // The fleet, the latency connections and the bench's own sockets all hold descriptors.
+    procs::raise_open_files();
     if let Some(n) = cli.repetitions {
         plan.repetitions = n.max(1);
     }
@@ -159,9 +181,29 @@ fn bench(cli: &Cli) -> anyhow::Result<bool> {
         let mut sup = Supervisor::new(dir.path());
         let work = async {
             let started = std::time::Instant::now();
-            let mut routes = routes::start(&mut sup, dir.path(), &bins).await?;
+            // The proxies' connection cap (10,000 by default) must leave room for the fleet;
+            // --proxy-arg comes after this and can still set it.
+            let cap = format!(
+                "--max-connections={}",
+                plan.idle.connections.max(9_000) + 1_000
+            );
+            let args = routes::TrellisArgs {
+                common: std::iter::once(cap)
+                    .chain(cli.proxy_args.iter().cloned())
+                    .collect(),
+                b: cli
+                    .ab
+                    .as_deref()
+                    .map(|b| b.split_whitespace().map(str::to_owned).collect()),
+            };
+            let max_conns = plan.idle.connections + 1_000;
+            let mut routes = routes::start(&mut sup, dir.path(), &bins, &args, max_conns).await?;
             if !cli.routes.is_empty() {
-                routes.retain(|r| r.name == "direct" || cli.routes.iter().any(|n| n == r.name));
+                routes.retain(|r| {
+                    r.name == "direct"
+                        || (r.name == "trellis-b" && cli.ab.is_some())
+                        || cli.routes.iter().any(|n| n == r.name)
+                });
             }
             eprintln!(
                 "bench: {} routes up in {:.1?}; {} run",

@@ -75,6 +75,26 @@ pub fn render(r: &Report) -> String {
     }
     o.push('\n');
 
+    if !r.ab.is_empty() {
+        let _ = writeln!(
+            o,
+            "## A/B: `trellis-b` (B) against `trellis` (A), alternating in this run\n"
+        );
+        let _ = writeln!(o, "| figure | A | B | B ÷ A |");
+        let _ = writeln!(o, "|---|---:|---:|---:|");
+        for t in &r.ab {
+            let _ = writeln!(
+                o,
+                "| {} | {} | {} | {} |",
+                t.name,
+                f(t.haproxy, 1),
+                f(t.trellis, 1),
+                f(t.ratio, 3)
+            );
+        }
+        o.push('\n');
+    }
+
     for (i, &rate) in p.rates.iter().enumerate() {
         let _ = writeln!(o, "## Latency at {} req/s (µs)\n", thousands(rate));
         let _ = writeln!(
@@ -110,6 +130,7 @@ pub fn render(r: &Report) -> String {
         o.push('\n');
     }
 
+    idle_table(r, &mut o);
     let _ = writeln!(
         o,
         "## New connections (fresh TCP connection per request, {} concurrent, closed loop, {:.1} s)\n",
@@ -208,4 +229,49 @@ pub fn render(r: &Report) -> String {
         let _ = writeln!(o, "- warning: {w}");
     }
     o
+}
+
+/// Connections at scale: memory per proxy and the fleet's latency.
+fn idle_table(r: &Report, o: &mut String) {
+    let p = &r.plan;
+    if !p.runs("idle") {
+        return;
+    }
+    let _ = writeln!(
+        o,
+        "## Connections at scale ({} application connections open at once, each one request every {:.0} s; fresh proxies)\n",
+        thousands(p.idle.connections as u32),
+        p.idle.interval.as_secs_f64()
+    );
+    let _ = writeln!(
+        o,
+        "| route | side | RSS before (MiB) | RSS open (MiB) | KiB per connection | p50 µs | p99 µs | added p99 µs | errors |"
+    );
+    let _ = writeln!(o, "|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    for route in &r.routes {
+        if let Some(why) = &route.idle_skipped {
+            let _ = writeln!(o, "| {} | not measured: {why} | | | | | | | |", route.route);
+        }
+        let Some(i) = &route.idle else { continue };
+        let latency = format!(
+            "{:.1} | {:.1} | {} | {}",
+            i.p50_us,
+            i.p99_us,
+            f(i.added_p99_us, 1),
+            i.errors
+        );
+        if i.proxies.is_empty() {
+            let _ = writeln!(o, "| {} | — | — | — | — | {latency} |", route.route);
+        }
+        for x in &i.proxies {
+            let _ = writeln!(
+                o,
+                "| {} | {} | {:.1} | {:.1} | {:.2} | {latency} |",
+                route.route, x.side, x.rss_before_mib, x.rss_open_mib, x.kib_per_connection
+            );
+        }
+    }
+    o.push_str(
+        "\nKiB per connection: (RSS open − RSS before) ÷ connections, per proxy process; the latency is that of the fleet's own requests (added = route − direct).\n\n",
+    );
 }

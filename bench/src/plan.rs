@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::idle::IdlePlan;
+
 /// The schedule of one run.
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
@@ -40,12 +42,14 @@ pub struct Plan {
     /// Pause between measurements, so TIME_WAIT sockets and proxy buffers settle.
     #[serde(serialize_with = "secs")]
     pub settle: Duration,
-    /// Measurements left out (`latency`, `connections`, `throughput`), for profiling one of
+    /// Connections at scale (`idle`), once per route before the repetitions.
+    pub idle: IdlePlan,
+    /// Measurements left out (`idle`, `latency`, `connections`, `throughput`), for profiling one of
     /// them; a report with any left out is incomplete.
     pub skip: Vec<String>,
 }
 
-fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_f64(d.as_secs_f64())
 }
 
@@ -70,6 +74,11 @@ impl Plan {
             stream_bytes: 128 << 20,
             stream_limit: Duration::from_secs(15),
             settle: Duration::from_millis(100),
+            idle: IdlePlan {
+                connections: 200,
+                interval: Duration::from_secs(1),
+                intervals: 2,
+            },
             skip: vec![],
         }
     }
@@ -91,6 +100,11 @@ impl Plan {
             stream_bytes: 512 << 20,
             stream_limit: Duration::from_secs(60),
             settle: Duration::from_millis(500),
+            idle: IdlePlan {
+                connections: 10_000,
+                interval: Duration::from_secs(5),
+                intervals: 2,
+            },
             skip: vec![],
         }
     }

@@ -302,6 +302,38 @@ pub fn rss_kib(pids: &[u32]) -> u64 {
     pids.iter().filter_map(|&p| status_kib(p, "VmRSS:")).sum()
 }
 
+/// This process's open-file limit (after [`raise_open_files`], what the children get).
+pub fn open_files_limit() -> u64 {
+    rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(u64::MAX)
+}
+
+/// Most application connections an HAProxy pair can hold under the open-file limit: each
+/// takes two descriptors in each HAProxy (HAProxy refuses to start when `maxconn` needs more).
+pub fn haproxy_connections() -> usize {
+    usize::try_from(open_files_limit() / 2)
+        .unwrap_or(usize::MAX)
+        .saturating_sub(200)
+}
+
+/// Raises this process's open-file limit to its hard limit; children started afterwards
+/// inherit it (the connections-at-scale fleet holds thousands of sockets in the bench, the
+/// backend and HAProxy).
+pub fn raise_open_files() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if let Some(max) = limit.maximum {
+        let _ = setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(max),
+                maximum: Some(max),
+            },
+        );
+    }
+}
+
 /// Bytes `pid` passed to write-like system calls (`wchar` of `/proc/PID/io`): for a server,
 /// mostly what it sent on its sockets.
 pub fn written_bytes(pid: u32) -> Option<u64> {

@@ -1,13 +1,14 @@
 //! Reducing the repetitions: medians per route, latency *added* over direct (paired by
-//! repetition), CPU per 1,000 requests, peak RSS; the targets as Trellis ÷ HAProxy
-//! ratios with PASS/MISS; and the completeness check the CI smoke relies on.
+//! repetition), CPU per 1,000 requests, peak RSS, connections at scale; the completeness check
+//! the CI smoke relies on. The targets (Trellis ÷ HAProxy) are computed in `targets`.
 //!
 //! Owns: [`Report`] (also the JSON document) and [`build`]. Rendering is in `markdown`.
 
 use serde::Serialize;
 
+use crate::idle::{self, IdleSummary};
 use crate::plan::Plan;
-use crate::run::Samples;
+use crate::run::{IDLE_ROUTES, Samples};
 
 /// Facts about the machine and the software compared.
 #[derive(Debug, Clone, Serialize)]
@@ -90,6 +91,10 @@ pub struct RouteSummary {
     pub stream_errors: usize,
     /// Per proxy process.
     pub proxies: Vec<ProxySummary>,
+    /// Connections at scale.
+    pub idle: Option<IdleSummary>,
+    /// Why connections at scale were not measured.
+    pub idle_skipped: Option<String>,
 }
 
 /// One of the targets.
@@ -122,6 +127,9 @@ pub struct Report {
     pub routes: Vec<RouteSummary>,
     /// Targets.
     pub targets: Vec<Target>,
+    /// An A/B run (`--ab`): the target rows of `trellis-b` (in `trellis`) against `trellis`
+    /// (in `haproxy`); empty otherwise.
+    pub ab: Vec<Target>,
     /// Every route carried traffic in every measurement and every cell has a figure.
     pub complete: bool,
     /// What makes the report incomplete.
@@ -261,6 +269,11 @@ fn summarize(route: &Samples, direct: &Samples, rates: &[u32]) -> RouteSummary {
         ),
         stream_errors: route.streams.iter().filter(|s| s.error.is_some()).count(),
         proxies,
+        idle: route
+            .idle
+            .as_ref()
+            .and_then(|i| idle::summarize(i, direct.idle.as_ref())),
+        idle_skipped: route.idle_skipped.clone(),
     }
 }
 
@@ -272,6 +285,7 @@ pub fn build(environment: Environment, plan: Plan, samples: Vec<Samples>) -> Rep
             plan,
             routes: vec![],
             targets: vec![],
+            ab: vec![],
             complete: false,
             problems: vec!["no direct route measured".into()],
             warnings: vec![],
@@ -283,8 +297,10 @@ pub fn build(environment: Environment, plan: Plan, samples: Vec<Samples>) -> Rep
         .map(|s| summarize(s, direct, &plan.rates))
         .collect();
     let (problems, warnings) = check(&routes, &plan);
-    let targets = targets(&routes, &plan);
+    let targets = crate::targets::targets(&routes, &plan);
+    let ab = crate::targets::ab(&routes, &plan);
     Report {
+        ab,
         environment,
         complete: problems.is_empty(),
         problems,
@@ -309,6 +325,24 @@ fn check(routes: &[RouteSummary], plan: &Plan) -> (Vec<String>, Vec<String>) {
     }
     for r in routes {
         let name = r.route;
+        if plan.runs("idle") && IDLE_ROUTES.contains(&name) {
+            match &r.idle {
+                None if r.idle_skipped.is_some() => warnings.push(format!(
+                    "{name}: not measured with {} open connections: {}",
+                    plan.idle.connections,
+                    r.idle_skipped.as_deref().unwrap_or_default()
+                )),
+                None => problems.push(format!(
+                    "{name}: no figures with {} open connections",
+                    plan.idle.connections
+                )),
+                Some(i) if i.errors > 0 => warnings.push(format!(
+                    "{name}: {} requests failed with {} open connections",
+                    i.errors, i.connections
+                )),
+                Some(_) => {}
+            }
+        }
         for l in &r.latency {
             if l.completed == 0
                 || l.us.iter().any(Option::is_none)
@@ -368,111 +402,6 @@ fn check(routes: &[RouteSummary], plan: &Plan) -> (Vec<String>, Vec<String>) {
         }
     }
     (problems, warnings)
-}
-
-fn ratio(t: Option<f64>, h: Option<f64>) -> Option<f64> {
-    match (t, h) {
-        (Some(t), Some(h)) if h > 0.0 => Some(t / h),
-        _ => None,
-    }
-}
-
-fn targets(routes: &[RouteSummary], plan: &Plan) -> Vec<Target> {
-    let find = |n: &str| routes.iter().find(|r| r.route == n);
-    let (Some(t), Some(h)) = (find("trellis"), find("haproxy")) else {
-        return vec![];
-    };
-    let mut out = Vec::new();
-    let at = |r: &RouteSummary, rate: u32| r.latency.iter().find(|l| l.rate == rate).cloned();
-    for &rate in &plan.rates {
-        let (tl, hl) = (at(t, rate), at(h, rate));
-        let tv = tl.as_ref().and_then(|l| l.added_us[2]);
-        let hv = hl.as_ref().and_then(|l| l.added_us[2]);
-        let r = ratio(tv, hv);
-        out.push(Target {
-            name: format!("added p99 latency at {} req/s (µs)", thousands(rate)),
-            trellis: tv,
-            haproxy: hv,
-            ratio: r,
-            requirement: "≤ 1.0 × HAProxy (goal 0.8)".into(),
-            pass: tv.zip(hv).map(|(a, b)| a <= b),
-            note: match r {
-                Some(r) if r <= 0.8 => "goal 0.8 met".into(),
-                Some(_) => "goal 0.8 not met".into(),
-                None => String::new(),
-            },
-        });
-    }
-    let rel = |name: &str, tv: Option<f64>, hv: Option<f64>, factor: f64| {
-        let r = ratio(tv, hv);
-        Target {
-            name: name.into(),
-            trellis: tv,
-            haproxy: hv,
-            ratio: r,
-            requirement: format!("≥ {factor} × HAProxy"),
-            pass: r.map(|r| r >= factor),
-            note: String::new(),
-        }
-    };
-    out.push(rel(
-        "new connections per second",
-        t.conns_per_s,
-        h.conns_per_s,
-        5.0,
-    ));
-    out.push(rel(
-        "single-stream throughput, upload (MB/s)",
-        t.upload_mbps,
-        h.upload_mbps,
-        1.2,
-    ));
-    out.push(rel(
-        "single-stream throughput, download (MB/s)",
-        t.download_mbps,
-        h.download_mbps,
-        1.2,
-    ));
-    let top = plan.rates.iter().copied().max().unwrap_or(0);
-    for (tp, hp) in t.proxies.iter().zip(&h.proxies) {
-        let pick = |p: &ProxySummary| {
-            p.per_rate
-                .iter()
-                .find(|(r, _, _)| *r == top)
-                .and_then(|x| x.1)
-        };
-        let (tv, hv) = (pick(tp), pick(hp));
-        out.push(Target {
-            name: format!(
-                "{} proxy peak RSS at {} req/s (MiB)",
-                tp.side,
-                thousands(top)
-            ),
-            trellis: tv,
-            haproxy: hv,
-            ratio: ratio(tv, hv),
-            requirement: "≤ 15 MiB".into(),
-            pass: tv.map(|v| v <= 15.0),
-            note: String::new(),
-        });
-    }
-    for &rate in &plan.rates {
-        let tv = at(t, rate).and_then(|l| l.cpu_ms_per_1k);
-        let hv = at(h, rate).and_then(|l| l.cpu_ms_per_1k);
-        out.push(Target {
-            name: format!(
-                "CPU per 1,000 requests at {} req/s, both proxies (ms)",
-                thousands(rate)
-            ),
-            trellis: tv,
-            haproxy: hv,
-            ratio: ratio(tv, hv),
-            requirement: "≤ 1.0 × HAProxy".into(),
-            pass: tv.zip(hv).map(|(a, b)| a <= b),
-            note: String::new(),
-        });
-    }
-    out
 }
 
 /// `5000` → `5,000`.

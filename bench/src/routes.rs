@@ -25,7 +25,7 @@ use anyhow::{Context, bail};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::procs::Supervisor;
+use crate::procs::{self, Supervisor};
 use crate::{load, service_route};
 
 /// A proxy process of a route.
@@ -117,8 +117,24 @@ pub(crate) fn free_addr() -> anyhow::Result<SocketAddr> {
     anyhow::bail!("no unused port on 127.0.0.1 after 1000 tries")
 }
 
+/// Extra arguments for the Trellis proxies (`--proxy-arg`), and for an A/B run the arguments
+/// of a second Trellis pair, the `trellis-b` route (`--ab`).
+#[derive(Debug, Clone, Default)]
+pub struct TrellisArgs {
+    /// Given to every Trellis proxy (both routes of an A/B run too).
+    pub common: Vec<String>,
+    /// Given to the `trellis-b` pair only, after `common`; `None`: no `trellis-b` route.
+    pub b: Option<Vec<String>>,
+}
+
 /// Starts everything and returns the routes, each checked with one request.
-pub async fn start(sup: &mut Supervisor, dir: &Path, bins: &Bins) -> anyhow::Result<Vec<Route>> {
+pub async fn start(
+    sup: &mut Supervisor,
+    dir: &Path,
+    bins: &Bins,
+    args: &TrellisArgs,
+    max_conns: usize,
+) -> anyhow::Result<Vec<Route>> {
     // Backend.
     let (app_http, app_stream) = (free_addr()?, free_addr()?);
     let exe = std::env::current_exe()?;
@@ -197,17 +213,45 @@ pub async fn start(sup: &mut Supervisor, dir: &Path, bins: &Bins) -> anyhow::Res
         fs::write(dir.join(side).join("haproxy.pem"), format!("{chain}{key}"))?;
     }
 
-    let trellis = start_trellis(sup, dir, bins, cp, &root, tunnel, app_http, app_stream).await?;
+    let app = (app_http, app_stream);
+    let trellis = start_trellis(
+        sup,
+        dir,
+        bins,
+        cp,
+        &root,
+        tunnel,
+        app,
+        ("trellis", &args.common),
+    )
+    .await?;
     let server = trellis
         .proxies
         .iter()
         .find(|p| p.side == "server")
         .cloned()
         .context("the trellis route has a server proxy")?;
-    let trellis_service = service_route::start(sup, dir, bins, cp, &root, server).await?;
-    let haproxy = start_haproxy(sup, dir, app_http, app_stream).await?;
-    let nginx = start_nginx(sup, dir, app_http, app_stream).await?;
-    let routes = vec![direct, trellis, trellis_service, haproxy, nginx];
+    let trellis_service =
+        service_route::start(sup, dir, bins, cp, &root, server, &args.common).await?;
+    let mut routes = vec![direct, trellis, trellis_service];
+    if let Some(b) = &args.b {
+        let b_args: Vec<String> = args.common.iter().chain(b).cloned().collect();
+        let b_tunnel = free_addr()?;
+        let b_route = start_trellis(
+            sup,
+            dir,
+            bins,
+            cp,
+            &root,
+            b_tunnel,
+            app,
+            ("trellis-b", &b_args),
+        )
+        .await?;
+        routes.push(b_route);
+    }
+    routes.push(start_haproxy(sup, dir, app, max_conns).await?);
+    routes.push(start_nginx(sup, dir, app_http, app_stream).await?);
     for r in &routes {
         let mut c = load::open_connections(r.http, 1, Duration::from_secs(10))
             .await
@@ -217,6 +261,8 @@ pub async fn start(sup: &mut Supervisor, dir: &Path, bins: &Bins) -> anyhow::Res
     Ok(routes)
 }
 
+/// Starts a Trellis pair as route `name` (`trellis`, or `trellis-b` in an A/B run), every
+/// proxy given `extra` after the bench's own arguments (a later flag overrides an earlier one).
 #[allow(clippy::too_many_arguments)]
 async fn start_trellis(
     sup: &mut Supervisor,
@@ -225,8 +271,8 @@ async fn start_trellis(
     cp: SocketAddr,
     root: &Path,
     tunnel: SocketAddr,
-    app_http: SocketAddr,
-    app_stream: SocketAddr,
+    (app_http, app_stream): (SocketAddr, SocketAddr),
+    (name, extra): (&'static str, &[String]),
 ) -> anyhow::Result<Route> {
     let (server_admin, client_admin) = (free_addr()?, free_addr()?);
     let (http, stream) = (free_addr()?, free_addr()?);
@@ -246,10 +292,11 @@ async fn start_trellis(
         ))
         .arg(format!("--admin-listen={admin}"));
     };
+    let logs = (format!("{name}-server"), format!("{name}-client"));
     let mut server = Command::new(&bins.proxy);
     common(&mut server, "server", server_admin);
-    server.arg(format!("--tunnel-listen={tunnel}"));
-    let server_pid = sup.spawn("trellis-server", &mut server)?;
+    server.arg(format!("--tunnel-listen={tunnel}")).args(extra);
+    let server_pid = sup.spawn(&logs.0, &mut server)?;
     let mut client = Command::new(&bins.proxy);
     common(&mut client, "client", client_admin);
     client
@@ -259,12 +306,13 @@ async fn start_trellis(
         ))
         .arg(format!(
             "--workload={app_http}={SERVER_ID}@{tunnel},{app_stream}={SERVER_ID}@{tunnel}"
-        ));
-    let client_pid = sup.spawn("trellis-client", &mut client)?;
-    wait_http_ok(sup, "trellis-server", server_admin, "/ready").await?;
-    wait_http_ok(sup, "trellis-client", client_admin, "/ready").await?;
+        ))
+        .args(extra);
+    let client_pid = sup.spawn(&logs.1, &mut client)?;
+    wait_http_ok(sup, &logs.0, server_admin, "/ready").await?;
+    wait_http_ok(sup, &logs.1, client_admin, "/ready").await?;
     Ok(Route {
-        name: "trellis",
+        name,
         http,
         stream,
         proxies: vec![
@@ -282,19 +330,24 @@ async fn start_trellis(
 
 /// HAProxy in `mode tcp`: each application connection is its own TLS connection between the
 /// two HAProxies (no multiplexing in TCP mode); TLS sessions are resumed by default.
+/// `maxconn` is at least 8,000 and `max_conns` (the connections-at-scale fleet and more) when
+/// the open-file limit allows it.
 async fn start_haproxy(
     sup: &mut Supervisor,
     dir: &Path,
-    app_http: SocketAddr,
-    app_stream: SocketAddr,
+    (app_http, app_stream): (SocketAddr, SocketAddr),
+    max_conns: usize,
 ) -> anyhow::Result<Route> {
     let (tls_http, tls_stream, http, stream) =
         (free_addr()?, free_addr()?, free_addr()?, free_addr()?);
     let d = dir.display();
-    let head = "global\n  maxconn 8000\n  nbthread 2\n\
-                defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n";
-    let mut server = head.to_owned();
-    let mut client = head.to_owned();
+    let head = format!(
+        "global\n  maxconn {}\n  nbthread 2\n\
+         defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n",
+        max_conns.min(procs::haproxy_connections()).max(8000)
+    );
+    let mut server = head.clone();
+    let mut client = head;
     for (name, tls, listen, app) in [
         ("http", tls_http, http, app_http),
         ("stream", tls_stream, stream, app_stream),

@@ -12,6 +12,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use tokio::time::{Instant, sleep, sleep_until};
 
+use crate::idle::{self, IdleSample};
 use crate::load;
 use crate::plan::Plan;
 use crate::procs;
@@ -102,10 +103,19 @@ pub struct Samples {
     pub conns: Vec<ConnSample>,
     /// Throughput runs.
     pub streams: Vec<StreamSample>,
+    /// Connections at scale (routes in [`IDLE_ROUTES`] only).
+    pub idle: Option<IdleSample>,
+    /// Why connections at scale were not measured on this route (HAProxy beyond the
+    /// open-file limit).
+    pub idle_skipped: Option<String>,
     /// All recorded latencies per rate, every repetition merged (for the plots).
     #[serde(skip)]
     pub merged: BTreeMap<u32, Histogram<u64>>,
 }
+
+/// The routes the connections-at-scale scenario runs on (nginx and the Service route are
+/// left out: each run opens and holds thousands of connections per route).
+pub const IDLE_ROUTES: [&str; 4] = ["direct", "trellis", "trellis-b", "haproxy"];
 
 /// Takes every measurement `plan.repetitions` times on every route.
 pub async fn measure(plan: &Plan, routes: &[Route]) -> Vec<Samples> {
@@ -116,10 +126,60 @@ pub async fn measure(plan: &Plan, routes: &[Route]) -> Vec<Samples> {
             latency: vec![],
             conns: vec![],
             streams: vec![],
+            idle: None,
+            idle_skipped: None,
             merged: BTreeMap::new(),
         })
         .collect();
     let n = routes.len();
+    let idle_runs = routes
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| plan.runs("idle") && IDLE_ROUTES.contains(&r.name));
+    for (i, route) in idle_runs {
+        let most = procs::haproxy_connections().saturating_sub(plan.connections);
+        if route.name == "haproxy" && plan.idle.connections > most {
+            let why = format!(
+                "HAProxy holds two descriptors per connection: the open-file limit ({}) allows {most}",
+                procs::open_files_limit()
+            );
+            eprintln!(
+                "bench: {} open connections haproxy: not measured ({why})",
+                plan.idle.connections
+            );
+            all[i].idle_skipped = Some(why);
+            continue;
+        }
+        let s = idle::measure(&plan.idle, route).await;
+        let rss: Vec<String> = s
+            .proxies
+            .iter()
+            .map(|p| {
+                format!(
+                    "{} {:.1} → {:.1} MiB",
+                    p.side,
+                    p.rss_before_kib as f64 / 1024.0,
+                    p.rss_open_kib as f64 / 1024.0
+                )
+            })
+            .collect();
+        eprintln!(
+            "bench: {} open connections {:<9} opened in {:.1} s  p99 {:>8.1} µs  errors {}  {}{}",
+            plan.idle.connections,
+            route.name,
+            s.open_s,
+            s.p99_ns as f64 / 1e3,
+            s.errors,
+            rss.join(", "),
+            s.error
+                .as_deref()
+                .map(|e| format!("  ({e})"))
+                .unwrap_or_default()
+        );
+        all[i].idle = Some(s);
+        // The fleet's sockets close when it is dropped; give the proxies time to see them go.
+        sleep(plan.settle.max(Duration::from_secs(1))).await;
+    }
     for rep in 0..plan.repetitions {
         let order: Vec<usize> = (0..n).map(|i| (i + rep) % n).collect();
         let rates: &[u32] = if plan.runs("latency") {

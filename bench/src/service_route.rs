@@ -52,6 +52,7 @@ pub async fn start(
     cp: SocketAddr,
     root: &Path,
     server: ProxyProc,
+    extra: &[String],
 ) -> anyhow::Result<Route> {
     let (admin, http, stream) = (free_addr()?, free_addr()?, free_addr()?);
     let mut client = Command::new(&bins.proxy);
@@ -67,7 +68,8 @@ pub async fn start(
         .arg("--tunnel-listen=127.0.0.1:0")
         .arg(format!(
             "--outbound={http}={CLUSTER_IP}:{HTTP_PORT},{stream}={CLUSTER_IP}:{STREAM_PORT}"
-        ));
+        ))
+        .args(extra);
     let pid = sup.spawn("trellis-service-client", &mut client)?;
     wait_http_ok(sup, "trellis-service-client", admin, "/ready").await?;
     Ok(Route {

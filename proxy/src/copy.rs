@@ -1,6 +1,6 @@
 //! Moving bytes both ways between two streams: half-close passed on, backpressure from the
-//! slower side (one buffer per direction, no allocation per read), an idle timeout, and live
-//! byte counts for the connection record.
+//! slower side (one buffer per direction while it holds bytes, lent by [`copy_buffers`]), an
+//! idle timeout, and live byte counts for the connection record.
 //!
 //! Owns: [`bidirectional`]. Callers decide what the two ends are.
 
@@ -13,19 +13,22 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::copy_buffers;
 use crate::records::ConnRecord;
 
-/// Starting buffer size for each direction: 8 KiB keeps a proxy with 1,000 open, mostly idle
-/// connections under 30 MiB (`scripts/measure-sidecar`).
-const BUF_START: usize = 8 * 1024;
+/// Starting read size for each direction (the buffer itself is lent by [`copy_buffers`] only
+/// while the direction holds bytes: an idle connection holds none).
+const BUF_START: usize = copy_buffers::SMALLEST;
 /// A direction whose reads keep filling the buffer (a bulk transfer) gets it doubled up to
 /// this: 64 KiB reads and writes take an eighth of the system calls of 8 KiB ones.
-const BUF_MAX: usize = 64 * 1024;
+const BUF_MAX: usize = copy_buffers::LARGEST;
 
 /// One direction's state: bytes read and not yet written sit in `buf[pos..end]`.
 struct OneWay {
-    /// The buffer; its length is the current read size.
+    /// The buffer while the direction holds bytes or reads; empty (given back) while it waits.
     buf: Vec<u8>,
+    /// The read size: the length of the buffer it takes.
+    size: usize,
     /// First byte not yet written.
     pos: usize,
     /// End of the bytes read.
@@ -38,15 +41,29 @@ struct OneWay {
     need_flush: bool,
 }
 
+impl Drop for OneWay {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
 impl OneWay {
     fn new() -> Self {
         Self {
-            buf: vec![0; BUF_START],
+            buf: Vec::new(),
+            size: BUF_START,
             pos: 0,
             end: 0,
             last_read_full: false,
             read_done: false,
             need_flush: false,
+        }
+    }
+
+    /// Gives the buffer back to the pool (it must hold no unwritten bytes).
+    fn release(&mut self) {
+        if !self.buf.is_empty() {
+            copy_buffers::give(std::mem::take(&mut self.buf));
         }
     }
 
@@ -65,15 +82,20 @@ impl OneWay {
             if self.pos == self.end && !self.read_done {
                 // One full read earns one doubling: cleared here, so that polls finding
                 // nothing to read (woken by the other direction) do not grow it again.
-                if std::mem::take(&mut self.last_read_full) && self.buf.len() < BUF_MAX {
-                    let grown = (self.buf.len() * 2).min(BUF_MAX);
-                    self.buf.resize(grown, 0);
+                if std::mem::take(&mut self.last_read_full) && self.size < BUF_MAX {
+                    self.size = (self.size * 2).min(BUF_MAX);
+                }
+                if self.buf.len() != self.size {
+                    self.release();
+                    self.buf = copy_buffers::take(self.size);
                 }
                 self.pos = 0;
                 self.end = 0;
                 let mut rb = ReadBuf::new(&mut self.buf);
                 match r.as_mut().poll_read(cx, &mut rb) {
                     Poll::Pending => {
+                        // Nothing read: the buffer goes back until the reader is ready.
+                        self.release();
                         if self.need_flush {
                             ready!(w.as_mut().poll_flush(cx))?;
                             self.need_flush = false;
@@ -86,6 +108,9 @@ impl OneWay {
                         self.end = n;
                         self.read_done = n == 0;
                         self.last_read_full = n == self.buf.len();
+                        if self.read_done {
+                            self.release();
+                        }
                     }
                 }
             }
@@ -103,6 +128,12 @@ impl OneWay {
                 return w.as_mut().poll_shutdown(cx);
             }
         }
+    }
+
+    /// Whether the direction holds a buffer (for tests).
+    #[cfg(test)]
+    fn holds_buffer(&self) -> bool {
+        !self.buf.is_empty()
     }
 }
 

@@ -392,3 +392,43 @@ async fn bytes_of_a_connection_still_open_are_reported_at_its_idle_checks() {
     drop((client, server));
     let _ = within("the copy ends", copy).await;
 }
+
+/// Polls `way` once from `r` to `w`: whether it is still pending.
+async fn poll_once(way: &mut OneWay, r: &mut DuplexStream, w: &mut DuplexStream) -> bool {
+    std::future::poll_fn(|cx| {
+        Poll::Ready(
+            way.poll_copy(cx, Pin::new(&mut *r), Pin::new(&mut *w))
+                .is_pending(),
+        )
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_direction_waiting_for_bytes_holds_no_buffer_and_one_holding_bytes_keeps_them() {
+    let (mut app, mut near_read) = duplex(64 * 1024);
+    // A pipe of 4 bytes: the writer side blocks after 4.
+    let (mut near_write, mut peer) = duplex(4);
+    let mut way = OneWay::new();
+    app.write_all(b"hello, world").await.unwrap();
+    // Read 12 bytes, wrote 4, the writer is full: the bytes stay in the buffer.
+    assert!(poll_once(&mut way, &mut near_read, &mut near_write).await);
+    assert!(way.holds_buffer(), "unwritten bytes were given back");
+    let mut got = [0u8; 12];
+    let reader = async {
+        peer.read_exact(&mut got).await.unwrap();
+    };
+    let copier = async {
+        // Poll until the direction has written everything and waits for more bytes.
+        for _ in 0..100 {
+            if !poll_once(&mut way, &mut near_read, &mut near_write).await || !way.holds_buffer() {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+    };
+    within("the bytes to pass", async { tokio::join!(reader, copier) }).await;
+    assert_eq!(&got, b"hello, world");
+    assert!(poll_once(&mut way, &mut near_read, &mut near_write).await);
+    assert!(!way.holds_buffer(), "an idle direction keeps its buffer");
+}

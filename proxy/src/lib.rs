@@ -18,6 +18,7 @@
 //! | [`inbound`] | 15006: plaintext at an app port: STRICT refuses, PERMISSIVE passes and records |
 //! | [`tunnel`] | 15008 server (mTLS + HTTP/2 CONNECT) and the client pool (one connection per peer) |
 //! | [`copy`] | bytes both ways: half-close, backpressure, idle timeout, live counters |
+//! | [`copy_buffers`] | the copy buffers, lent only while a direction holds bytes; a small pool per thread |
 //! | [`records`] | the connection log behind `/handshakes` |
 //! | [`failures`] | failed handshakes from outside, summed per source and reason (bounded), shown in `/handshakes` |
 //! | [`metric_labels`] | label values from outside (ports, peer identities), bounded |
@@ -49,6 +50,7 @@ pub mod balance;
 pub mod config;
 pub mod context;
 pub mod copy;
+pub mod copy_buffers;
 pub mod discovery;
 pub mod failures;
 pub mod identity;

@@ -6,16 +6,42 @@
 //! more task wake-up and one more copy per write); here the copy task writes straight into the
 //! stream's send queue, and the connection task frames it.
 
+use std::cell::RefCell;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use h2::{Reason, RecvStream, SendStream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// The largest single write handed to HTTP/2 (split into frames of the peer's maximum size).
 const MAX_WRITE: usize = 64 * 1024;
+
+/// Size of one allocation of a thread's send arena: four of the largest writes.
+const ARENA: usize = 4 * MAX_WRITE;
+
+thread_local! {
+    /// The send arena: every stream's writes on this thread are copied into it and split off
+    /// as the `Bytes` h2 queues. Once h2 has written (dropped) all the chunks of an
+    /// allocation, the arena takes it back, instead of one allocation and free per write. It
+    /// is per thread, not per stream, so an idle stream holds nothing.
+    static SEND_ARENA: RefCell<BytesMut> = RefCell::new(BytesMut::new());
+}
+
+/// `data` as `Bytes` cut from this thread's send arena.
+fn arena_bytes(data: &[u8]) -> Bytes {
+    SEND_ARENA.with(|arena| {
+        let mut arena = arena.borrow_mut();
+        if arena.capacity() < data.len() {
+            // Takes the allocation back when no chunk of it is left, else starts a new one
+            // (the old is freed when h2 drops its last chunk).
+            arena.reserve(ARENA.max(data.len()));
+        }
+        arena.extend_from_slice(data);
+        arena.split().freeze()
+    })
+}
 
 /// A CONNECT stream's two halves.
 #[derive(Debug)]
@@ -119,7 +145,7 @@ impl AsyncWrite for H2Stream {
             Some(Ok(n)) if n > 0 => {
                 let n = n.min(want);
                 self.send
-                    .send_data(Bytes::copy_from_slice(&buf[..n]), false)
+                    .send_data(arena_bytes(&buf[..n]), false)
                     .ok()
                     .map(|()| n)
             }
@@ -146,5 +172,42 @@ impl AsyncWrite for H2Stream {
             return Poll::Ready(Ok(()));
         }
         self.reset_error(cx).map(Err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arena_chunks_hold_their_bytes_and_a_released_allocation_is_reused() {
+        // Each test runs on a thread of its own: the arena starts empty.
+        let first = arena_bytes(b"hello");
+        assert_eq!(&first[..], b"hello");
+        let start = first.as_ptr();
+        let held = arena_bytes(b", world");
+        assert_eq!(&held[..], b", world");
+        assert_eq!(
+            held.as_ptr(),
+            start.wrapping_add(5),
+            "cut from the same allocation"
+        );
+        drop(first);
+        // Filling the arena while a chunk is held starts a new allocation...
+        let big = arena_bytes(&vec![7u8; ARENA]);
+        assert!(big.iter().all(|&b| b == 7));
+        assert_ne!(big.as_ptr(), start);
+        assert_eq!(&held[..], b", world", "a held chunk is never overwritten");
+        // ...and once all of an allocation's chunks are gone, it is taken back.
+        let second_start = big.as_ptr();
+        drop(big);
+        drop(held);
+        let again = arena_bytes(&vec![9u8; ARENA]);
+        assert_eq!(
+            again.as_ptr(),
+            second_start,
+            "the released allocation is reused"
+        );
+        assert!(again.iter().all(|&b| b == 9));
     }
 }
