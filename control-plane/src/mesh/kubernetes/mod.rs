@@ -102,38 +102,11 @@ pub async fn watch_cluster(
     let (slices, slices_w) = reflector::store::<EndpointSlice>();
     let (policies, policies_w) = reflector::store::<AuthorizationPolicy>();
     let (n, s) = (&changed, &shutdown);
-    spawn_reflector(Api::<Pod>::all(client.clone()), pods_w, pods::slim, n, s);
-    let whole = trim::<Namespace>;
-    spawn_reflector(
-        Api::<Namespace>::all(client.clone()),
-        namespaces_w,
-        whole,
-        n,
-        s,
-    );
-    let (svc, slice) = (trim::<KubeService>, trim::<EndpointSlice>);
-    spawn_reflector(
-        Api::<KubeService>::all(client.clone()),
-        services_w,
-        svc,
-        n,
-        s,
-    );
-    spawn_reflector(
-        Api::<EndpointSlice>::all(client.clone()),
-        slices_w,
-        slice,
-        n,
-        s,
-    );
-    let policy = trim::<AuthorizationPolicy>;
-    spawn_reflector(
-        Api::<AuthorizationPolicy>::all(client),
-        policies_w,
-        policy,
-        n,
-        s,
-    );
+    spawn_reflector(Api::all(client.clone()), pods_w, pods::slim, n, s);
+    spawn_reflector(Api::all(client.clone()), namespaces_w, trim, n, s);
+    spawn_reflector(Api::all(client.clone()), services_w, trim, n, s);
+    spawn_reflector(Api::all(client.clone()), slices_w, trim, n, s);
+    spawn_reflector(Api::all(client), policies_w, trim, n, s);
     info!("watching the cluster");
     let stores = Stores {
         pods,
