@@ -39,13 +39,15 @@ pub enum CertifyError {
 }
 
 impl CertifyError {
-    /// Whether trying again later may help (the control plane is down or overloaded), as
-    /// opposed to a refusal that will repeat (bad token, wrong identity).
+    /// Whether trying again later may help (the control plane is down or overloaded, or the
+    /// call timed out — tonic reports its own call timeout as `Cancelled`), as opposed to a
+    /// refusal that will repeat (bad token, wrong identity).
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
             CertifyError::Refused {
                 code: Code::Unavailable
+                    | Code::Cancelled
                     | Code::ResourceExhausted
                     | Code::DeadlineExceeded
                     | Code::Internal
@@ -130,5 +132,34 @@ impl IdentityClient {
             Some(&id),
             SystemTime::now(),
         )?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overload_and_timeouts_are_retried_and_refusals_are_not() {
+        let refused = |code| CertifyError::Refused {
+            code,
+            message: String::new(),
+        };
+        for (code, retry) in [
+            (Code::Unavailable, true),
+            (Code::Cancelled, true),
+            (Code::ResourceExhausted, true),
+            (Code::DeadlineExceeded, true),
+            (Code::Internal, true),
+            (Code::Unknown, true),
+            (Code::Aborted, true),
+            (Code::Unauthenticated, false),
+            (Code::PermissionDenied, false),
+            (Code::InvalidArgument, false),
+            (Code::FailedPrecondition, false),
+        ] {
+            assert_eq!(refused(code).is_retryable(), retry, "{code:?}");
+        }
+        assert!(!CertifyError::Malformed("x".into()).is_retryable());
     }
 }

@@ -85,6 +85,19 @@ pub async fn connect(
     expected: Option<SpiffeId>,
     identity: Option<&Svid>,
 ) -> Result<Channel, ChannelError> {
+    connect_from(addr, bundle, expected, identity, None).await
+}
+
+/// As [`connect`], from the local address `local` when given (port chosen by the system):
+/// what lets one machine stand for many pods, each with an address of its own (the bench's
+/// simulated proxies use 127.0.0.0/8 addresses as a cluster's pods use theirs).
+pub async fn connect_from(
+    addr: &str,
+    bundle: TrustBundle,
+    expected: Option<SpiffeId>,
+    identity: Option<&Svid>,
+    local: Option<std::net::IpAddr>,
+) -> Result<Channel, ChannelError> {
     let expected = expected.map_or(ExpectedServer::AnyInTrustDomain, ExpectedServer::Exact);
     let verifier = Arc::new(SpiffeServerVerifier::new(bundle, expected));
     let client_identity = identity.map(|s| (s.chain().to_vec(), s.private_key()));
@@ -111,7 +124,10 @@ pub async fn connect(
                     })
                 })?
                 .collect();
-            let tcp = TcpStream::connect(&addrs[..]).await?;
+            let tcp = match local {
+                None => TcpStream::connect(&addrs[..]).await?,
+                Some(local) => connect_bound(local, &addrs).await?,
+            };
             tcp.set_nodelay(true)?;
             // The name is not checked (the verifier checks the SPIFFE ID); rustls needs one.
             let name = ServerName::try_from(host.clone()).unwrap_or(ServerName::IpAddress(
@@ -128,6 +144,32 @@ pub async fn connect(
             addr: target,
             failure: classify(&e),
         })
+}
+
+/// Connects from `local` to the first of `addrs` of the same family that answers.
+async fn connect_bound(
+    local: std::net::IpAddr,
+    addrs: &[std::net::SocketAddr],
+) -> std::io::Result<TcpStream> {
+    let mut last = None;
+    for addr in addrs.iter().filter(|a| a.is_ipv4() == local.is_ipv4()) {
+        let socket = if local.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.bind(std::net::SocketAddr::new(local, 0))?;
+        match socket.connect(*addr).await {
+            Ok(tcp) => return Ok(tcp),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::AddrNotAvailable,
+            format!("no address of the control plane in the family of the local address {local}"),
+        )
+    }))
 }
 
 #[cfg(test)]

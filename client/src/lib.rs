@@ -17,5 +17,5 @@ pub mod channel;
 pub mod diagnose;
 
 pub use certify::{CertifyError, IdentityClient};
-pub use channel::{ChannelError, connect, parse_address};
+pub use channel::{ChannelError, connect, connect_from, parse_address};
 pub use diagnose::ConnectFailure;

@@ -70,6 +70,7 @@ async fn probe(args: &ProbeArgs) -> anyhow::Result<(u64, u64)> {
         pod: args.pod.clone(),
         token: args.token.clone(),
         real_state: true,
+        local: None,
     };
     // A first Certify warms what every proxy has before it holds any state (TLS, gRPC).
     proxies::certify(&me, &shared).await?;

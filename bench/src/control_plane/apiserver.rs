@@ -345,34 +345,21 @@ impl Drop for ApiServer {
 }
 
 impl ApiServer {
-    /// Serves `cluster` on 127.0.0.1 (a free port).
+    /// Serves `cluster` on 127.0.0.1 (a free port), on a thread of its own: in a cluster the
+    /// API server does not share a scheduler with the pods, and on the bench's runtime its
+    /// answers (TokenReviews, watch events) queued behind 2,000 simulated proxies' tasks.
     pub async fn start(cluster: Arc<Cluster>) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let stop = CancellationToken::new();
         let (shared, stopped) = (cluster.clone(), stop.clone());
-        tokio::spawn(async move {
-            loop {
-                let (stream, _) = tokio::select! {
-                    () = stopped.cancelled() => return,
-                    accepted = listener.accept() => match accepted {
-                        Ok(a) => a,
-                        Err(_) => continue,
-                    },
-                };
-                let (cluster, stopped) = (shared.clone(), stopped.clone());
-                tokio::spawn(async move {
-                    let stop = stopped.clone();
-                    let svc = service_fn(move |req| handle(cluster.clone(), stop.clone(), req));
-                    let conn = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc);
-                    tokio::select! {
-                        _ = conn => {}
-                        () = stopped.cancelled() => {}
-                    }
-                });
-            }
-        });
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        std::thread::Builder::new()
+            .name("fake-apiserver".into())
+            .spawn(move || runtime.block_on(serve(listener, shared, stopped)))?;
         Ok(Self {
             addr,
             cluster,
@@ -389,6 +376,33 @@ impl ApiServer {
              current-context: bench\n",
             self.addr
         )
+    }
+}
+
+/// The accept loop, until `stopped`.
+async fn serve(listener: std::net::TcpListener, cluster: Arc<Cluster>, stopped: CancellationToken) {
+    let Ok(listener) = TcpListener::from_std(listener) else {
+        return;
+    };
+    loop {
+        let (stream, _) = tokio::select! {
+            () = stopped.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(_) => continue,
+            },
+        };
+        let (cluster, stopped) = (cluster.clone(), stopped.clone());
+        tokio::spawn(async move {
+            let stop = stopped.clone();
+            let svc = service_fn(move |req| handle(cluster.clone(), stop.clone(), req));
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc);
+            tokio::select! {
+                _ = conn => {}
+                () = stopped.cancelled() => {}
+            }
+        });
     }
 }
 

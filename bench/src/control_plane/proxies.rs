@@ -10,7 +10,7 @@
 //! Owns: one proxy's life ([`run`]), what the fleet reports ([`Progress`]), and the probe of
 //! what an on-demand lookup would cost: one unary round trip on an open channel ([`rtt_probe`]).
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use trellis_ca::{SpiffeId, Svid, TrustBundle, TrustDomain, WorkloadKey};
-use trellis_client::{IdentityClient, connect};
+use trellis_client::{IdentityClient, connect, connect_from};
 use trellis_proto::discovery::discovery_client::DiscoveryClient;
 use trellis_proto::discovery::{MeshUpdate, WatchRequest};
 use trellis_proxy::discovery::apply::{ApplyContext, Assembler, apply};
@@ -65,6 +65,19 @@ pub struct Identity {
     pub token: String,
     /// Whether it applies updates to a real `MeshState`.
     pub real_state: bool,
+    /// The address it connects from (its own, as a pod has: see [`source_address`]).
+    pub local: Option<IpAddr>,
+}
+
+/// The loopback address simulated proxy `i` connects from: 127.1.0.1 onwards, one per proxy
+/// (up to 250 × 256 of them), as every pod of a cluster has an address of its own. From one
+/// address, 2,000 proxies restarting at once would meet the control plane's cap on pending
+/// handshakes per source (meant for one misbehaving client), which no cluster shows it.
+pub fn source_address(i: usize) -> Option<IpAddr> {
+    let (high, low) = (i / 250, i % 250);
+    let high = u8::try_from(high).ok()?;
+    let low = u8::try_from(low + 1).ok()?;
+    Some(IpAddr::V4(Ipv4Addr::new(127, 1, high, low)))
 }
 
 /// What the fleet reports, as it happens.
@@ -127,30 +140,41 @@ pub async fn run(
     Progress::push(&progress.certified, shared.start);
     let mut held = Held::default();
     let mut first = true;
+    // Failed connections since the last one that brought an update (the proxy's backoff).
+    let mut failures = 0;
     while !stop.is_cancelled() {
+        let before = (held.epoch, held.version);
         match watch(&me, &svid, &shared, &progress, &mut held, &mut first, &stop).await {
             Ok(()) => return,
             Err(e) => {
                 Progress::note(&progress.reconnects, format!("{}: watch: {e:#}", me.pod));
+                failures = if (held.epoch, held.version) == before {
+                    failures + 1
+                } else {
+                    1
+                };
                 tokio::select! {
                     () = stop.cancelled() => return,
-                    () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    () = tokio::time::sleep(trellis_proxy::backoff::delay(failures)) => {}
                 }
             }
         }
     }
 }
 
-/// Certifies as `me`, retrying what is retryable for [`CERTIFY_FOR`].
+/// Certifies as `me`, retrying what is retryable for [`CERTIFY_FOR`] with the proxy's own
+/// backoff (capped exponential, jittered).
 pub async fn certify(me: &Identity, shared: &Shared) -> anyhow::Result<Svid> {
     let deadline = Instant::now() + CERTIFY_FOR;
+    let mut failures = 0;
     loop {
         let key = WorkloadKey::generate()?;
-        let channel = connect(
+        let channel = connect_from(
             &shared.control_plane,
             shared.bundle.clone(),
             Some(shared.control_plane_id.clone()),
             None,
+            me.local,
         )
         .await;
         let result = match channel {
@@ -164,7 +188,8 @@ pub async fn certify(me: &Identity, shared: &Shared) -> anyhow::Result<Svid> {
             Ok(svid) => return Ok(svid),
             Err((true, e)) if Instant::now() < deadline => {
                 tracing_retry(&e);
-                tokio::time::sleep(Duration::from_millis(200 + fastrand::u64(0..300))).await;
+                failures += 1;
+                tokio::time::sleep(trellis_proxy::backoff::delay(failures)).await;
             }
             Err((_, e)) => bail!(e),
         }
@@ -198,11 +223,12 @@ async fn watch(
     first: &mut bool,
     stop: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let channel = connect(
+    let channel = connect_from(
         &shared.control_plane,
         svid.bundle().clone(),
         Some(shared.control_plane_id.clone()),
         Some(svid),
+        me.local,
     )
     .await?;
     let (requests, rx) = mpsc::channel(4);
@@ -333,4 +359,24 @@ pub fn totals(stats: &Stats) -> (u64, u64, u64, u64, u64) {
         get(&stats.resyncs),
         get(&stats.misses),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_simulated_proxy_connects_from_a_loopback_address_of_its_own() {
+        for (i, want) in [
+            (0, Some("127.1.0.1")),
+            (249, Some("127.1.0.250")),
+            (250, Some("127.1.1.1")),
+            (1999, Some("127.1.7.250")),
+            (250 * 256 - 1, Some("127.1.255.250")),
+            (250 * 256, None),
+        ] {
+            let want = want.map(|a| a.parse::<IpAddr>().unwrap());
+            assert_eq!(source_address(i), want, "proxy {i}");
+        }
+    }
 }

@@ -96,6 +96,7 @@ async fn measure(
             pod: pod.clone(),
             token: token_for(ns, sa, pod),
             real_state,
+            local: proxies::source_address(i),
         }
     };
 

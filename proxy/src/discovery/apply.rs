@@ -123,9 +123,7 @@ pub fn apply(
     cx: &mut ApplyContext<'_>,
 ) -> Result<MeshState, ApplyError> {
     let mut next = if update.full {
-        let mut fresh = held.clone();
-        fresh.clear_mesh();
-        fresh
+        held.without_mesh()
     } else {
         if (update.epoch, update.base_version) != (held.version.epoch, held.version.version) {
             return Err(ApplyError::BaseMismatch {

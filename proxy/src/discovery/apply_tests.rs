@@ -156,6 +156,39 @@ fn a_full_update_replaces_the_state_and_keeps_static_workloads() {
 }
 
 #[test]
+fn a_full_update_without_inbound_or_bundle_drops_the_old_mesh_and_keeps_the_rest() {
+    let mut loads = Loads::default();
+    let held = apply_to(&MeshState::default(), &full(3), &mut loads).unwrap();
+    let next = MeshUpdate {
+        epoch: 5,
+        version: 9,
+        full: true,
+        workloads: vec![pb_workload("198.18.0.5", "backend")],
+        ..MeshUpdate::default()
+    };
+    let st = apply_to(&held, &next, &mut loads).unwrap();
+    assert!(
+        st.lookup(a("198.18.0.3:1")).is_none(),
+        "old workload dropped"
+    );
+    assert!(st.lookup(a("198.18.0.5:1")).is_some());
+    assert!(
+        st.service_at(a("198.19.0.10:80")).is_none(),
+        "old Service dropped"
+    );
+    assert_eq!(st.service_count(), 0);
+    assert_eq!(st.mtls_mode, Some(MtlsMode::Permissive), "inbound kept");
+    assert_eq!(st.policy, held.policy);
+    assert!(
+        st.trust_bundle
+            .as_ref()
+            .is_some_and(|b| Arc::ptr_eq(b, held.trust_bundle.as_ref().unwrap())),
+        "bundle kept"
+    );
+    assert_eq!(st.version.version, 9);
+}
+
+#[test]
 fn the_trust_bundle_is_replaced_when_its_roots_change_and_kept_when_unusable() {
     let mut loads = Loads::default();
     let st = apply_to(&MeshState::default(), &full(1), &mut loads).unwrap();

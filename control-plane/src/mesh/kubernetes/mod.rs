@@ -102,11 +102,11 @@ pub async fn watch_cluster(
     let (slices, slices_w) = reflector::store::<EndpointSlice>();
     let (policies, policies_w) = reflector::store::<AuthorizationPolicy>();
     let (n, s) = (&changed, &shutdown);
-    spawn_reflector(Api::<Pod>::all(client.clone()), pods_w, n, s);
-    spawn_reflector(Api::<Namespace>::all(client.clone()), namespaces_w, n, s);
-    spawn_reflector(Api::<KubeService>::all(client.clone()), services_w, n, s);
-    spawn_reflector(Api::<EndpointSlice>::all(client.clone()), slices_w, n, s);
-    spawn_reflector(Api::<AuthorizationPolicy>::all(client), policies_w, n, s);
+    spawn_reflector(Api::all(client.clone()), pods_w, pods::slim, n, s);
+    spawn_reflector(Api::all(client.clone()), namespaces_w, trim, n, s);
+    spawn_reflector(Api::all(client.clone()), services_w, trim, n, s);
+    spawn_reflector(Api::all(client.clone()), slices_w, trim, n, s);
+    spawn_reflector(Api::all(client), policies_w, trim, n, s);
     info!("watching the cluster");
     let stores = Stores {
         pods,
@@ -136,9 +136,18 @@ pub async fn watch_cluster(
     }
 }
 
+/// What every store drops: the fields the mesh never reads that can be large.
+fn trim<K: kube::Resource>(o: &mut K) {
+    o.managed_fields_mut().clear();
+    o.annotations_mut()
+        .remove("kubectl.kubernetes.io/last-applied-configuration");
+}
+
+/// Reflects `api` into `writer`, reducing each object with `keep` before it is stored.
 fn spawn_reflector<K>(
     api: Api<K>,
     writer: reflector::store::Writer<K>,
+    keep: fn(&mut K),
     changed: &Arc<Notify>,
     shutdown: &CancellationToken,
 ) where
@@ -156,11 +165,7 @@ fn spawn_reflector<K>(
         let stream = watcher(api, watcher::Config::default())
             .default_backoff()
             // The store keeps every object: drop what the mesh never reads.
-            .modify(|o| {
-                o.managed_fields_mut().clear();
-                o.annotations_mut()
-                    .remove("kubectl.kubernetes.io/last-applied-configuration");
-            })
+            .modify(keep)
             .reflect(writer);
         futures_util::pin_mut!(stream);
         loop {

@@ -1,11 +1,13 @@
 //! Pods and Namespaces as the mesh sees them: which pods are meshed workloads (annotated
 //! `trellis.dev/injected: "true"`, with an IP, not finished) and a namespace's mTLS override
-//! (`trellis.dev/mtls` label or annotation).
+//! (`trellis.dev/mtls` label or annotation); and the few fields of a pod the control plane
+//! keeps ([`slim`]).
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Pod, PodSpec, PodStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use tracing::warn;
 
 use crate::mesh::model::{MtlsMode, TUNNEL_PORT, Workload};
@@ -43,6 +45,38 @@ pub fn workload_of(pod: &Pod) -> Option<Workload> {
         tunnel: SocketAddr::new(ip, TUNNEL_PORT),
         labels: meta.labels.clone().unwrap_or_default(),
     })
+}
+
+/// The pod reduced to what the control plane reads — [`workload_of`] (namespace, labels, the
+/// injection annotation, ServiceAccount, phase, IP) and the node agents (name, uid, node) —
+/// plus its resourceVersion. The reflector stores pods so: an injected pod is ~7 KB of JSON
+/// and several times that as objects, and at 10,000 pods the whole objects were most of the
+/// control plane's memory.
+pub fn slim(pod: &mut Pod) {
+    let meta = std::mem::take(&mut pod.metadata);
+    let injected = meta
+        .annotations
+        .and_then(|mut a| a.remove_entry(INJECTED))
+        .map(|entry| BTreeMap::from([entry]));
+    pod.metadata = ObjectMeta {
+        name: meta.name,
+        namespace: meta.namespace,
+        uid: meta.uid,
+        resource_version: meta.resource_version,
+        labels: meta.labels,
+        annotations: injected,
+        ..ObjectMeta::default()
+    };
+    pod.spec = pod.spec.take().map(|spec| PodSpec {
+        service_account_name: spec.service_account_name,
+        node_name: spec.node_name,
+        ..PodSpec::default()
+    });
+    pod.status = pod.status.take().map(|status| PodStatus {
+        phase: status.phase,
+        pod_ip: status.pod_ip,
+        ..PodStatus::default()
+    });
 }
 
 pub fn mtls_of(ns: &Namespace) -> Option<MtlsMode> {
@@ -94,6 +128,47 @@ mod tests {
             workload_of(&pod(default_sa)).unwrap().service_account,
             "default"
         );
+    }
+
+    #[test]
+    fn a_slim_pod_keeps_what_the_mesh_and_node_agents_read_and_little_else() {
+        let list: serde_json::Value =
+            serde_json::from_str(include_str!("../../../../testdata/services/pods-list.json"))
+                .unwrap();
+        let items = list["items"].as_array().unwrap();
+        assert!(!items.is_empty());
+        for item in items {
+            let full = pod(item.clone());
+            let mut slimmed = full.clone();
+            slim(&mut slimmed);
+            assert_eq!(workload_of(&slimmed), workload_of(&full));
+            let (m, s) = (&slimmed.metadata, slimmed.spec.as_ref());
+            assert_eq!(m.name, full.metadata.name);
+            assert_eq!(m.uid, full.metadata.uid);
+            assert_eq!(m.resource_version, full.metadata.resource_version);
+            let full_spec = full.spec.as_ref();
+            assert_eq!(
+                s.and_then(|s| s.node_name.as_ref()),
+                full_spec.and_then(|s| s.node_name.as_ref())
+            );
+            assert_eq!(
+                s.and_then(|s| s.service_account_name.as_ref()),
+                full_spec.and_then(|s| s.service_account_name.as_ref())
+            );
+            assert!(s.is_none_or(|s| s.containers.is_empty() && s.volumes.is_none()));
+            let size = |p: &Pod| serde_json::to_vec(p).unwrap().len();
+            assert!(
+                size(&slimmed) * 4 < size(&full),
+                "{} of {} bytes kept",
+                size(&slimmed),
+                size(&full)
+            );
+        }
+        let mut not_injected = pod(serde_json::json!({
+            "metadata": {"name": "a", "annotations": {"other": "x"}}
+        }));
+        slim(&mut not_injected);
+        assert_eq!(not_injected.metadata.annotations, None);
     }
 
     #[test]
