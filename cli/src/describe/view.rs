@@ -135,7 +135,9 @@ pub fn text(d: &Description) -> String {
             "Injected:   no ({})\n",
             why.as_deref().unwrap_or("unknown")
         )),
-        (None, _) => out.push_str("Injected:   unknown: needs a cluster (trellis describe pod NAME)\n"),
+        (None, _) => {
+            out.push_str("Injected:   unknown: needs a cluster (trellis describe pod NAME)\n")
+        }
     }
     out.push_str(&format!("Identity:   {}\n", d.identity));
     if let Some(p) = &d.proxy {
