@@ -8,7 +8,7 @@
 //! | [`files`] | writing output files atomically, keys with mode 0600 |
 //! | [`inspect`] | `trellis inspect`: a proxy's identity and recent handshakes, once or `--watch`ed |
 //! | [`check`] | `trellis check`: pre-flight and health checks, ✔ / ‼ / ✘ with hints |
-//! | [`describe`] | `trellis describe pod`: one pod's mesh facts and a verdict for a caller |
+//! | [`describe`] | `trellis describe pod` / `--admin`: one pod's (or the local proxy's) mesh facts and a verdict for a caller |
 //! | [`status`] | `trellis status`: every proxy as the control plane sees it |
 //! | [`completions`] | `trellis completion SHELL` (alias `completions`) |
 //! | [`version`] | `trellis version`: this tool's, the control plane's and the proxies' |

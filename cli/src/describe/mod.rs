@@ -8,6 +8,10 @@
 //! proxy (`/policy` on its admin port, through a port-forward): the rules it enforces now,
 //! judged by the code that enforces them.
 //!
+//! `trellis describe --admin ADDR` is the same without a cluster: the proxy on this machine
+//! (its identity, policy, mTLS mode, refusals and verdict); the pod and injection sections say
+//! they need a cluster.
+//!
 //! Owns: the flags and the I/O. What is shown is decided in [`view`].
 
 mod view;

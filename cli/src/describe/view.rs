@@ -1,4 +1,4 @@
-//! What `trellis describe pod` shows, from plain data: the pod as the API server has it,
+//! What `trellis describe` shows, from plain data: the pod as the API server has it,
 //! what its proxy reports (identity, the policy in force with its mTLS mode, the verdict for
 //! the caller asked about, recent refusals), and a one-line verdict.
 //!
