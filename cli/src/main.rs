@@ -8,7 +8,7 @@
 //! | [`files`] | writing output files atomically, keys with mode 0600 |
 //! | [`inspect`] | `trellis inspect`: a proxy's identity and recent handshakes, once or `--watch`ed |
 //! | [`check`] | `trellis check`: pre-flight and health checks, ✔ / ‼ / ✘ with hints |
-//! | [`describe`] | `trellis describe pod`: one pod's mesh facts and a verdict for a caller |
+//! | [`describe`] | `trellis describe pod` / `--admin`: one pod's (or the local proxy's) mesh facts and a verdict for a caller |
 //! | [`status`] | `trellis status`: every proxy as the control plane sees it |
 //! | [`completions`] | `trellis completion SHELL` (alias `completions`) |
 //! | [`version`] | `trellis version`: this tool's, the control plane's and the proxies' |
@@ -128,16 +128,14 @@ Examples:
     /// plane pod's 127.0.0.1:15015; needs `create pods/portforward` in its namespace), never
     /// from each proxy.
     Status(status::StatusArgs),
-    /// Describe one object of the mesh (`describe pod NAME`).
+    /// Describe one object of the mesh (`describe pod NAME`), or the proxy on this machine
+    /// (`describe --admin ADDR`).
     ///
     /// For a pod: injected or why not, its identity, the policies that select it and what
     /// they allow per port, its mTLS mode, its recent refusals with reasons, and a one-line
     /// verdict for "can X reach this pod on port P?" (--from SPIFFE_ID or --from-pod NS/NAME,
     /// with --port), decided by its proxy's own enforcement code.
-    Describe {
-        #[command(subcommand)]
-        command: describe::DescribeCommand,
-    },
+    Describe(describe::DescribeArgs),
     /// Work with X509-SVIDs (workload certificates).
     Svid {
         #[command(subcommand)]
@@ -170,7 +168,7 @@ async fn main() -> ExitCode {
         Command::Demo(args) => demo::run(args, palette).await,
         Command::Check(args) => check::run(args, &cli.kube, palette).await,
         Command::Status(args) => status::run(args, &cli.kube, palette).await,
-        Command::Describe { command } => describe::run(command, &cli.kube).await,
+        Command::Describe(args) => describe::run(args, &cli.kube).await,
         Command::Svid { command } => svid::run(command).await.map(|()| true),
         Command::Completion { shell } => completions::run(shell, &mut Cli::command())
             .map(|()| true)

@@ -1,14 +1,6 @@
-//! AuthorizationPolicies end to end, on a fake network: three meshed pods — frontend, backend,
-//! intruder — whose sidecars learn endpoints and policy from the control plane's discovery
-//! stream only (no `--workload` flags), the control plane following a mesh file that the tests
-//! rewrite while everything runs. The backend's policy `shop/backend-allow` covers port 8080.
-//!
-//! ```text
-//!   control-plane 198.18.0.1   trellis-control-plane --mesh-file (local mode, join tokens)
-//!   frontend      198.18.0.2   sidecar ns/shop/sa/frontend
-//!   backend       198.18.0.3   sidecar ns/shop/sa/backend + app (HTTP 8080)
-//!   intruder      198.18.0.4   sidecar ns/evil/sa/intruder
-//! ```
+//! AuthorizationPolicies end to end, on the policy mesh of `support/policy_mesh.rs` (frontend,
+//! backend, intruder; the backend's policy `shop/backend-allow` covers port 8080), whose mesh
+//! file the tests rewrite while everything runs.
 //!
 //! Needs root, python3 and the binaries built (`cargo build --workspace --bins`; or
 //! `TRELLIS_BIN_DIR`). Without root each test fails, saying so; `cargo nextest run --profile
@@ -16,165 +8,14 @@
 
 mod support;
 
-use std::net::Ipv4Addr;
 use std::time::{Duration, Instant, SystemTime};
 
-use serde_json::Value;
+use support::policy_mesh::*;
 use support::*;
-use trellis_sandbox::app::{APP_UID, App};
-use trellis_sandbox::control_plane::{ControlPlane, Identity};
-use trellis_sandbox::http::{HttpResponse, http_get};
 use trellis_sandbox::require_root;
-use trellis_sandbox::sidecar::{Sidecar, SidecarSpec};
-use trellis_sandbox::{Pod, Result, Sandbox};
 
-const INTRUDER_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 4);
-const INTRUDER_ID: &str = "spiffe://cluster.local/ns/evil/sa/intruder";
-const POLICY: &str = "shop/backend-allow";
 const DECISIONS: &str = "trellis_proxy_authorization_decisions_total";
-const UPDATES: &str = "trellis_proxy_discovery_updates_total";
 const CONNECTED: &str = "trellis_proxy_discovery_connected";
-/// One request's time limit: refusals come back at once, so this only bounds a hang.
-const GET: Duration = Duration::from_secs(3);
-
-/// The mesh file: the three workloads, and the backend's policy allowing `allow` on 8080 in
-/// `mode` (`enforce` or `audit`).
-fn mesh_yaml(mode: &str, allow: &[&str]) -> String {
-    let allow: Vec<String> = allow.iter().map(|a| format!("\"{a}\"")).collect();
-    format!(
-        "workloads:\n\
-         \x20 - {{namespace: shop, serviceAccount: frontend, ip: {FRONTEND_IP}, labels: {{app: frontend}}}}\n\
-         \x20 - {{namespace: shop, serviceAccount: backend, ip: {BACKEND_IP}, labels: {{app: backend}}}}\n\
-         \x20 - {{namespace: evil, serviceAccount: intruder, ip: {INTRUDER_IP}, labels: {{app: intruder}}}}\n\
-         policies:\n\
-         \x20 - apiVersion: trellis.dev/v1alpha1\n\
-         \x20   kind: AuthorizationPolicy\n\
-         \x20   metadata: {{name: backend-allow, namespace: shop}}\n\
-         \x20   spec: {{selector: {{matchLabels: {{app: backend}}}}, ports: [8080], allow: [{}], mode: {mode}}}\n",
-        allow.join(", ")
-    )
-}
-
-fn intruder_identity() -> Identity {
-    Identity::new("evil", "intruder")
-}
-
-/// The running mesh; dropping it (its sandbox) stops everything and deletes the namespaces.
-struct PolicyMesh {
-    cp: ControlPlane,
-    frontend: Pod,
-    intruder: Pod,
-    backend_app: App,
-    sidecars: Vec<Sidecar>,
-    backend_proxy: Sidecar,
-    /// Last field: dropped after the handles above.
-    sandbox: Sandbox,
-}
-
-impl PolicyMesh {
-    /// Starts the mesh with the backend's policy in `mode` allowing `allow`, and waits until
-    /// every sidecar has applied the whole mesh (so the first request meets the policy).
-    fn start(mode: &str, allow: &[&str]) -> PolicyMesh {
-        let started = Instant::now();
-        let sandbox = Sandbox::new().expect("sandbox");
-        let cp_pod = sandbox
-            .add_pod("control-plane", CONTROL_PLANE_IP)
-            .expect("pod");
-        let frontend = sandbox.add_pod("frontend", FRONTEND_IP).expect("pod");
-        let backend = sandbox.add_pod("backend", BACKEND_IP).expect("pod");
-        let intruder = sandbox.add_pod("intruder", INTRUDER_IP).expect("pod");
-        let identities = [frontend_identity(), backend_identity(), intruder_identity()];
-        let cp = ControlPlane::start_with_mesh(
-            &sandbox,
-            &cp_pod,
-            &identities,
-            &mesh_yaml(mode, allow),
-            &[],
-        )
-        .expect("control plane");
-        let backend_app = App::start(&sandbox, &backend, "backend").expect("backend app");
-        let start = |pod: &Pod, id: Identity| {
-            Sidecar::start(&cp, pod, SidecarSpec::new(id)).expect("sidecar")
-        };
-        let backend_proxy = start(&backend, backend_identity());
-        let sidecars = vec![
-            start(&frontend, frontend_identity()),
-            backend_proxy.clone(),
-            start(&intruder, intruder_identity()),
-        ];
-        for s in &sidecars {
-            let whole_mesh = eventually(Duration::from_secs(15), || {
-                let updates = s.metric(UPDATES, &[]).ok()?;
-                let dump: Value = serde_json::from_str(&s.admin_get("/config_dump").ok()?).ok()?;
-                (updates >= 1.0 && dump["workloads_known"].as_u64() >= Some(3)).then_some(())
-            });
-            assert!(
-                whole_mesh.is_some(),
-                "{}: the sidecar never applied the mesh",
-                s.pod().name()
-            );
-        }
-        eprintln!(
-            "policy mesh {} up in {:?} ({})",
-            sandbox.id(),
-            started.elapsed(),
-            sandbox.dir().display()
-        );
-        PolicyMesh {
-            cp,
-            frontend,
-            intruder,
-            backend_app,
-            sidecars,
-            backend_proxy,
-            sandbox,
-        }
-    }
-
-    /// `GET http://198.18.0.3:8080/<path>` from `pod`, as its app (intercepted by its sidecar).
-    fn get(&self, pod: &Pod, path: &str) -> Result<HttpResponse> {
-        http_get(
-            pod,
-            &format!("http://{BACKEND_IP}:8080/{path}"),
-            Some(APP_UID),
-            GET,
-        )
-    }
-
-    /// Whether a request from `pod` reaches the backend's app (and only then is answered 200).
-    fn reaches_backend(&self, pod: &Pod, marker: &str) -> bool {
-        let reached =
-            matches!(self.get(pod, marker), Ok(r) if r.status == 200 && r.body.contains(marker));
-        assert_eq!(
-            reached,
-            self.backend_app.process().stdout().contains(marker),
-            "the answer and the backend app's log disagree about {marker}"
-        );
-        reached
-    }
-
-    /// The backend's inbound records from `peer_id`, oldest first.
-    fn inbound_from(&self, peer_id: &str) -> Vec<Value> {
-        let log = self
-            .backend_proxy
-            .handshakes()
-            .expect("backend /handshakes");
-        records(&log, "inbound")
-            .into_iter()
-            .filter(|r| r["peer_id"] == peer_id)
-            .cloned()
-            .collect()
-    }
-
-    /// Every process the sandbox started, by PID, and whether it still runs.
-    fn pids(&self) -> Vec<(u32, bool)> {
-        self.sandbox
-            .processes()
-            .iter()
-            .map(|p| (p.pid(), p.is_running()))
-            .collect()
-    }
-}
 
 #[test]
 fn the_frontend_is_allowed_and_the_backend_records_its_spiffe_id() {

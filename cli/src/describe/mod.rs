@@ -8,6 +8,10 @@
 //! proxy (`/policy` on its admin port, through a port-forward): the rules it enforces now,
 //! judged by the code that enforces them.
 //!
+//! `trellis describe --admin ADDR` is the same without a cluster: the proxy on this machine
+//! (its identity, policy, mTLS mode, refusals and verdict); the pod and injection sections say
+//! they need a cluster.
+//!
 //! Owns: the flags and the I/O. What is shown is decided in [`view`].
 
 mod view;
@@ -20,8 +24,10 @@ use trellis_ca::SpiffeId;
 use trellis_injector::NamespaceScope;
 
 use self::view::{Description, PolicyDoc, ProxyView};
+use crate::admin_api::Identity;
 use crate::admin_client::{ADMIN_PORT, AdminClient};
 use crate::check::rules::INJECTION_LABEL;
+use crate::dial::Target;
 use crate::kube_access::{self, Fetched, INJECTED_ANNOTATION, KubeError, KubeOpts, fetch};
 use crate::output::{self, Format};
 use crate::style::print;
@@ -30,6 +36,46 @@ use crate::style::print;
 const REFUSALS: usize = 10;
 /// How many recent connections are searched for them.
 const SEARCHED: u64 = 500;
+
+/// `trellis describe`: a subcommand (`pod NAME`), or the local proxy (`--admin ADDR`).
+#[derive(Debug, Args)]
+#[command(
+    args_conflicts_with_subcommands = true,
+    after_help = "\
+Examples:
+  # A pod in the cluster (see `trellis describe pod --help`)
+  trellis describe pod -n shop backend-6c9f7d8b4-q2w3e --from-pod shop/frontend-7d9f8b7c5-x2x4q --port 8080
+
+  # The proxy on this machine (no cluster: its identity, policy per port, mTLS, refusals)
+  trellis describe --admin 127.0.0.1:15000
+
+  # Would the frontend be let in on 8080? The proxy's own decision, as JSON
+  trellis describe --admin 127.0.0.1:15000 --from spiffe://cluster.local/ns/shop/sa/frontend --port 8080 -o json"
+)]
+pub struct DescribeArgs {
+    #[command(subcommand)]
+    command: Option<DescribeCommand>,
+    #[command(flatten)]
+    local: LocalArgs,
+}
+
+/// `trellis describe --admin ADDR` flags.
+#[derive(Debug, Args)]
+pub struct LocalArgs {
+    /// Describe the proxy whose admin endpoint is ADDR (host:port) on this machine, without
+    /// a cluster (--from-pod needs one: use `describe pod NAME`).
+    #[arg(long, value_name = "ADDR", value_parser = crate::dial::host_port)]
+    admin: Option<String>,
+    /// The caller to judge: a SPIFFE ID, or `unauthenticated` for plaintext.
+    #[arg(long, value_name = "SPIFFE_ID", requires = "port")]
+    from: Option<String>,
+    /// The port to judge the caller on.
+    #[arg(long, value_name = "P", requires = "from", value_parser = clap::value_parser!(u16).range(1..))]
+    port: Option<u16>,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t)]
+    output: Format,
+}
 
 /// `trellis describe` subcommands.
 #[derive(Debug, Subcommand)]
@@ -81,8 +127,19 @@ pub struct PodArgs {
 }
 
 /// Runs `trellis describe`.
-pub async fn run(command: DescribeCommand, kube: &KubeOpts) -> anyhow::Result<bool> {
-    let DescribeCommand::Pod(args) = command;
+pub async fn run(args: DescribeArgs, kube: &KubeOpts) -> anyhow::Result<bool> {
+    match (args.command, args.local.admin.clone()) {
+        (Some(DescribeCommand::Pod(pod)), _) => run_pod(pod, kube).await,
+        (None, Some(admin)) => run_local(args.local, admin).await,
+        (None, None) => anyhow::bail!(
+            "describe what? expected `trellis describe pod NAME` (a cluster) or \
+             `trellis describe --admin ADDR` (the proxy on this machine)"
+        ),
+    }
+}
+
+/// Runs `trellis describe pod NAME`.
+async fn run_pod(args: PodArgs, kube: &KubeOpts) -> anyhow::Result<bool> {
     if args.port.is_some() && args.from.is_none() && args.from_pod.is_none() {
         anyhow::bail!(
             "--port P needs the caller: --from SPIFFE_ID|unauthenticated or --from-pod NS/NAME"
@@ -139,37 +196,15 @@ pub async fn run(command: DescribeCommand, kube: &KubeOpts) -> anyhow::Result<bo
                 .await?;
         let mut admin = AdminClient::new(target);
         let identity = admin.identity().await?;
-        let trust_domain = identity
-            .as_ref()
-            .and_then(|i| SpiffeId::parse(&i.spiffe_id).ok())
-            .map_or_else(
-                || "cluster.local".to_owned(),
-                |id| id.trust_domain().to_string(),
-            );
         let from = match (&args.from, &args.from_pod) {
             (Some(f), _) => Some(caller(f)?),
-            (None, Some(p)) => Some(pod_identity(client.clone(), p, &trust_domain).await?),
+            (None, Some(p)) => {
+                let td = trust_domain(identity.as_ref());
+                Some(pod_identity(client.clone(), p, &td).await?)
+            }
             (None, None) => None,
         };
-        let path = match (&from, args.port) {
-            (Some(f), Some(p)) => format!("/policy?from={f}&port={p}"),
-            _ => "/policy".to_owned(),
-        };
-        let policy: PolicyDoc = admin.get_json(&path).await.with_context(|| {
-            "the proxy has no /policy page (a proxy older than this tool?)".to_owned()
-        })?;
-        let refusals: Vec<_> = admin
-            .handshakes(SEARCHED)
-            .await?
-            .into_iter()
-            .filter(|h| h.decision != "allow" && h.direction != "outbound")
-            .collect();
-        let skip = refusals.len().saturating_sub(REFUSALS);
-        Some(ProxyView {
-            identity,
-            policy,
-            refusals: refusals.into_iter().skip(skip).collect(),
-        })
+        Some(proxy_view(&mut admin, identity, from.as_deref(), args.port).await?)
     } else {
         None
     };
@@ -181,8 +216,9 @@ pub async fn run(command: DescribeCommand, kube: &KubeOpts) -> anyhow::Result<bo
         });
     let verdict = view::verdict_line(&pod_name, injected, why_not.as_deref(), proxy.as_ref());
     let description = Description {
-        pod: pod_name,
-        injected,
+        pod: Some(pod_name),
+        admin: None,
+        injected: Some(injected),
         not_injected_because: why_not,
         identity,
         proxy,
@@ -194,6 +230,75 @@ pub async fn run(command: DescribeCommand, kube: &KubeOpts) -> anyhow::Result<bo
     };
     print(&text)?;
     Ok(true)
+}
+
+/// `trellis describe --admin ADDR`: the proxy on this machine, without an API server (the pod
+/// and injection sections need one and say so).
+async fn run_local(args: LocalArgs, admin_addr: String) -> anyhow::Result<bool> {
+    let from = args.from.as_deref().map(caller).transpose()?;
+    let mut admin = AdminClient::new(Target::tcp(admin_addr.clone()));
+    let identity = admin.identity().await?;
+    let proxy = proxy_view(&mut admin, identity, from.as_deref(), args.port).await?;
+    let identity = proxy.identity.as_ref().map_or_else(
+        || "unknown: the proxy has no certificate yet".to_owned(),
+        |i| i.spiffe_id.clone(),
+    );
+    let subject = format!("the pod of the proxy at {admin_addr}");
+    let verdict = view::verdict_line(&subject, true, None, Some(&proxy));
+    let description = Description {
+        pod: None,
+        admin: Some(admin_addr),
+        injected: None,
+        not_injected_because: None,
+        identity,
+        proxy: Some(proxy),
+        verdict,
+    };
+    let text = match output::structured(args.output, &description)? {
+        Some(text) => text,
+        None => view::text(&description),
+    };
+    print(&text)?;
+    Ok(true)
+}
+
+/// What the proxy behind `admin` reports: its policy (with the verdict for `from` on `port`,
+/// when both are given) and its most recent inbound refusals.
+async fn proxy_view(
+    admin: &mut AdminClient,
+    identity: Option<Identity>,
+    from: Option<&str>,
+    port: Option<u16>,
+) -> anyhow::Result<ProxyView> {
+    let path = match (from, port) {
+        (Some(f), Some(p)) => format!("/policy?from={f}&port={p}"),
+        _ => "/policy".to_owned(),
+    };
+    let policy: PolicyDoc = admin.get_json(&path).await.with_context(|| {
+        "the proxy has no /policy page (a proxy older than this tool?)".to_owned()
+    })?;
+    let refusals: Vec<_> = admin
+        .handshakes(SEARCHED)
+        .await?
+        .into_iter()
+        .filter(|h| h.decision != "allow" && h.direction != "outbound")
+        .collect();
+    let skip = refusals.len().saturating_sub(REFUSALS);
+    Ok(ProxyView {
+        identity,
+        policy,
+        refusals: refusals.into_iter().skip(skip).collect(),
+    })
+}
+
+/// The trust domain of the proxy's certificate (`cluster.local` until it has one).
+fn trust_domain(identity: Option<&Identity>) -> String {
+    identity
+        .and_then(|i| SpiffeId::parse(&i.spiffe_id).ok())
+        .map_or_else(
+            || "cluster.local".to_owned(),
+            |id| id.trust_domain().to_string(),
+        )
 }
 
 /// `--from`: a SPIFFE ID or `unauthenticated`.

@@ -1,4 +1,4 @@
-//! What `trellis describe pod` shows, from plain data: the pod as the API server has it,
+//! What `trellis describe` shows, from plain data: the pod as the API server has it,
 //! what its proxy reports (identity, the policy in force with its mTLS mode, the verdict for
 //! the caller asked about, recent refusals), and a one-line verdict.
 //!
@@ -62,10 +62,13 @@ pub struct ProxyView {
 /// The whole description (`-o json|yaml` prints it as is).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Description {
-    /// `namespace/name`.
-    pub pod: String,
-    /// Whether the injector meshed it.
-    pub injected: bool,
+    /// `namespace/name`; `None` without a cluster (`describe --admin`).
+    pub pod: Option<String>,
+    /// The admin endpoint described, in local mode (`describe --admin ADDR`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin: Option<String>,
+    /// Whether the injector meshed it; `None` without a cluster.
+    pub injected: Option<bool>,
     /// Why not, when not.
     pub not_injected_because: Option<String>,
     /// The SPIFFE ID its service account gives it.
@@ -118,13 +121,23 @@ pub fn verdict_line(
 
 /// The description as text.
 pub fn text(d: &Description) -> String {
-    let mut out = format!("Pod:        {}\n", d.pod);
+    let mut out = match (&d.pod, &d.admin) {
+        (Some(pod), _) => format!("Pod:        {pod}\n"),
+        (None, admin) => format!(
+            "Proxy:      {} (admin endpoint on this machine)\n\
+             Pod:        unknown: needs a cluster (trellis describe pod NAME)\n",
+            admin.as_deref().unwrap_or("unknown")
+        ),
+    };
     match (&d.injected, &d.not_injected_because) {
-        (true, _) => out.push_str("Injected:   yes\n"),
-        (false, why) => out.push_str(&format!(
+        (Some(true), _) => out.push_str("Injected:   yes\n"),
+        (Some(false), why) => out.push_str(&format!(
             "Injected:   no ({})\n",
             why.as_deref().unwrap_or("unknown")
         )),
+        (None, _) => {
+            out.push_str("Injected:   unknown: needs a cluster (trellis describe pod NAME)\n")
+        }
     }
     out.push_str(&format!("Identity:   {}\n", d.identity));
     if let Some(p) = &d.proxy {
@@ -253,8 +266,9 @@ mod tests {
     #[test]
     fn the_text_lists_each_rule_with_its_ports_and_who_it_allows() {
         let d = Description {
-            pod: "shop/backend-1".into(),
-            injected: true,
+            pod: Some("shop/backend-1".into()),
+            admin: None,
+            injected: Some(true),
             not_injected_because: None,
             identity: "spiffe://cluster.local/ns/shop/sa/backend".into(),
             proxy: Some(proxy(None, 1)),
@@ -267,5 +281,26 @@ mod tests {
         );
         assert!(t.contains("mTLS mode:  STRICT\n"), "{t}");
         assert!(t.ends_with("Verdict:    v\n"), "{t}");
+    }
+
+    #[test]
+    fn without_a_cluster_the_pod_and_injection_sections_say_they_need_one() {
+        let d = Description {
+            pod: None,
+            admin: Some("127.0.0.1:15000".into()),
+            injected: None,
+            not_injected_because: None,
+            identity: "spiffe://cluster.local/ns/shop/sa/backend".into(),
+            proxy: Some(proxy(None, 1)),
+            verdict: "v".into(),
+        };
+        let t = text(&d);
+        assert!(
+            t.starts_with("Proxy:      127.0.0.1:15000 (admin endpoint on this machine)\n"),
+            "{t}"
+        );
+        assert!(t.contains("Pod:        unknown: needs a cluster"), "{t}");
+        assert!(t.contains("Injected:   unknown: needs a cluster"), "{t}");
+        assert!(t.contains("  shop/backend-allow: port 8080 allows"), "{t}");
     }
 }

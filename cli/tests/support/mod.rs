@@ -11,6 +11,8 @@
 
 #![allow(dead_code)]
 
+pub mod policy_mesh;
+
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
