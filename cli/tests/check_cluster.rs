@@ -18,13 +18,10 @@ async fn check_passes_on_a_healthy_cluster_and_reaches_the_control_plane_through
     let mesh = Mesh::start().await;
     let dir = tempfile::tempdir().unwrap();
     let root = mesh.cp.bundle.to_pem();
-    let server = fake_api_server(Cluster {
-        ca_bundle: root.clone(),
-        ca_crt: root,
-        injector_available: 1,
-        forwards: HashMap::from([(("trellis-system", CP_POD, 15012), mesh.cp.grpc_addr)]),
-        plaintext_probe: false,
-    })
+    let server = fake_api_server(Cluster::healthy(
+        root,
+        [(("trellis-system", CP_POD, 15012), mesh.cp.grpc_addr)],
+    ))
     .await;
     let config = kubeconfig(dir.path(), &server);
     let out = trellis(&config, &["check"]).await;
@@ -107,16 +104,13 @@ async fn inspect_reaches_a_pods_proxy_through_port_forward() {
     mesh.one_allowed_one_refused().await;
     let dir = tempfile::tempdir().unwrap();
     let root = mesh.cp.bundle.to_pem();
-    let server = fake_api_server(Cluster {
-        ca_bundle: root.clone(),
-        ca_crt: root,
-        injector_available: 1,
-        forwards: HashMap::from([(
+    let server = fake_api_server(Cluster::healthy(
+        root,
+        [(
             ("shop", MESHED_POD, 15000),
             mesh.backend.addrs.admin.unwrap(),
-        )]),
-        plaintext_probe: false,
-    })
+        )],
+    ))
     .await;
     let config = kubeconfig(dir.path(), &server);
 
@@ -162,14 +156,7 @@ async fn inspect_reaches_a_pods_proxy_through_port_forward() {
 async fn inspect_of_a_pod_checks_it_exists_and_is_meshed() {
     let dir = tempfile::tempdir().unwrap();
     let root = root_pem();
-    let server = fake_api_server(Cluster {
-        ca_bundle: root.clone(),
-        ca_crt: root,
-        injector_available: 1,
-        forwards: HashMap::new(),
-        plaintext_probe: false,
-    })
-    .await;
+    let server = fake_api_server(Cluster::healthy(root, [])).await;
     let config = kubeconfig(dir.path(), &server);
 
     let out = trellis(&config, &["inspect", "-n", "shop", "nope"]).await;

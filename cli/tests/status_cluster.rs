@@ -7,7 +7,6 @@
 mod fake_cluster;
 mod local_mesh;
 
-use std::collections::HashMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -18,16 +17,13 @@ use serde_json::Value;
 async fn cluster_with(mesh: &Mesh) -> (tempfile::TempDir, String) {
     let dir = tempfile::tempdir().unwrap();
     let root = mesh.cp.bundle.to_pem();
-    let server = fake_api_server(Cluster {
-        ca_bundle: root.clone(),
-        ca_crt: root,
-        injector_available: 1,
-        forwards: HashMap::from([(
+    let server = fake_api_server(Cluster::healthy(
+        root,
+        [(
             ("trellis-system", CP_POD, 15015),
             mesh.cp.status_addr.unwrap(),
-        )]),
-        plaintext_probe: false,
-    })
+        )],
+    ))
     .await;
     let config = kubeconfig(dir.path(), &server);
     (dir, config)
@@ -121,14 +117,7 @@ async fn status_shows_every_meshed_pod_as_the_control_plane_sees_it() {
 async fn status_says_what_to_check_when_the_control_plane_cannot_be_read() {
     let dir = tempfile::tempdir().unwrap();
     let root = root_pem();
-    let server = fake_api_server(Cluster {
-        ca_bundle: root.clone(),
-        ca_crt: root,
-        injector_available: 1,
-        forwards: HashMap::new(),
-        plaintext_probe: false,
-    })
-    .await;
+    let server = fake_api_server(Cluster::healthy(root, [])).await;
     let config = kubeconfig(dir.path(), &server);
     let out = trellis(&config, &["status"]).await;
     assert_eq!(out.status.code(), Some(1));
@@ -153,14 +142,7 @@ async fn status_says_what_to_check_when_the_control_plane_cannot_be_read() {
 async fn kubeconfig_and_context_flags_choose_the_cluster_as_kubectl_does() {
     let dir = tempfile::tempdir().unwrap();
     let root = root_pem();
-    let server = fake_api_server(Cluster {
-        ca_bundle: root.clone(),
-        ca_crt: root,
-        injector_available: 1,
-        forwards: HashMap::new(),
-        plaintext_probe: false,
-    })
-    .await;
+    let server = fake_api_server(Cluster::healthy(root, [])).await;
     let config = kubeconfig(dir.path(), &server);
     let run = |args: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_trellis"))
@@ -220,16 +202,13 @@ async fn describe_pod_shows_the_policy_in_force_its_refusals_and_a_verdict_for_a
     mesh.one_allowed_one_refused().await;
     let dir = tempfile::tempdir().unwrap();
     let root = mesh.cp.bundle.to_pem();
-    let server = fake_api_server(Cluster {
-        ca_bundle: root.clone(),
-        ca_crt: root,
-        injector_available: 1,
-        forwards: HashMap::from([(
+    let server = fake_api_server(Cluster::healthy(
+        root,
+        [(
             ("shop", MESHED_POD, 15000),
             mesh.backend.addrs.admin.unwrap(),
-        )]),
-        plaintext_probe: false,
-    })
+        )],
+    ))
     .await;
     let config = kubeconfig(dir.path(), &server);
 

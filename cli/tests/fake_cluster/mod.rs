@@ -42,6 +42,23 @@ pub struct Cluster {
     pub plaintext_probe: bool,
 }
 
+impl Cluster {
+    /// A healthy cluster: webhook and injector Secret agree on `root`, the injector is
+    /// available, probes are rewritten; port-forwards go where `forwards` says.
+    pub fn healthy(
+        root: String,
+        forwards: impl IntoIterator<Item = ((&'static str, &'static str, u16), SocketAddr)>,
+    ) -> Cluster {
+        Cluster {
+            ca_bundle: root.clone(),
+            ca_crt: root,
+            injector_available: 1,
+            forwards: forwards.into_iter().collect(),
+            plaintext_probe: false,
+        }
+    }
+}
+
 pub fn root_pem() -> String {
     let td = trellis_ca::TrustDomain::new("cluster.local").unwrap();
     trellis_ca::CaMaterial::generate_root(&td, std::time::SystemTime::now())
