@@ -21,6 +21,7 @@
 //! | [`metrics`] | the Prometheus registry and the `/metrics` `/ready` `/live` `/config_dump` endpoint (15014) |
 //! | [`config_dump`] | `/config_dump` (loopback callers only): flags, the CA's public side, the mesh published, open Watch streams |
 //! | [`status`] | `GET /status` on loopback (port-forwarded): every discovery stream, its certificate and versions |
+//! | [`plain_http`] | the serving loop shared by the plain-HTTP endpoints (metrics, status) |
 //! | [`server`] | start-up order, listeners, graceful shutdown |
 //!
 //! One request: `tls_listener` accepts → tonic routes to `grpc::IdentityService` → the bearer
@@ -42,6 +43,7 @@ pub mod mesh;
 pub mod metrics;
 pub mod node_agent;
 pub mod owned_watch;
+pub mod plain_http;
 pub mod rate_limit;
 pub mod server;
 pub mod serving_cert;

@@ -19,8 +19,6 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -30,7 +28,6 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, info_span};
 
 use crate::config_dump::ConfigDump;
 use crate::grpc::Watchers;
@@ -315,30 +312,8 @@ pub async fn serve(
     dump: Arc<ConfigDump>,
     shutdown: CancellationToken,
 ) {
-    let mut acceptor = trellis_listener::Acceptor::new(listener, "metrics");
-    while let Some((stream, peer)) = acceptor.accept(&shutdown).await {
-        let (metrics, dump) = (metrics.clone(), dump.clone());
-        let shutdown = shutdown.clone();
-        tokio::spawn(
-            async move {
-                let svc = service_fn(move |req| {
-                    let (metrics, dump) = (metrics.clone(), dump.clone());
-                    async move {
-                        Ok::<_, std::convert::Infallible>(respond(&req, &metrics, &dump, peer))
-                    }
-                });
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .timer(hyper_util::rt::TokioTimer::new())
-                    .header_read_timeout(Duration::from_secs(5))
-                    .serve_connection(TokioIo::new(stream), svc);
-                tokio::select! {
-                    _ = conn => {}
-                    () = shutdown.cancelled() => {}
-                }
-            }
-            .instrument(info_span!("metrics", peer.addr = %peer)),
-        );
-    }
+    let respond = move |req: &Request<Incoming>, peer| respond(req, &metrics, &dump, peer);
+    crate::plain_http::serve(listener, "metrics", respond, shutdown).await;
 }
 
 /// Whether a caller at `peer` may read `/config_dump`: only from inside the pod.

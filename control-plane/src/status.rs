@@ -14,19 +14,16 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, info_span};
 
 use crate::grpc::{WatcherInfo, Watchers};
 use crate::mesh::MeshView;
@@ -155,28 +152,8 @@ impl StatusSource {
 
 /// Serves `/status` on `listener` until `shutdown`.
 pub async fn serve(listener: TcpListener, source: StatusSource, shutdown: CancellationToken) {
-    let mut acceptor = trellis_listener::Acceptor::new(listener, "status");
-    while let Some((stream, peer)) = acceptor.accept(&shutdown).await {
-        let source = source.clone();
-        let shutdown = shutdown.clone();
-        tokio::spawn(
-            async move {
-                let svc = service_fn(move |req| {
-                    let source = source.clone();
-                    async move { Ok::<_, std::convert::Infallible>(respond(&req, &source)) }
-                });
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .timer(hyper_util::rt::TokioTimer::new())
-                    .header_read_timeout(Duration::from_secs(5))
-                    .serve_connection(TokioIo::new(stream), svc);
-                tokio::select! {
-                    _ = conn => {}
-                    () = shutdown.cancelled() => {}
-                }
-            }
-            .instrument(info_span!("status", peer.addr = %peer)),
-        );
-    }
+    let respond = move |req: &Request<Incoming>, _peer| respond(req, &source);
+    crate::plain_http::serve(listener, "status", respond, shutdown).await;
 }
 
 fn respond(req: &Request<Incoming>, source: &StatusSource) -> Response<Full<Bytes>> {
@@ -196,6 +173,8 @@ fn respond(req: &Request<Incoming>, source: &StatusSource) -> Response<Full<Byte
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
+
+    use std::time::Duration;
 
     use super::*;
     use crate::tls_listener::PeerCert;
