@@ -109,7 +109,8 @@ pub fn main(args: &Args) -> anyhow::Result<bool> {
         plan.churn = Duration::from_secs(s.max(1));
     }
     let bins = Bins::in_dir(&crate::bin_dir(args.bin_dir.as_deref(), args.no_build)?)?;
-    raise_open_files();
+    // W proxies hold two connections each while they start (the control plane inherits it).
+    crate::procs::raise_open_files();
     let dir = tempfile::Builder::new()
         .prefix("trellis-bench-cp-")
         .tempdir()?;
@@ -173,20 +174,4 @@ pub fn main(args: &Args) -> anyhow::Result<bool> {
         eprintln!("bench: wrote {}", path.display());
     }
     Ok(report.complete)
-}
-
-/// W proxies hold two connections each while they start: raise the open-file limit to the
-/// hard limit (the control plane inherits it).
-fn raise_open_files() {
-    use rustix::process::{Resource, getrlimit, setrlimit};
-    let limit = getrlimit(Resource::Nofile);
-    if let Some(max) = limit.maximum {
-        let _ = setrlimit(
-            Resource::Nofile,
-            rustix::process::Rlimit {
-                current: Some(max),
-                maximum: Some(max),
-            },
-        );
-    }
 }
