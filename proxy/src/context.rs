@@ -144,8 +144,8 @@ impl ProxyContext {
         record: &Arc<ConnRecord>,
     ) -> Result<(), crate::copy::CopyError>
     where
-        A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-        B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+        A: crate::copy::Endpoint,
+        B: crate::copy::Endpoint,
     {
         let report = || self.report_bytes(record);
         crate::copy::bidirectional_reporting(

@@ -1,8 +1,10 @@
 //! Moving bytes both ways between two streams: half-close passed on, backpressure from the
 //! slower side (one buffer per direction while it holds bytes, lent by [`copy_buffers`]), an
-//! idle timeout, and live byte counts for the connection record.
+//! idle timeout, and live byte counts for the connection record. A direction from or to a
+//! tunnel stream ([`H2Stream`]) needs no copy buffer: it writes the received DATA frames
+//! straight to the other side, or reads straight into the chunks the stream sends.
 //!
-//! Owns: [`bidirectional`]. Callers decide what the two ends are.
+//! Owns: [`bidirectional`] and [`Endpoint`]. Callers decide what the two ends are.
 
 use std::io;
 use std::pin::Pin;
@@ -13,8 +15,35 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use bytes::Bytes;
+
 use crate::copy_buffers;
 use crate::records::ConnRecord;
+use crate::tunnel::send_arena;
+use crate::tunnel::stream::H2Stream;
+
+/// One end of a copy: a byte stream, and whether it is a tunnel stream (whose own chunks the
+/// copy then moves instead of copying them through a buffer).
+pub trait Endpoint: AsyncRead + AsyncWrite + Unpin {
+    /// The tunnel stream this end is, if it is one.
+    fn as_tunnel(&mut self) -> Option<&mut H2Stream> {
+        None
+    }
+}
+
+impl Endpoint for tokio::net::TcpStream {}
+
+impl Endpoint for H2Stream {
+    fn as_tunnel(&mut self) -> Option<&mut H2Stream> {
+        Some(self)
+    }
+}
+
+impl<T: Endpoint + ?Sized> Endpoint for &mut T {
+    fn as_tunnel(&mut self) -> Option<&mut H2Stream> {
+        (**self).as_tunnel()
+    }
+}
 
 /// Starting read size for each direction (the buffer itself is lent by [`copy_buffers`] only
 /// while the direction holds bytes: an idle connection holds none).
@@ -23,10 +52,13 @@ const BUF_START: usize = copy_buffers::SMALLEST;
 /// this: 64 KiB reads and writes take an eighth of the system calls of 8 KiB ones.
 const BUF_MAX: usize = copy_buffers::LARGEST;
 
-/// One direction's state: bytes read and not yet written sit in `buf[pos..end]`.
+/// One direction's state: bytes read and not yet written sit in `buf[pos..end]` (or, towards
+/// a tunnel stream, in `chunk`).
 struct OneWay {
     /// The buffer while the direction holds bytes or reads; empty (given back) while it waits.
     buf: Vec<u8>,
+    /// Towards a tunnel stream: the bytes read and not yet sent.
+    chunk: Bytes,
     /// The read size: the length of the buffer it takes.
     size: usize,
     /// First byte not yet written.
@@ -51,6 +83,7 @@ impl OneWay {
     fn new() -> Self {
         Self {
             buf: Vec::new(),
+            chunk: Bytes::new(),
             size: BUF_START,
             pos: 0,
             end: 0,
@@ -67,12 +100,112 @@ impl OneWay {
         }
     }
 
-    /// Copies from `r` to `w` until `r` ends (then shuts `w` down) or an error occurs.
+    /// Copies from `r` to `w` until `r` ends (then shuts `w` down) or an error occurs;
+    /// `meter` counts the bytes.
     fn poll_copy<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: &mut R,
+        w: &mut W,
+        meter: &Meter<'_>,
+    ) -> Poll<io::Result<()>>
+    where
+        R: Endpoint + ?Sized,
+        W: Endpoint + ?Sized,
+    {
+        if let Some(tunnel) = r.as_tunnel() {
+            return self.poll_from_tunnel(cx, tunnel, Pin::new(w), meter);
+        }
+        if let Some(tunnel) = w.as_tunnel() {
+            return self.poll_to_tunnel(cx, Pin::new(r), tunnel, meter);
+        }
+        self.poll_buffered(cx, Pin::new(r), Pin::new(w), meter)
+    }
+
+    /// The next read size: one full read earns one doubling up to [`BUF_MAX`]. Cleared here,
+    /// so that polls finding nothing to read (woken by the other direction) do not grow it again.
+    fn next_size(&mut self) -> usize {
+        if std::mem::take(&mut self.last_read_full) && self.size < BUF_MAX {
+            self.size = (self.size * 2).min(BUF_MAX);
+        }
+        self.size
+    }
+
+    /// From a tunnel stream: its DATA frames are written to `w` as they came.
+    fn poll_from_tunnel<W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: &mut H2Stream,
+        mut w: Pin<&mut W>,
+        meter: &Meter<'_>,
+    ) -> Poll<io::Result<()>>
+    where
+        W: AsyncWrite + ?Sized,
+    {
+        while !self.read_done {
+            let received = match r.poll_received(cx) {
+                Poll::Pending => {
+                    if self.need_flush {
+                        ready!(w.as_mut().poll_flush(cx))?;
+                        self.need_flush = false;
+                    }
+                    return Poll::Pending;
+                }
+                Poll::Ready(res) => res?,
+            };
+            if received.is_empty() {
+                self.read_done = true;
+                break;
+            }
+            let n = ready!(w.as_mut().poll_write(cx, received))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            r.consume(n);
+            meter.add(n);
+            self.need_flush = true;
+        }
+        ready!(w.as_mut().poll_flush(cx))?;
+        self.need_flush = false;
+        w.poll_shutdown(cx)
+    }
+
+    /// To a tunnel stream: reads go straight into the chunks it sends.
+    fn poll_to_tunnel<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut r: Pin<&mut R>,
+        w: &mut H2Stream,
+        meter: &Meter<'_>,
+    ) -> Poll<io::Result<()>>
+    where
+        R: AsyncRead + ?Sized,
+    {
+        loop {
+            if self.chunk.is_empty() && !self.read_done {
+                let size = self.next_size();
+                let chunk = ready!(send_arena::poll_read_chunk(r.as_mut(), cx, size))?;
+                meter.add(chunk.len());
+                self.read_done = chunk.is_empty();
+                self.last_read_full = chunk.len() == size;
+                self.chunk = chunk;
+            }
+            while !self.chunk.is_empty() {
+                ready!(w.poll_send(cx, &mut self.chunk))?;
+            }
+            if self.read_done {
+                return Pin::new(w).poll_shutdown(cx);
+            }
+        }
+    }
+
+    /// Between two plain streams, through a copy buffer.
+    fn poll_buffered<R, W>(
         &mut self,
         cx: &mut Context<'_>,
         mut r: Pin<&mut R>,
         mut w: Pin<&mut W>,
+        meter: &Meter<'_>,
     ) -> Poll<io::Result<()>>
     where
         R: AsyncRead + ?Sized,
@@ -80,14 +213,10 @@ impl OneWay {
     {
         loop {
             if self.pos == self.end && !self.read_done {
-                // One full read earns one doubling: cleared here, so that polls finding
-                // nothing to read (woken by the other direction) do not grow it again.
-                if std::mem::take(&mut self.last_read_full) && self.size < BUF_MAX {
-                    self.size = (self.size * 2).min(BUF_MAX);
-                }
-                if self.buf.len() != self.size {
+                let size = self.next_size();
+                if self.buf.len() != size {
                     self.release();
-                    self.buf = copy_buffers::take(self.size);
+                    self.buf = copy_buffers::take(size);
                 }
                 self.pos = 0;
                 self.end = 0;
@@ -105,6 +234,7 @@ impl OneWay {
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                     Poll::Ready(Ok(())) => {
                         let n = rb.filled().len();
+                        meter.add(n);
                         self.end = n;
                         self.read_done = n == 0;
                         self.last_read_full = n == self.buf.len();
@@ -137,24 +267,28 @@ impl OneWay {
     }
 }
 
-/// Copies both ways until both directions have ended.
-async fn copy_both<A, B>(a: &mut A, b: &mut B) -> io::Result<()>
+/// Copies both ways until both directions have ended: `meter_a` counts the bytes from `a`,
+/// `meter_b` those from `b`.
+async fn copy_both<A, B>(
+    a: &mut A,
+    b: &mut B,
+    meter_a: &Meter<'_>,
+    meter_b: &Meter<'_>,
+) -> io::Result<()>
 where
-    A: AsyncRead + AsyncWrite + Unpin,
-    B: AsyncRead + AsyncWrite + Unpin,
+    A: Endpoint,
+    B: Endpoint,
 {
     let mut a_to_b = Some(OneWay::new());
     let mut b_to_a = Some(OneWay::new());
     std::future::poll_fn(|cx| {
         if let Some(d) = a_to_b.as_mut()
-            && d.poll_copy(cx, Pin::new(&mut *a), Pin::new(&mut *b))?
-                .is_ready()
+            && d.poll_copy(cx, &mut *a, &mut *b, meter_a)?.is_ready()
         {
             a_to_b = None; // frees the buffer of a finished direction
         }
         if let Some(d) = b_to_a.as_mut()
-            && d.poll_copy(cx, Pin::new(&mut *b), Pin::new(&mut *a))?
-                .is_ready()
+            && d.poll_copy(cx, &mut *b, &mut *a, meter_b)?.is_ready()
         {
             b_to_a = None;
         }
@@ -167,49 +301,24 @@ where
     .await
 }
 
-/// Counts bytes read from the wrapped stream and stamps activity.
-struct Metered<'a, T> {
-    /// The stream.
-    inner: T,
-    /// Where to add bytes read from `inner`.
-    read_counter: &'a AtomicU64,
+/// Counts the bytes one direction moves and stamps activity.
+struct Meter<'a> {
+    /// Where to add the bytes.
+    counter: &'a AtomicU64,
     /// Milliseconds since `epoch` of the last byte either way.
     activity: &'a AtomicU64,
     /// Reference point for `activity`.
     epoch: Instant,
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for Metered<'_, T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let n = buf.filled().len() - before;
+impl Meter<'_> {
+    /// Counts `n` bytes moved now.
+    fn add(&self, n: usize) {
         if n > 0 {
-            self.read_counter.fetch_add(n as u64, Ordering::Relaxed);
+            self.counter.fetch_add(n as u64, Ordering::Relaxed);
             let ms = self.epoch.elapsed().as_millis() as u64;
             self.activity.store(ms, Ordering::Relaxed);
         }
-        res
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Metered<'_, T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -242,8 +351,8 @@ pub async fn bidirectional<A, B>(
     record: &Arc<ConnRecord>,
 ) -> Result<(), CopyError>
 where
-    A: AsyncRead + AsyncWrite + Unpin,
-    B: AsyncRead + AsyncWrite + Unpin,
+    A: Endpoint,
+    B: Endpoint,
 {
     bidirectional_reporting(client, server, idle, record, &|| {}).await
 }
@@ -259,24 +368,23 @@ pub async fn bidirectional_reporting<A, B>(
     report: &(dyn Fn() + Sync),
 ) -> Result<(), CopyError>
 where
-    A: AsyncRead + AsyncWrite + Unpin,
-    B: AsyncRead + AsyncWrite + Unpin,
+    A: Endpoint,
+    B: Endpoint,
 {
     let activity = AtomicU64::new(0);
     let epoch = Instant::now();
-    let mut a = Metered {
-        inner: client,
-        read_counter: &record.bytes_sent,
+    let meter_a = Meter {
+        counter: &record.bytes_sent,
         activity: &activity,
         epoch,
     };
-    let mut b = Metered {
-        inner: server,
-        read_counter: &record.bytes_received,
+    let meter_b = Meter {
+        counter: &record.bytes_received,
         activity: &activity,
         epoch,
     };
-    let copy = copy_both(&mut a, &mut b);
+    let (mut a, mut b) = (client, server);
+    let copy = copy_both(&mut a, &mut b, &meter_a, &meter_b);
     tokio::pin!(copy);
     let check = (idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
     loop {

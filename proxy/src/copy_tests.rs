@@ -75,7 +75,7 @@ fn start(
 }
 
 /// Writes all of `data` and half-closes while reading to EOF; returns what was read.
-async fn exchange(stream: DuplexStream, data: Vec<u8>) -> io::Result<Vec<u8>> {
+async fn exchange<S: AsyncRead + AsyncWrite>(stream: S, data: Vec<u8>) -> io::Result<Vec<u8>> {
     let (mut r, mut w) = tokio::io::split(stream);
     let write = async move {
         w.write_all(&data).await?;
@@ -102,6 +102,68 @@ async fn megabytes_both_ways_at_once_arrive_intact_and_are_counted() {
     .await;
     assert_same("client to server", &got_up.unwrap(), &up);
     assert_same("server to client", &got_down.unwrap(), &down);
+    within("the copy to end", copy).await.unwrap().unwrap();
+    assert_eq!(rec.bytes_sent.load(Ordering::Relaxed), up.len() as u64);
+    assert_eq!(
+        rec.bytes_received.load(Ordering::Relaxed),
+        down.len() as u64
+    );
+}
+
+impl Endpoint for DuplexStream {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> Endpoint for WriteSizes<T> {}
+
+/// One CONNECT stream of an HTTP/2 connection over an in-memory pipe (default 64 KiB windows,
+/// so flow control holds the sender back): its client end and its server end. Tasks of their
+/// own drive both connections.
+async fn tunnel_stream() -> (H2Stream, H2Stream) {
+    let (near, far) = duplex(256 * 1024);
+    let server = tokio::spawn(async move {
+        let mut conn = h2::server::handshake(far).await.unwrap();
+        let (request, mut respond) = conn.accept().await.unwrap().unwrap();
+        let send = respond
+            .send_response(http::Response::new(()), false)
+            .unwrap();
+        tokio::spawn(async move { while conn.accept().await.is_some() {} });
+        H2Stream::new(send, request.into_body())
+    });
+    let (client, conn) = h2::client::handshake(near).await.unwrap();
+    tokio::spawn(conn);
+    let mut client = client.ready().await.unwrap();
+    let request = http::Request::builder()
+        .method(http::Method::CONNECT)
+        .uri("198.18.0.1:80")
+        .body(())
+        .unwrap();
+    let (response, send) = client.send_request(request, false).unwrap();
+    let response = within("the CONNECT answer", response).await.unwrap();
+    let server_end = within("the CONNECT stream", server).await.unwrap();
+    (H2Stream::new(send, response.into_body()), server_end)
+}
+
+#[tokio::test]
+async fn megabytes_through_a_tunnel_stream_both_ways_arrive_intact_counted_and_half_closed() {
+    // The copy joins the server end of a CONNECT stream and an app pipe: the direction from the
+    // stream writes its DATA frames as they are, the one to it reads into the chunks it sends.
+    let (client_end, server_end) = tunnel_stream().await;
+    let (app, near_app) = duplex(64 * 1024);
+    let rec = record();
+    let copy = tokio::spawn({
+        let rec = rec.clone();
+        async move { bidirectional(server_end, near_app, Duration::from_secs(60), &rec).await }
+    });
+    let up = pattern(7, 5 * 1024 * 1024 + 99);
+    let down = pattern(8, 3 * 1024 * 1024 + 5);
+    let (got_up, got_down) = within("both transfers", async {
+        tokio::join!(
+            exchange(app, down.clone()),
+            exchange(client_end, up.clone())
+        )
+    })
+    .await;
+    assert_same("stream to app", &got_up.unwrap(), &up);
+    assert_same("app to stream", &got_down.unwrap(), &down);
     within("the copy to end", copy).await.unwrap().unwrap();
     assert_eq!(rec.bytes_sent.load(Ordering::Relaxed), up.len() as u64);
     assert_eq!(
@@ -395,13 +457,13 @@ async fn bytes_of_a_connection_still_open_are_reported_at_its_idle_checks() {
 
 /// Polls `way` once from `r` to `w`: whether it is still pending.
 async fn poll_once(way: &mut OneWay, r: &mut DuplexStream, w: &mut DuplexStream) -> bool {
-    std::future::poll_fn(|cx| {
-        Poll::Ready(
-            way.poll_copy(cx, Pin::new(&mut *r), Pin::new(&mut *w))
-                .is_pending(),
-        )
-    })
-    .await
+    let (counter, activity) = (AtomicU64::new(0), AtomicU64::new(0));
+    let meter = Meter {
+        counter: &counter,
+        activity: &activity,
+        epoch: Instant::now(),
+    };
+    std::future::poll_fn(|cx| Poll::Ready(way.poll_copy(cx, r, w, &meter).is_pending())).await
 }
 
 #[tokio::test]

@@ -5,13 +5,15 @@
 //! (the pure CONNECT admission decision the server asks), [`limits`] (the caps on handshakes,
 //! connections and refused streams per source and in total), [`pool`]
 //! (the client side: pooled connections per peer identity, CONNECT streams over them),
-//! [`stream`] (a CONNECT stream as bytes), [`read_ahead`] (large socket reads under rustls), and
+//! [`stream`] (a CONNECT stream as bytes), [`send_arena`] (the memory of the bytes it sends),
+//! [`read_ahead`] (large socket reads under rustls), and
 //! the HTTP/2 settings both sides share.
 
 pub mod admit;
 pub mod limits;
 pub mod pool;
 pub mod read_ahead;
+pub mod send_arena;
 pub mod server;
 pub mod stream;
 
