@@ -56,6 +56,7 @@ pub mod failures;
 pub mod identity;
 pub mod inbound;
 pub mod log_level;
+pub mod malloc_tuning;
 pub mod metric_labels;
 pub mod metrics;
 pub mod orig_dst;

@@ -5,6 +5,7 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use trellis_proxy::config::RunArgs;
+use trellis_proxy::malloc_tuning;
 use trellis_telemetry::LogArgs;
 
 /// The Trellis sidecar proxy.
@@ -18,7 +19,15 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the sidecar.
-    Run(Box<RunArgs>),
+    Run {
+        /// The sidecar's settings.
+        #[command(flatten)]
+        args: Box<RunArgs>,
+        /// Start again with glibc's allocator tuned for the data path (`GLIBC_TUNABLES`, see
+        /// the `malloc_tuning` module) unless `GLIBC_TUNABLES` is already set.
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        malloc_tuning: bool,
+    },
     /// Install the iptables rules that send the pod's TCP through the proxy (init container).
     Init {
         /// What to install.
@@ -35,7 +44,18 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run(args) => run(*args),
+        Command::Run {
+            args,
+            malloc_tuning,
+        } => {
+            let tuning = malloc_tuning::should_reexec(
+                malloc_tuning,
+                std::env::var_os(malloc_tuning::ENV).as_deref(),
+            );
+            // Returns only when starting again failed: the proxy then runs untuned.
+            let failed = tuning.then(malloc_tuning::reexec);
+            run(*args, failed)
+        }
         Command::Init { args, log } => {
             trellis_telemetry::init(&log)?;
             Ok(trellis_proxy::redirect::run(&args)?)
@@ -44,8 +64,11 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-fn run(args: RunArgs) -> anyhow::Result<()> {
+fn run(args: RunArgs, reexec_failed: Option<std::io::Error>) -> anyhow::Result<()> {
     let logs = trellis_telemetry::init(&args.log)?;
+    if let Some(e) = reexec_failed {
+        tracing::warn!(error = %e, "cannot start again with GLIBC_TUNABLES set: allocator untuned");
+    }
     let workers = args.worker_threads.clamp(1, 64);
     let mut config = args.validate()?;
     config.log_control = Some(logs);
