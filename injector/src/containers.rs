@@ -235,6 +235,12 @@ pub fn token_volume() -> Volume {
     }
 }
 
+/// glibc's allocator settings for the sidecar (`GLIBC_TUNABLES`): the ones `trellis-proxy run`
+/// would otherwise restart itself with (its `malloc_tuning` module says why). Set here so the
+/// sidecar starts with them at once and the pod spec shows them.
+pub const PROXY_GLIBC_TUNABLES: &str =
+    "glibc.malloc.trim_threshold=4194304:glibc.malloc.mmap_threshold=1048576";
+
 fn proxy_env(config: &InjectConfig, overrides: &PodOverrides) -> Vec<EnvVar> {
     let log = overrides.log_level.as_deref().unwrap_or(&config.proxy_log);
     let log_format = match config.proxy_log_format {
@@ -253,6 +259,7 @@ fn proxy_env(config: &InjectConfig, overrides: &PodOverrides) -> Vec<EnvVar> {
         value("TRELLIS_TRUST_BUNDLE", &config.trust_bundle_pem),
         value("TRELLIS_TOKEN_FILE", &format!("{TOKEN_DIR}/{TOKEN_PATH}")),
         value("TRELLIS_MODE", "transparent"),
+        value("GLIBC_TUNABLES", PROXY_GLIBC_TUNABLES),
         field("TRELLIS_POD_NAME", "metadata.name"),
         field("TRELLIS_POD_NAMESPACE", "metadata.namespace"),
         field("TRELLIS_SERVICE_ACCOUNT", "spec.serviceAccountName"),
@@ -381,6 +388,7 @@ mod tests {
         );
         assert_eq!(env["TRELLIS_LOG"], "warn");
         assert_eq!(env["TRELLIS_LOG_FORMAT"], "json");
+        assert_eq!(env["GLIBC_TUNABLES"], PROXY_GLIBC_TUNABLES);
 
         let debug = PodOverrides {
             log_level: Some("info,trellis_proxy=debug".into()),
