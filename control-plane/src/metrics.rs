@@ -94,6 +94,9 @@ pub struct Metrics {
     pub push_duration: Histogram,
     /// Full states sent again because a proxy could not apply an update.
     pub resyncs: Counter,
+    /// Watch streams refused because the source was not yet read in full (the cluster's
+    /// first list) within the wait.
+    pub unlisted_refusals: Counter,
     /// Roots in the trust bundle (2 during a rotation).
     roots: Gauge,
     /// When the earliest root of the bundle expires, seconds since the epoch.
@@ -210,6 +213,12 @@ impl Metrics {
             "Full states sent again because a proxy reported it could not apply an update",
             resyncs.clone(),
         );
+        let unlisted_refusals = Counter::default();
+        discovery.register(
+            "unlisted_refusals",
+            "Watch streams refused because the cluster had not been listed in full within the wait",
+            unlisted_refusals.clone(),
+        );
         for reason in crate::certify::REFUSAL_REASONS {
             drop(refused.get_or_create(&ReasonLabel { reason }));
         }
@@ -227,6 +236,7 @@ impl Metrics {
             pushes,
             push_duration,
             resyncs,
+            unlisted_refusals,
             watchers: OnceLock::new(),
             connected_proxies,
             proxies_out_of_sync,

@@ -327,6 +327,8 @@ pub async fn start(config: &Config, kube: Option<kube::Client>) -> Result<Runnin
             ));
         }
         (Mode::Kubernetes, _, Some(client)) => {
+            // Before any stream can open: Watch streams wait until every kind was listed.
+            publisher.set_waiting_for(crate::mesh::kubernetes::cluster::KINDS.to_vec());
             tokio::spawn(crate::mesh::kubernetes::watch_cluster(
                 client,
                 td.clone(),

@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use trellis_ca::{SpiffeId, TrustDomain};
 
@@ -89,6 +90,20 @@ impl Service {
     pub fn key(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
     }
+
+    /// The Service with its endpoints sorted, so that equal Services compare equal whatever
+    /// order their source listed endpoints in, and an address listed twice (two slices during
+    /// a rollout) kept once, in its most ready state; its addresses sorted and deduplicated.
+    pub fn normalized(mut self) -> Service {
+        for p in &mut self.ports {
+            p.endpoints
+                .sort_by_key(|e| (e.ip, e.target_port, !e.ready, !e.serving, e.terminating));
+            p.endpoints.dedup_by_key(|e| (e.ip, e.target_port));
+        }
+        self.addresses.sort();
+        self.addresses.dedup();
+        self
+    }
 }
 
 /// One port of a Service.
@@ -129,10 +144,11 @@ impl ServiceEndpoint {
 pub struct MeshModel {
     /// The trust domain identities are built in.
     pub trust_domain: TrustDomain,
-    /// Meshed workloads by address.
-    pub workloads: BTreeMap<WorkloadKey, Workload>,
-    /// Services by `namespace/name`.
-    pub services: BTreeMap<String, Service>,
+    /// Meshed workloads by address (shared by consecutive versions: a version that changes
+    /// one workload copies the map of pointers, not the workloads).
+    pub workloads: BTreeMap<WorkloadKey, Arc<Workload>>,
+    /// Services by `namespace/name` (shared likewise).
+    pub services: BTreeMap<String, Arc<Service>>,
     /// Checked policies, sorted by namespace and name.
     pub policies: Vec<Policy>,
     /// Mesh-wide mTLS mode.
@@ -171,21 +187,13 @@ pub type IdentityIndex = HashMap<SpiffeId, Vec<WorkloadKey>>;
 impl MeshModel {
     /// Adds (or replaces) a workload.
     pub fn add_workload(&mut self, w: Workload) {
-        self.workloads.insert(w.key(), w);
+        self.workloads.insert(w.key(), Arc::new(w));
     }
 
-    /// Adds (or replaces) a Service; its endpoints are sorted so that equal Services compare
-    /// equal whatever order their source listed endpoints in, and an address listed twice
-    /// (two slices during a rollout) is kept once, in its most ready state.
-    pub fn add_service(&mut self, mut s: Service) {
-        for p in &mut s.ports {
-            p.endpoints
-                .sort_by_key(|e| (e.ip, e.target_port, !e.ready, !e.serving, e.terminating));
-            p.endpoints.dedup_by_key(|e| (e.ip, e.target_port));
-        }
-        s.addresses.sort();
-        s.addresses.dedup();
-        self.services.insert(s.key(), s);
+    /// Adds (or replaces) a Service, [`Service::normalized`].
+    pub fn add_service(&mut self, s: Service) {
+        let s = s.normalized();
+        self.services.insert(s.key(), Arc::new(s));
     }
 
     /// The workloads of each identity.
@@ -214,7 +222,7 @@ impl MeshModel {
             .get(caller)
             .into_iter()
             .flatten()
-            .filter_map(|k| self.workloads.get(k))
+            .filter_map(|k| self.workloads.get(k).map(AsRef::as_ref))
             .collect();
         let at_ip: Vec<&Workload> = mine
             .iter()

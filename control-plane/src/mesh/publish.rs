@@ -1,8 +1,8 @@
 //! Versions of the mesh model and what changed between them, so that discovery sends each proxy
 //! only what changed since the version it holds.
 //!
-//! Owns: [`Publisher`] (sources hand it whole models; it numbers the ones that differ and works
-//! out the [`Change`]), [`MeshView`] (one published version with the recent history) and
+//! Owns: [`Publisher`] (sources hand it whole models and it works out the [`Change`], or models
+//! with the change they know of; it numbers the ones that differ), [`MeshView`] (one published version with the recent history) and
 //! [`MeshView::since`] (the pure "what changed after version v" question). Versions are
 //! comparable only within one [`MeshView::epoch`], chosen at random per start, so a proxy that
 //! reconnects to a restarted (or another) control plane gets the full state.
@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use tokio::sync::watch;
-use trellis_ca::SpiffeId;
+use trellis_ca::{SpiffeId, TrustDomain};
 
 use super::model::{IdentityIndex, MeshModel, Workload, WorkloadKey};
 
@@ -62,27 +62,43 @@ impl Change {
         };
         for key in changed_keys(&old.workloads, &new.workloads) {
             let (before, after) = (old.workloads.get(&key), new.workloads.get(&key));
-            for (model, w) in [(old, before), (new, after)] {
-                if let Some(id) = w.and_then(|w| w.id(&model.trust_domain)) {
-                    change.identities.insert(id);
-                }
-            }
-            // Labels are not sent to proxies: a relabelled workload only changes inbound views.
-            let relabelled_only = match (before, after) {
-                (Some(b), Some(a)) => {
-                    Workload {
-                        labels: a.labels.clone(),
-                        ..b.clone()
-                    } == *a
-                }
-                _ => false,
-            };
-            if !relabelled_only {
-                change.workloads.insert(key);
-            }
+            change.note_workload(
+                &new.trust_domain,
+                key,
+                before.map(AsRef::as_ref),
+                after.map(AsRef::as_ref),
+            );
         }
         change.services = changed_keys(&old.services, &new.services).collect();
         change
+    }
+
+    /// Records that the workload at `key` went from `before` to `after` (which differ).
+    pub fn note_workload(
+        &mut self,
+        td: &TrustDomain,
+        key: WorkloadKey,
+        before: Option<&Workload>,
+        after: Option<&Workload>,
+    ) {
+        for w in [before, after].into_iter().flatten() {
+            if let Some(id) = w.id(td) {
+                self.identities.insert(id);
+            }
+        }
+        // Labels are not sent to proxies: a relabelled workload only changes inbound views.
+        let relabelled_only = match (before, after) {
+            (Some(b), Some(a)) => {
+                Workload {
+                    labels: a.labels.clone(),
+                    ..b.clone()
+                } == *a
+            }
+            _ => false,
+        };
+        if !relabelled_only {
+            self.workloads.insert(key);
+        }
     }
 
     fn absorb(&mut self, later: &Change) {
@@ -120,6 +136,9 @@ pub struct MeshView {
     pub index: Arc<IdentityIndex>,
     /// The changes that led here, oldest first, the last one producing `version`.
     history: VecDeque<Arc<Change>>,
+    /// Parts of the source not yet read in full (e.g. the cluster's first list of pods): while
+    /// any is, the model is incomplete and proxies are not sent it.
+    pub waiting_for: Vec<&'static str>,
 }
 
 /// The answer to "what changed after version v?".
@@ -168,7 +187,7 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    /// Publishes `initial` as version 1 of a new epoch.
+    /// Publishes `initial` as version 1 of a new epoch, complete.
     pub fn new(initial: MeshModel) -> (Publisher, watch::Receiver<Arc<MeshView>>) {
         Self::with_epoch(initial, fastrand::u64(1..))
     }
@@ -184,6 +203,7 @@ impl Publisher {
             index: Arc::new(initial.identity_index()),
             model: Arc::new(initial),
             history: VecDeque::new(),
+            waiting_for: Vec::new(),
         };
         let (tx, rx) = watch::channel(Arc::new(view));
         (Publisher { tx }, rx)
@@ -200,13 +220,29 @@ impl Publisher {
     }
 
     /// Publishes `model` as the next version if it differs from the current one; returns the
-    /// change (`None`: nothing changed, nothing published).
+    /// change (`None`: nothing changed, nothing published). Compares the whole models: for
+    /// small sources (a mesh file); a source that knows what it changed calls
+    /// [`Publisher::publish_change`].
     pub fn publish(&self, model: MeshModel) -> Option<Arc<Change>> {
         let current = self.current();
-        let mut change = Change::between(&current.model, &model);
+        let change = Change::between(&current.model, &model);
+        let index = model.identity_index();
+        self.publish_change(model, index, change)
+    }
+
+    /// Publishes `model` (with its identity `index`) as the next version, `change` saying what
+    /// differs from the current one (its `version` is set here); nothing when `change` is
+    /// empty. The caller answers for `change` and `index` being exact.
+    pub fn publish_change(
+        &self,
+        model: MeshModel,
+        index: IdentityIndex,
+        mut change: Change,
+    ) -> Option<Arc<Change>> {
         if change.is_empty() {
             return None;
         }
+        let current = self.current();
         change.version = current.version + 1;
         let change = Arc::new(change);
         let mut history = current.history.clone();
@@ -220,12 +256,32 @@ impl Publisher {
         let view = MeshView {
             epoch: current.epoch,
             version: change.version,
-            index: Arc::new(model.identity_index()),
+            index: Arc::new(index),
             model: Arc::new(model),
             history,
+            waiting_for: current.waiting_for.clone(),
         };
         self.tx.send_replace(Arc::new(view));
         Some(change)
+    }
+
+    /// Says which parts of the source have not been read in full yet (empty: the model is
+    /// complete); the version does not change. Watch streams hold their first update until
+    /// the view is complete ([`MeshView::waiting_for`]).
+    pub fn set_waiting_for(&self, kinds: Vec<&'static str>) {
+        let current = self.current();
+        if current.waiting_for == kinds {
+            return;
+        }
+        let view = MeshView {
+            epoch: current.epoch,
+            version: current.version,
+            index: current.index.clone(),
+            model: current.model.clone(),
+            history: current.history.clone(),
+            waiting_for: kinds,
+        };
+        self.tx.send_replace(Arc::new(view));
     }
 }
 

@@ -40,6 +40,9 @@ use crate::tls_listener::PeerInfo;
 
 /// Time a proxy has to send its first request.
 const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a new stream waits for the source's first full read (the cluster's first list)
+/// before it is refused as unavailable (the proxy retries).
+pub const LIST_WAIT: Duration = Duration::from_secs(30);
 /// Largest update message sent (a larger update is split).
 pub const MESSAGE_BYTES: usize = 1024 * 1024;
 /// Longest node name or proxy version kept (they are for display only).
@@ -60,6 +63,8 @@ pub struct DiscoveryService {
     shutdown: CancellationToken,
     /// Counts pushes and resyncs (none in unit tests).
     metrics: Option<Arc<Metrics>>,
+    /// Longest a new stream waits for a complete view.
+    list_wait: Duration,
 }
 
 impl DiscoveryService {
@@ -76,6 +81,7 @@ impl DiscoveryService {
             parts: Arc::new(PartCache::default()),
             shutdown,
             metrics: None,
+            list_wait: LIST_WAIT,
         }
     }
 
@@ -119,6 +125,14 @@ impl DiscoveryService {
                 ));
             }
         };
+        // Held until the model is complete: a proxy must not take a near-empty mesh for the
+        // truth (and then get the rest as one huge delta).
+        if let Err(status) = until_complete(self.views.clone(), self.list_wait).await {
+            if let Some(m) = &self.metrics {
+                m.unlisted_refusals.inc();
+            }
+            return Err(status);
+        }
         // Room for one message: its own bytes and the shared chunk.
         let (tx, rx) = mpsc::channel(2);
         let info = WatcherInfo {
@@ -159,6 +173,27 @@ impl DiscoveryService {
                 .instrument(span),
         );
         Ok(rx)
+    }
+}
+
+/// Waits until the published view is complete (its source read in full), at most `wait`.
+async fn until_complete(
+    mut views: watch::Receiver<Arc<MeshView>>,
+    wait: Duration,
+) -> Result<(), Status> {
+    let complete = views.wait_for(|v| v.waiting_for.is_empty());
+    let outcome = tokio::time::timeout(wait, complete)
+        .await
+        .map(|r| r.is_ok());
+    match outcome {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(Status::unavailable("the control plane is shutting down")),
+        Err(_) => Err(Status::unavailable(format!(
+            "the control plane has not finished its first list of the cluster's {} after {}s; \
+             retry later",
+            views.borrow().waiting_for.join(", "),
+            wait.as_secs_f32()
+        ))),
     }
 }
 

@@ -306,3 +306,38 @@ fn a_large_update_is_split_and_only_its_last_message_ends_it() {
         25_000
     );
 }
+
+#[tokio::test]
+async fn a_new_stream_is_held_until_the_source_was_read_in_full_then_gets_all_of_it() {
+    use futures_util::FutureExt as _;
+    let (p, views) = Publisher::with_epoch(MeshModel::default(), 9);
+    p.set_waiting_for(vec!["Pods", "Services"]);
+    let mut held = Box::pin(until_complete(views.clone(), Duration::from_secs(600)));
+    assert!((&mut held).now_or_never().is_none(), "not held");
+    p.publish(base());
+    p.set_waiting_for(vec!["Services"]);
+    assert!(
+        (&mut held).now_or_never().is_none(),
+        "released before every kind was listed"
+    );
+    p.set_waiting_for(Vec::new());
+    held.await.unwrap();
+    let mut s = stream("ns/shop/sa/frontend", "198.18.0.2", (0, 0));
+    let msgs = s.next_messages(&views.borrow(), &bundle(), true);
+    assert!(msgs[0].full);
+    assert_eq!(ips(&msgs[0]), ["198.18.0.2", "198.18.0.3"]);
+}
+
+#[tokio::test]
+async fn a_stream_held_too_long_is_refused_naming_what_was_not_listed() {
+    let (p, views) = Publisher::with_epoch(MeshModel::default(), 9);
+    p.set_waiting_for(vec!["AuthorizationPolicies"]);
+    let status = until_complete(views, Duration::from_millis(1))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    assert!(
+        status.message().contains("AuthorizationPolicies"),
+        "{status:?}"
+    );
+}

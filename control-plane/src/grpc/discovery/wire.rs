@@ -42,7 +42,7 @@ impl GlobalPart {
                     .values()
                     .filter_map(|w| workload(model, w))
                     .collect(),
-                services: model.services.values().map(service).collect(),
+                services: model.services.values().map(|s| service(s)).collect(),
                 ..GlobalPart::default()
             },
             Since::Changed(change) => {

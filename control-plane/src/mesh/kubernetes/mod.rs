@@ -1,49 +1,41 @@
-//! The Kubernetes source: reflectors over Pods, Namespaces, Services, EndpointSlices and
-//! AuthorizationPolicies; every change rebuilds the model (coalesced over a short window) and
-//! hands it to the [`Publisher`], which numbers it and works out what changed, so proxies hear
-//! of a change well within a second.
+//! The Kubernetes source: watches over Pods, Namespaces, Services, EndpointSlices and
+//! AuthorizationPolicies whose events are applied one by one to the [`Cluster`]; changes within
+//! a short window are published together, the [`Cluster`] saying what they changed, so that a
+//! publish costs O(what changed) and proxies hear of a change well within a second.
 //!
-//! Owns: the reflectors and the rebuild loop. What a pod, a namespace or a Service means to the
-//! mesh is in [`pods`] and [`services`] (pure conversions).
+//! Owns: the watches and the publish loop. What a pod, a namespace or a Service means to the
+//! mesh is in [`pods`] and [`services`] (pure conversions); the incremental model in
+//! [`cluster`].
 //!
 //! RBAC: get/list/watch on pods, namespaces, services, endpointslices.discovery.k8s.io and
 //! authorizationpolicies.trellis.dev (charts/trellis/templates/control-plane-rbac.yaml).
 
+pub mod cluster;
 pub mod pods;
 pub mod services;
 
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service as KubeService};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use futures_util::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
-use tokio::sync::Notify;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use trellis_ca::TrustDomain;
 
-use super::crd::{AuthorizationPolicy, Policy};
-use super::model::{MeshModel, MtlsMode};
+use super::model::MtlsMode;
 use super::publish::Publisher;
+use cluster::{Cluster, ClusterEvent};
 pub use pods::{INJECTED, MTLS, workload_of};
 
 /// Changes arriving within this window are published together.
 const COALESCE: Duration = Duration::from_millis(100);
-
-/// The reflectors' stores.
-#[derive(Debug, Clone)]
-struct Stores {
-    pods: Store<Pod>,
-    namespaces: Store<Namespace>,
-    services: Store<KubeService>,
-    slices: Store<EndpointSlice>,
-    policies: Store<AuthorizationPolicy>,
-}
+/// Events queued from the watches to the publish loop (a full queue holds the watches back).
+const EVENTS: usize = 1024;
 
 /// The cluster's pods as the pod reflector of [`watch_cluster`] holds them, for other readers
 /// (node agents asking for the identities of pods on their node).
@@ -85,7 +77,8 @@ pub fn pod_index() -> (PodIndex, PodIndexWriter) {
 }
 
 /// Watches the cluster and publishes models through `publisher` until `shutdown`; the pods it
-/// sees also fill `pods`.
+/// sees also fill `pods`. Until every kind has been listed once the published views say what
+/// is missing ([`Publisher::set_waiting_for`]), and discovery holds proxies back.
 pub async fn watch_cluster(
     client: kube::Client,
     td: TrustDomain,
@@ -94,63 +87,78 @@ pub async fn watch_cluster(
     pods: PodIndexWriter,
     shutdown: CancellationToken,
 ) {
-    let changed = Arc::new(Notify::new());
+    let (tx, mut events) = mpsc::channel(EVENTS);
     let PodIndexWriter(pods_w) = pods;
-    let pods = pods_w.as_reader();
-    let (namespaces, namespaces_w) = reflector::store::<Namespace>();
-    let (services, services_w) = reflector::store::<KubeService>();
-    let (slices, slices_w) = reflector::store::<EndpointSlice>();
-    let (policies, policies_w) = reflector::store::<AuthorizationPolicy>();
-    let (n, s) = (&changed, &shutdown);
-    spawn_reflector(Api::all(client.clone()), pods_w, pods::slim, n, s);
-    spawn_reflector(Api::all(client.clone()), namespaces_w, trim, n, s);
-    spawn_reflector(Api::all(client.clone()), services_w, trim, n, s);
-    spawn_reflector(Api::all(client.clone()), slices_w, trim, n, s);
-    spawn_reflector(Api::all(client), policies_w, trim, n, s);
+    let s = &shutdown;
+    let pods = watch_kind(Api::all(client.clone()), pods::slim).reflect(pods_w);
+    forward(pods, |e| ClusterEvent::Pod(Box::new(e)), &tx, s);
+    let namespaces = watch_kind(Api::all(client.clone()), trim);
+    forward(namespaces, |e| ClusterEvent::Namespace(Box::new(e)), &tx, s);
+    let services = watch_kind(Api::all(client.clone()), trim);
+    forward(services, |e| ClusterEvent::Service(Box::new(e)), &tx, s);
+    let slices = watch_kind(Api::all(client.clone()), trim);
+    forward(slices, |e| ClusterEvent::Slice(Box::new(e)), &tx, s);
+    forward(
+        watch_kind(Api::all(client), trim),
+        |e| ClusterEvent::Policy(Box::new(e)),
+        &tx,
+        s,
+    );
+    drop(tx);
     info!("watching the cluster");
-    let stores = Stores {
-        pods,
-        namespaces,
-        services,
-        slices,
-        policies,
-    };
+    let mut cluster = Cluster::new(td, default_mtls);
+    publisher.set_waiting_for(cluster.waiting_for());
     loop {
-        tokio::select! {
+        let first = tokio::select! {
             () = shutdown.cancelled() => return,
-            () = changed.notified() => {}
+            event = events.recv() => event,
+        };
+        let Some(first) = first else { return };
+        cluster.apply(first);
+        let window = tokio::time::sleep(COALESCE);
+        tokio::pin!(window);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = &mut window => break,
+                event = events.recv() => match event {
+                    Some(event) => cluster.apply(event),
+                    None => return,
+                },
+            }
         }
-        tokio::time::sleep(COALESCE).await;
-        let model = build(&stores, &td, default_mtls);
-        let (workloads, services) = (model.workloads.len(), model.services.len());
-        if let Some(change) = publisher.publish(model) {
-            debug!(
-                version = change.version,
-                workloads,
-                services,
-                changed_workloads = change.workloads.len(),
-                changed_services = change.services.len(),
-                "cluster model rebuilt"
-            );
+        let started = Instant::now();
+        if let Some((model, index, change)) = cluster.take_change() {
+            let (workloads, services) = (model.workloads.len(), model.services.len());
+            if let Some(change) = publisher.publish_change(model, index, change) {
+                debug!(
+                    version = change.version,
+                    workloads,
+                    services,
+                    changed_workloads = change.workloads.len(),
+                    changed_services = change.services.len(),
+                    took_us = started.elapsed().as_micros(),
+                    "cluster model published"
+                );
+            }
         }
+        publisher.set_waiting_for(cluster.waiting_for());
     }
 }
 
-/// What every store drops: the fields the mesh never reads that can be large.
+/// What every kind drops: the fields the mesh never reads that can be large.
 fn trim<K: kube::Resource>(o: &mut K) {
     o.managed_fields_mut().clear();
     o.annotations_mut()
         .remove("kubectl.kubernetes.io/last-applied-configuration");
 }
 
-/// Reflects `api` into `writer`, reducing each object with `keep` before it is stored.
-fn spawn_reflector<K>(
+/// The watch events of `api`, each object reduced with `keep`.
+fn watch_kind<K>(
     api: Api<K>,
-    writer: reflector::store::Writer<K>,
     keep: fn(&mut K),
-    changed: &Arc<Notify>,
-    shutdown: &CancellationToken,
-) where
+) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static
+where
     K: kube::Resource<DynamicType = ()>
         + Clone
         + std::fmt::Debug
@@ -159,70 +167,41 @@ fn spawn_reflector<K>(
         + serde::de::DeserializeOwned
         + 'static,
 {
-    let (changed, shutdown) = (changed.clone(), shutdown.clone());
+    watcher(api, watcher::Config::default())
+        .default_backoff()
+        // The model keeps objects: drop what the mesh never reads.
+        .modify(keep)
+}
+
+/// Sends the events of `stream` (as `wrap` makes them) to the publish loop until `shutdown`.
+fn forward<K, S>(
+    stream: S,
+    wrap: fn(watcher::Event<K>) -> ClusterEvent,
+    tx: &mpsc::Sender<ClusterEvent>,
+    shutdown: &CancellationToken,
+) where
+    K: kube::Resource<DynamicType = ()> + Send + 'static,
+    S: Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+{
+    let (tx, shutdown) = (tx.clone(), shutdown.clone());
     tokio::spawn(async move {
         let kind = K::kind(&()).to_string();
-        let stream = watcher(api, watcher::Config::default())
-            .default_backoff()
-            // The store keeps every object: drop what the mesh never reads.
-            .modify(keep)
-            .reflect(writer);
         futures_util::pin_mut!(stream);
         loop {
-            tokio::select! {
+            let next = tokio::select! {
                 () = shutdown.cancelled() => return,
-                next = stream.next() => match next {
-                    Some(Ok(_)) => changed.notify_one(),
-                    Some(Err(e)) => warn!(%kind, error = %e, "watch failed; retrying with backoff"),
-                    None => return,
+                next = stream.next() => next,
+            };
+            match next {
+                Some(Ok(event)) => {
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        sent = tx.send(wrap(event)) => if sent.is_err() { return },
+                    }
                 }
+                Some(Err(e)) => warn!(%kind, error = %e, "watch failed; retrying with backoff"),
+                None => return,
             }
         }
     });
-}
-
-/// Builds a model from the current contents of the stores (pure apart from reading them).
-fn build(stores: &Stores, td: &TrustDomain, default_mtls: MtlsMode) -> MeshModel {
-    let mut model = MeshModel {
-        trust_domain: td.clone(),
-        default_mtls,
-        ..MeshModel::default()
-    };
-    for w in stores.pods.state().iter().filter_map(|p| workload_of(p)) {
-        model.add_workload(w);
-    }
-    let mut slices: HashMap<(String, String), Vec<Arc<EndpointSlice>>> = HashMap::new();
-    for slice in stores.slices.state() {
-        if let Some(owner) = services::owner_of(&slice) {
-            slices.entry(owner).or_default().push(slice);
-        }
-    }
-    for svc in stores.services.state() {
-        let key = (svc.namespace().unwrap_or_default(), svc.name_any());
-        let own = slices.get(&key).into_iter().flatten().map(AsRef::as_ref);
-        if let Some(s) = services::service_of(&svc, own) {
-            model.add_service(s);
-        }
-    }
-    let mut checked = Vec::new();
-    for p in stores.policies.state() {
-        match Policy::from_resource(&p, td) {
-            Ok(p) => checked.push(p),
-            Err(e) => {
-                // Fail closed: the pods the broken policy meant to protect admit nobody until it
-                // is fixed, rather than falling back to "no policy" (everyone in the mesh).
-                warn!(error = %e, "invalid policy: the pods it selects admit nobody until it is fixed");
-                checked.push(Policy::deny_all_like(&p, &e.reason));
-            }
-        }
-    }
-    checked.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-    model.policies = checked;
-    model.namespace_mtls = stores
-        .namespaces
-        .state()
-        .iter()
-        .filter_map(|ns| Some((ns.metadata.name.clone()?, pods::mtls_of(ns)?)))
-        .collect();
-    model
 }
