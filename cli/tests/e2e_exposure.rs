@@ -20,18 +20,15 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use serde_json::Value;
+use support::policy_mesh::*;
 use support::*;
 use trellis_sandbox::app::{APP_UID, App, Listen};
 use trellis_sandbox::binaries::{PROXY, binary};
-use trellis_sandbox::control_plane::{ControlPlane, Identity};
 use trellis_sandbox::http::{HttpResponse, http_get, wait_http_ok};
 use trellis_sandbox::require_root;
-use trellis_sandbox::sidecar::{PROXY_UID, Sidecar, SidecarSpec};
-use trellis_sandbox::{Cmd, Pod, Process, Result, Sandbox};
+use trellis_sandbox::sidecar::PROXY_UID;
+use trellis_sandbox::{Cmd, Process, Result};
 
-const INTRUDER_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 4);
-const POLICY: &str = "shop/backend-allow";
-const UPDATES: &str = "trellis_proxy_discovery_updates_total";
 /// The backend's listener bound to its loopback only.
 const PRIVATE_PORT: u16 = 7777;
 /// The backend's listener on every address.
@@ -45,97 +42,29 @@ const TO_PUBLIC: &str = "127.0.0.1:17778";
 /// One request's time limit: refusals come back at once, so this only bounds a hang.
 const GET: Duration = Duration::from_secs(3);
 
-/// The mesh file: PERMISSIVE, three workloads, the backend's policy allowing `allow` on its
-/// ports in `mode`.
-fn mesh_yaml(mode: &str, allow: &[&str]) -> String {
-    let allow: Vec<String> = allow.iter().map(|a| format!("\"{a}\"")).collect();
-    format!(
-        "mtls: PERMISSIVE\n\
-         workloads:\n\
-         \x20 - {{namespace: shop, serviceAccount: frontend, ip: {FRONTEND_IP}, labels: {{app: frontend}}}}\n\
-         \x20 - {{namespace: shop, serviceAccount: backend, ip: {BACKEND_IP}, labels: {{app: backend}}}}\n\
-         \x20 - {{namespace: evil, serviceAccount: intruder, ip: {INTRUDER_IP}, labels: {{app: intruder}}}}\n\
-         policies:\n\
-         \x20 - apiVersion: trellis.dev/v1alpha1\n\
-         \x20   kind: AuthorizationPolicy\n\
-         \x20   metadata: {{name: backend-allow, namespace: shop}}\n\
-         \x20   spec: {{selector: {{matchLabels: {{app: backend}}}}, ports: [8080, {PRIVATE_PORT}, {PUBLIC_PORT}], allow: [{}], mode: {mode}}}\n",
-        allow.join(", ")
-    )
+/// The policy mesh in PERMISSIVE mode, the backend's policy in `mode` allowing `allow` on
+/// 8080, 7777 and 7778.
+fn start(mode: &str, allow: &[&str]) -> Exposure {
+    let yaml = mesh_yaml_with(
+        "mtls: PERMISSIVE\n",
+        &[8080, PRIVATE_PORT, PUBLIC_PORT],
+        mode,
+        allow,
+    );
+    Exposure(PolicyMesh::start_with(&yaml))
 }
 
-/// The running mesh; dropping it (its sandbox) stops everything and deletes the namespaces.
-struct Exposure {
-    cp: ControlPlane,
-    frontend: Pod,
-    backend: Pod,
-    intruder: Pod,
-    backend_app: App,
-    backend_proxy: Sidecar,
-    _sidecars: Vec<Sidecar>,
-    /// Last field: dropped after the handles above.
-    sandbox: Sandbox,
+/// The running mesh; dropping it stops everything and deletes the namespaces.
+struct Exposure(PolicyMesh);
+
+impl std::ops::Deref for Exposure {
+    type Target = PolicyMesh;
+    fn deref(&self) -> &PolicyMesh {
+        &self.0
+    }
 }
 
 impl Exposure {
-    /// Starts the mesh with the backend's policy in `mode` allowing `allow`, and waits until
-    /// every sidecar has applied the whole mesh (so the first request meets the policy).
-    fn start(mode: &str, allow: &[&str]) -> Exposure {
-        let sandbox = Sandbox::new().expect("sandbox");
-        let cp_pod = sandbox
-            .add_pod("control-plane", CONTROL_PLANE_IP)
-            .expect("pod");
-        let frontend = sandbox.add_pod("frontend", FRONTEND_IP).expect("pod");
-        let backend = sandbox.add_pod("backend", BACKEND_IP).expect("pod");
-        let intruder = sandbox.add_pod("intruder", INTRUDER_IP).expect("pod");
-        let identities = [
-            frontend_identity(),
-            backend_identity(),
-            Identity::new("evil", "intruder"),
-        ];
-        let cp = ControlPlane::start_with_mesh(
-            &sandbox,
-            &cp_pod,
-            &identities,
-            &mesh_yaml(mode, allow),
-            &[],
-        )
-        .expect("control plane");
-        let backend_app = App::start(&sandbox, &backend, "backend").expect("backend app");
-        let start = |pod: &Pod, id: Identity| {
-            Sidecar::start(&cp, pod, SidecarSpec::new(id)).expect("sidecar")
-        };
-        let backend_proxy = start(&backend, backend_identity());
-        let sidecars = vec![
-            start(&frontend, frontend_identity()),
-            backend_proxy.clone(),
-            start(&intruder, Identity::new("evil", "intruder")),
-        ];
-        for s in &sidecars {
-            let whole_mesh = eventually(Duration::from_secs(15), || {
-                let updates = s.metric(UPDATES, &[]).ok()?;
-                let dump: Value = serde_json::from_str(&s.admin_get("/config_dump").ok()?).ok()?;
-                // One full update carries the workloads, the policy and the mTLS mode.
-                (updates >= 1.0 && dump["workloads_known"].as_u64() >= Some(3)).then_some(())
-            });
-            assert!(
-                whole_mesh.is_some(),
-                "{}: the sidecar never applied the mesh",
-                s.pod().name()
-            );
-        }
-        Exposure {
-            cp,
-            frontend,
-            backend,
-            intruder,
-            backend_app,
-            backend_proxy,
-            _sidecars: sidecars,
-            sandbox,
-        }
-    }
-
     /// `GET http://198.18.0.3:8080/<marker>` from the intruder's pod as UID 1337: its own
     /// sidecar leaves the connection alone, so it arrives at the backend in plaintext.
     fn plaintext_get(&self, marker: &str) -> Result<HttpResponse> {
@@ -180,7 +109,7 @@ impl Exposure {
 #[test]
 fn a_caller_skipping_its_sidecar_is_refused_in_permissive_and_recorded_as_unauthenticated() {
     require_root();
-    let mesh = Exposure::start("enforce", &["ns/shop/sa/frontend"]);
+    let mesh = start("enforce", &["ns/shop/sa/frontend"]);
     assert!(
         !mesh.plaintext_reaches_backend(&marker("plaintext")),
         "plaintext skipped the backend's policy"
@@ -209,7 +138,7 @@ fn a_caller_skipping_its_sidecar_is_refused_in_permissive_and_recorded_as_unauth
 #[test]
 fn a_policy_allowing_unauthenticated_callers_lets_plaintext_in() {
     require_root();
-    let mesh = Exposure::start("enforce", &["ns/shop/sa/frontend", "unauthenticated"]);
+    let mesh = start("enforce", &["ns/shop/sa/frontend", "unauthenticated"]);
     assert!(mesh.plaintext_reaches_backend(&marker("allowed-plaintext")));
     let r = mesh.last_record("inbound-plain", INTRUDER_IP);
     assert_eq!(r["decision"], "allow", "{r:#}");
@@ -235,7 +164,7 @@ fn a_policy_allowing_unauthenticated_callers_lets_plaintext_in() {
 #[test]
 fn audit_mode_lets_plaintext_through_and_records_would_deny() {
     require_root();
-    let mesh = Exposure::start("audit", &["ns/shop/sa/frontend"]);
+    let mesh = start("audit", &["ns/shop/sa/frontend"]);
     assert!(mesh.plaintext_reaches_backend(&marker("audited-plaintext")));
     let r = mesh.last_record("inbound-plain", INTRUDER_IP);
     assert_eq!(r["decision"], "would-deny", "{r:#}");
@@ -293,7 +222,7 @@ fn start_prober(mesh: &Exposure) -> Process {
 #[test]
 fn a_listener_bound_to_loopback_is_unreachable_from_the_mesh_while_one_on_all_addresses_works() {
     require_root();
-    let mesh = Exposure::start("enforce", &["ns/shop/sa/frontend"]);
+    let mesh = start("enforce", &["ns/shop/sa/frontend"]);
     let listen = |host, http_port, echo_port| Listen {
         host,
         http_port,

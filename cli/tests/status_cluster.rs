@@ -94,6 +94,11 @@ async fn status_shows_every_meshed_pod_as_the_control_plane_sees_it() {
     assert!(line.contains("UNREACHABLE"), "{line}");
     assert!(text.contains("3 proxies, 1 need attention"), "{text}");
 
+    // --exit-code fails the gate on the unreachable pod, and still prints the report.
+    let out = trellis(&config, &["status", "--exit-code"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stdout(&out).contains("UNREACHABLE"), "{}", stdout(&out));
+
     // One namespace, as YAML: the namespace's own pod list.
     let out = trellis(&config, &["status", "-n", "shop", "-o", "yaml"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));

@@ -51,9 +51,13 @@ Examples:
   # A control plane on this machine (trellis-control-plane --status-listen 127.0.0.1:15015)
   trellis status --local 127.0.0.1:15015
 
+  # Fail a script (CI gate, cron) unless every proxy is synced
+  trellis status --exit-code -o json > status.json
+
 States: synced; stale (acknowledged an older discovery version); unreachable (a meshed pod
-with no discovery stream); cert_expiring (under 15 minutes left). Exit status 0 whatever the
-states (use -o json to script on them); 1 when the control plane cannot be read.")]
+with no discovery stream); expiring (its certificate has under a quarter of its lifetime left).
+Exit status 0 whatever the states, unless --exit-code: then 1 when any proxy is not synced.
+Exit status 1 (with an error on stderr) when the control plane cannot be read.")]
 pub struct StatusArgs {
     /// Only the meshed pods of this namespace (default: every namespace).
     #[arg(short = 'n', long, value_name = "NS", conflicts_with = "local")]
@@ -68,6 +72,10 @@ pub struct StatusArgs {
     /// its streams are listed by the pod names the proxies gave.
     #[arg(long, value_name = "ADDR", value_parser = crate::dial::host_port)]
     local: Option<String>,
+    /// Exit with status 1 when any listed proxy is not synced (stale, unreachable or with an
+    /// expiring certificate); the report is printed either way.
+    #[arg(long)]
+    exit_code: bool,
 }
 
 /// Why `trellis status` has nothing to show.
@@ -118,7 +126,7 @@ pub async fn run(args: StatusArgs, kube: &KubeOpts, palette: Palette) -> anyhow:
         None => view::table(&report, palette),
     };
     print(&text)?;
-    Ok(true)
+    Ok(!args.exit_code || report.all_synced())
 }
 
 /// The status port of a ready control plane pod.

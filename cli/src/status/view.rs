@@ -132,6 +132,13 @@ pub struct Report {
     pub proxies: Vec<ProxyRow>,
 }
 
+impl Report {
+    /// Whether every listed proxy is synced (`status --exit-code`); an empty list is.
+    pub fn all_synced(&self) -> bool {
+        self.proxies.iter().all(|p| p.state == State::Synced)
+    }
+}
+
 /// Joins streams to pods (by pod IP, then by the node name the proxy gave) and judges each.
 /// `pods` is `None` without a cluster (`--local`): every stream is listed by its node name.
 pub fn report(cp: &CpStatus, pods: Option<&[MeshedPod]>, now_unix: u64) -> Report {

@@ -75,6 +75,23 @@ fn each_pod_is_judged_by_its_stream() {
 }
 
 #[test]
+fn the_exit_code_gate_passes_only_when_every_listed_proxy_is_synced() {
+    let synced = stream("a", "198.18.0.2", [9, 12], NOW + 3600);
+    let behind = stream("b", "198.18.0.3", [9, 11], NOW + 3600);
+    let pods = [pod("a", Some("198.18.0.2")), pod("b", Some("198.18.0.3"))];
+    assert!(report(&cp(vec![synced.clone()]), Some(&pods[..1]), NOW).all_synced());
+    assert!(!report(&cp(vec![synced.clone(), behind]), Some(&pods), NOW).all_synced());
+    assert!(
+        !report(&cp(vec![synced]), Some(&pods), NOW).all_synced(),
+        "a meshed pod without a stream fails the gate"
+    );
+    assert!(
+        report(&cp(vec![]), Some(&[]), NOW).all_synced(),
+        "no meshed pod, nothing to wait for"
+    );
+}
+
+#[test]
 fn a_pod_is_found_by_its_ip_before_the_name_its_proxy_gave() {
     // The stream from .3 claims to be "a"; the pod "a" is at .2 and has its own stream.
     let status = cp(vec![

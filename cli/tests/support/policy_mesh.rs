@@ -33,9 +33,16 @@ const GET: Duration = Duration::from_secs(3);
 /// The mesh file: the three workloads, and the backend's policy allowing `allow` on 8080 in
 /// `mode` (`enforce` or `audit`).
 pub fn mesh_yaml(mode: &str, allow: &[&str]) -> String {
+    mesh_yaml_with("", &[8080], mode, allow)
+}
+
+/// As [`mesh_yaml`], with `header` (top-level settings such as `mtls: PERMISSIVE\n`) first
+/// and the policy covering `ports`.
+pub fn mesh_yaml_with(header: &str, ports: &[u16], mode: &str, allow: &[&str]) -> String {
     let allow: Vec<String> = allow.iter().map(|a| format!("\"{a}\"")).collect();
+    let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
     format!(
-        "workloads:\n\
+        "{header}workloads:\n\
          \x20 - {{namespace: shop, serviceAccount: frontend, ip: {FRONTEND_IP}, labels: {{app: frontend}}}}\n\
          \x20 - {{namespace: shop, serviceAccount: backend, ip: {BACKEND_IP}, labels: {{app: backend}}}}\n\
          \x20 - {{namespace: evil, serviceAccount: intruder, ip: {INTRUDER_IP}, labels: {{app: intruder}}}}\n\
@@ -43,7 +50,8 @@ pub fn mesh_yaml(mode: &str, allow: &[&str]) -> String {
          \x20 - apiVersion: trellis.dev/v1alpha1\n\
          \x20   kind: AuthorizationPolicy\n\
          \x20   metadata: {{name: backend-allow, namespace: shop}}\n\
-         \x20   spec: {{selector: {{matchLabels: {{app: backend}}}}, ports: [8080], allow: [{}], mode: {mode}}}\n",
+         \x20   spec: {{selector: {{matchLabels: {{app: backend}}}}, ports: [{}], allow: [{}], mode: {mode}}}\n",
+        ports.join(", "),
         allow.join(", ")
     )
 }
@@ -69,6 +77,12 @@ impl PolicyMesh {
     /// Starts the mesh with the backend's policy in `mode` allowing `allow`, and waits until
     /// every sidecar has applied the whole mesh (so the first request meets the policy).
     pub fn start(mode: &str, allow: &[&str]) -> PolicyMesh {
+        Self::start_with(&mesh_yaml(mode, allow))
+    }
+
+    /// As [`PolicyMesh::start`], the control plane following `mesh_yaml` (three workloads as
+    /// [`mesh_yaml_with`] writes them).
+    pub fn start_with(mesh_yaml: &str) -> PolicyMesh {
         let started = Instant::now();
         let sandbox = Sandbox::new().expect("sandbox");
         let cp_pod = sandbox
@@ -82,7 +96,7 @@ impl PolicyMesh {
             &sandbox,
             &cp_pod,
             &identities,
-            &mesh_yaml(mode, allow),
+            mesh_yaml,
             &[],
         )
         .expect("control plane");
