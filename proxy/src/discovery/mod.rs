@@ -222,6 +222,9 @@ async fn follow(
                 metrics
                     .discovery_version
                     .set(i64::try_from(version.version).unwrap_or(i64::MAX));
+                metrics
+                    .discovery_workloads
+                    .set(i64::try_from(next.len()).unwrap_or(i64::MAX));
                 state.send_replace(Arc::new(next));
                 applied = true;
                 request(source, version, String::new())
