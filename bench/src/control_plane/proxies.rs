@@ -26,6 +26,7 @@ use trellis_proto::discovery::discovery_client::DiscoveryClient;
 use trellis_proto::discovery::{MeshUpdate, WatchRequest};
 use trellis_proxy::discovery::apply::{ApplyContext, Assembler, apply};
 use trellis_proxy::services::Loads;
+use trellis_proxy::state::Identities;
 use trellis_proxy::state::MeshState;
 
 use super::tracker::{Stats, Tracker};
@@ -207,7 +208,7 @@ fn tracing_retry(e: &str) {
 struct Held {
     epoch: u64,
     version: u64,
-    state: Option<(MeshState, Loads)>,
+    state: Option<(MeshState, Loads, Identities)>,
 }
 
 fn ipv4(bytes: &[u8]) -> Option<Ipv4Addr> {
@@ -247,7 +248,11 @@ async fn watch(
         .context("Watch refused")?
         .into_inner();
     if me.real_state && held.state.is_none() {
-        held.state = Some((MeshState::default(), Loads::default()));
+        held.state = Some((
+            MeshState::default(),
+            Loads::default(),
+            Identities::default(),
+        ));
     }
     let mut assembler = Assembler::default();
     loop {
@@ -295,11 +300,12 @@ fn on_update(
         let removed = update.removed_workloads.iter().filter_map(|w| ipv4(&w.ip));
         shared.tracker.applied(removed, false);
     }
-    if let Some((state, loads)) = held.state.as_mut() {
+    if let Some((state, loads, identities)) = held.state.as_mut() {
         let mut cx = ApplyContext {
             trust_domain: &shared.trust_domain,
             static_workloads: &[],
             loads,
+            identities,
         };
         *state = apply(state, update, &mut cx).map_err(|e| e.to_string())?;
         progress
