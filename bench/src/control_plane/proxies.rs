@@ -264,7 +264,7 @@ async fn watch(
         let Some(update) = assembler.push(message)? else {
             continue;
         };
-        let error = match on_update(&update, shared, progress, held, first) {
+        let error = match on_update(update, shared, progress, held, first) {
             Ok(()) => String::new(),
             Err(e) => e,
         };
@@ -275,7 +275,7 @@ async fn watch(
 
 /// Checks and applies one whole update; `Err` says why it does not apply (a resync follows).
 fn on_update(
-    update: &MeshUpdate,
+    update: MeshUpdate,
     shared: &Shared,
     progress: &Progress,
     held: &mut Held,
@@ -300,6 +300,7 @@ fn on_update(
         let removed = update.removed_workloads.iter().filter_map(|w| ipv4(&w.ip));
         shared.tracker.applied(removed, false);
     }
+    let applied = (update.epoch, update.version);
     if let Some((state, loads, identities)) = held.state.as_mut() {
         let mut cx = ApplyContext {
             trust_domain: &shared.trust_domain,
@@ -312,7 +313,7 @@ fn on_update(
             .workloads_held
             .store(state.len(), Ordering::Relaxed);
     }
-    (held.epoch, held.version) = (update.epoch, update.version);
+    (held.epoch, held.version) = applied;
     shared.stats.count(&shared.stats.updates);
     Ok(())
 }

@@ -118,10 +118,12 @@ pub struct ApplyContext<'a> {
     pub identities: &'a mut Identities,
 }
 
-/// The state after `update` on top of `held`.
+/// The state after `update` on top of `held`. The update is consumed as it is applied: each
+/// entry is freed once converted, so the new state's allocations reuse its memory instead of
+/// adding to it (at 10,000 workloads the decoded full state is ~3 MB).
 pub fn apply(
     held: &MeshState,
-    update: &MeshUpdate,
+    mut update: MeshUpdate,
     cx: &mut ApplyContext<'_>,
 ) -> Result<MeshState, ApplyError> {
     let mut next = if update.full {
@@ -142,8 +144,8 @@ pub fn apply(
             next.remove(addr);
         }
     }
-    for w in &update.workloads {
-        match workload(w, cx.identities) {
+    for w in std::mem::take(&mut update.workloads) {
+        match workload(&w, cx.identities) {
             Some((addr, peer)) => next.insert(addr, peer),
             None => warn!(workload = ?w, "discovery workload skipped: unparseable"),
         }
@@ -151,8 +153,8 @@ pub fn apply(
     for name in &update.removed_services {
         next.remove_service(name);
     }
-    for s in &update.services {
-        match service(s, cx.loads) {
+    for s in std::mem::take(&mut update.services) {
+        match service(&s, cx.loads) {
             Some(entry) => next.insert_service(entry),
             None => warn!(service = %s.name, "discovery Service skipped: unparseable"),
         }

@@ -96,7 +96,7 @@ fn apply_to(held: &MeshState, u: &MeshUpdate, loads: &mut Loads) -> Result<MeshS
         loads,
         identities: &mut identities,
     };
-    apply(held, u, &mut cx)
+    apply(held, u.clone(), &mut cx)
 }
 
 fn a(s: &str) -> SocketAddr {
@@ -396,7 +396,7 @@ fn workloads_of_one_service_account_share_one_identity_across_updates_until_none
         loads: &mut loads,
         identities: &mut identities,
     };
-    let first = apply(&MeshState::default(), &full(1), &mut cx).unwrap();
+    let first = apply(&MeshState::default(), full(1), &mut cx).unwrap();
     let delta = MeshUpdate {
         epoch: 5,
         version: 2,
@@ -407,7 +407,7 @@ fn workloads_of_one_service_account_share_one_identity_across_updates_until_none
         ],
         ..MeshUpdate::default()
     };
-    let second = apply(&first, &delta, &mut cx).unwrap();
+    let second = apply(&first, delta, &mut cx).unwrap();
     let id = |st: &MeshState, ip: &str| st.lookup(a(&format!("{ip}:1"))).unwrap().id.clone();
     assert!(Arc::ptr_eq(
         &id(&second, "198.18.0.3"),
@@ -424,7 +424,7 @@ fn workloads_of_one_service_account_share_one_identity_across_updates_until_none
     assert_eq!(cx.identities.len(), 2);
     // Once no snapshot holds `db`, the next update forgets it.
     drop((first, second));
-    let only_backend = apply(&MeshState::default(), &full(3), &mut cx).unwrap();
+    let only_backend = apply(&MeshState::default(), full(3), &mut cx).unwrap();
     assert_eq!(cx.identities.len(), 1);
     assert_eq!(only_backend.len(), 2);
 }

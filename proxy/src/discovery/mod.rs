@@ -203,8 +203,9 @@ async fn follow(
                 loads: &mut kept.loads,
                 identities: &mut kept.identities,
             };
-            let next = apply::apply(&state.borrow(), &update, &mut cx)?;
-            Ok(Some((update.full, next)))
+            let full = update.full;
+            let next = apply::apply(&state.borrow(), update, &mut cx)?;
+            Ok(Some((full, next)))
         });
         let answer = match outcome {
             Ok(None) => continue, // more messages of this update follow
