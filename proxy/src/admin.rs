@@ -132,14 +132,16 @@ fn respond(req: &Request<Incoming>, surface: Surface, ctx: &ProxyContext) -> Res
         }
         (Surface::Admin, "/config_dump") => {
             let state = ctx.state.borrow().clone();
-            json_response(&json!({
-                "config": ctx.config,
-                "discovery_version": {"epoch": state.version.epoch, "version": state.version.version},
-                "mtls_mode": state.mtls_mode.or(ctx.config.mtls_mode),
-                "workloads_known": state.len(),
-                "policy_rules": state.policy.dump(),
-                "services": services::dump(state.services()),
-            }))
+            // Serialized from borrowed parts: a `json!` tree of every Service's endpoints was
+            // larger than the mesh state itself (~13 MB at 10,000 endpoints).
+            json_response(&ConfigDump {
+                config: &ctx.config,
+                discovery_version: json!({"epoch": state.version.epoch, "version": state.version.version}),
+                mtls_mode: state.mtls_mode.or(ctx.config.mtls_mode),
+                workloads_known: state.len(),
+                policy_rules: state.policy.dump(),
+                services: services::dump(state.services()),
+            })
         }
         (Surface::Admin, "/policy") => {
             let state = ctx.state.borrow().clone();
@@ -218,7 +220,24 @@ pub(crate) fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
     r
 }
 
-fn json_response(value: &serde_json::Value) -> Response<Full<Bytes>> {
+/// `/config_dump`.
+#[derive(serde::Serialize)]
+struct ConfigDump<'a> {
+    /// The configuration in force.
+    config: &'a crate::config::Config,
+    /// `{"epoch", "version"}` of the mesh state.
+    discovery_version: serde_json::Value,
+    /// The mTLS mode in force.
+    mtls_mode: Option<crate::config::MtlsMode>,
+    /// Workloads in the mesh state.
+    workloads_known: usize,
+    /// The inbound rules in force.
+    policy_rules: serde_json::Value,
+    /// The Services and their endpoints.
+    services: Vec<services::ServiceDump<'a>>,
+}
+
+fn json_response(value: &impl serde::Serialize) -> Response<Full<Bytes>> {
     let body = serde_json::to_vec_pretty(value).unwrap_or_default();
     let mut r = Response::new(Full::new(Bytes::from(body)));
     r.headers_mut().insert(

@@ -116,6 +116,8 @@ pub struct Metrics {
     pub discovery_version: Gauge,
     /// 1 while the discovery stream is up.
     pub discovery_connected: Gauge,
+    /// Workloads in the mesh state applied last.
+    pub discovery_workloads: Gauge,
 }
 
 impl Default for Metrics {
@@ -220,6 +222,12 @@ impl Metrics {
             "1 while the discovery stream is up",
             discovery_connected.clone(),
         );
+        let discovery_workloads = Gauge::default();
+        registry.register(
+            "discovery_workloads",
+            "Workloads in the mesh state this proxy applied last",
+            discovery_workloads.clone(),
+        );
         for direction in DIRECTIONS {
             let label = DirectionLabel { direction };
             drop(sent_bytes.get_or_create(&label));
@@ -240,6 +248,7 @@ impl Metrics {
             discovery_updates,
             discovery_version,
             discovery_connected,
+            discovery_workloads,
             connections,
             refusals,
             decisions,

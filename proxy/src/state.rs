@@ -22,10 +22,47 @@ use crate::services::ServiceEntry;
 /// A meshed destination.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Peer {
-    /// The identity it must present.
-    pub id: SpiffeId,
+    /// The identity it must present; shared by every workload with that identity
+    /// ([`Identities`]).
+    pub id: Arc<SpiffeId>,
     /// Its tunnel endpoint.
     pub tunnel: SocketAddr,
+}
+
+/// The SPIFFE IDs discovery handed out, one `Arc` per distinct ID: the pods of a
+/// ServiceAccount share theirs. Kept across updates, as [`crate::services::Loads`] is.
+#[derive(Debug, Default)]
+pub struct Identities {
+    /// IDs by their text.
+    by_text: HashMap<String, Arc<SpiffeId>>,
+}
+
+impl Identities {
+    /// The ID `text` names, shared with every holder of the same text; `None` when it is not
+    /// a valid SPIFFE ID.
+    pub fn of(&mut self, text: &str) -> Option<Arc<SpiffeId>> {
+        if let Some(id) = self.by_text.get(text) {
+            return Some(id.clone());
+        }
+        let id = Arc::new(SpiffeId::parse(text).ok()?);
+        self.by_text.insert(text.to_owned(), id.clone());
+        Some(id)
+    }
+
+    /// Forgets IDs no workload holds any more.
+    pub fn prune(&mut self) {
+        self.by_text.retain(|_, id| Arc::strong_count(id) > 1);
+    }
+
+    /// Distinct IDs held.
+    pub fn len(&self) -> usize {
+        self.by_text.len()
+    }
+
+    /// Whether none is held.
+    pub fn is_empty(&self) -> bool {
+        self.by_text.is_empty()
+    }
 }
 
 /// Where the control plane's state comes from, for acknowledgements and resuming.
@@ -68,7 +105,7 @@ impl MeshState {
         let mut state = Self::default();
         for w in workloads {
             let peer = Peer {
-                id: w.id.clone(),
+                id: Arc::new(w.id.clone()),
                 tunnel: w.tunnel,
             };
             state.insert(w.addr, peer);

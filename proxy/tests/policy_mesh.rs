@@ -266,3 +266,15 @@ async fn permissive_plaintext_is_checked_against_the_policy_as_an_unauthenticate
     assert!(reason.contains("unauthenticated (plaintext)"), "{reason}");
     plain.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_workload_gauge_counts_the_workloads_of_the_state_applied() {
+    let m = mesh("enforce").await;
+    let known = m.backend.ctx.state.borrow().len();
+    assert!(known > 0, "the mesh file names workloads");
+    let expected = format!("trellis_proxy_discovery_workloads {known}\n");
+    assert!(
+        m.backend.ctx.metrics.render().contains(&expected),
+        "{expected:?} not in the metrics"
+    );
+}

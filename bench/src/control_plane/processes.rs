@@ -136,10 +136,13 @@ impl Sidecar {
         let started = Instant::now();
         loop {
             sup.check_alive(name)?;
-            let known = get(self.admin, "/config_dump").await.ok().and_then(|body| {
-                let v: serde_json::Value = serde_json::from_str(&body).ok()?;
-                v["workloads_known"].as_u64()
-            });
+            // From /metrics, not /config_dump: rendering every Service as JSON is the largest
+            // allocation a 10,000-pod state would see, and a sidecar in a cluster is not polled
+            // for it.
+            let known = get(self.admin, "/metrics")
+                .await
+                .ok()
+                .and_then(|body| workloads_of(&body));
             if known.is_some_and(|k| k >= workloads as u64) {
                 return Ok(started.elapsed());
             }
@@ -152,6 +155,14 @@ impl Sidecar {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+/// The `trellis_proxy_discovery_workloads` sample of a Prometheus text page.
+fn workloads_of(metrics: &str) -> Option<u64> {
+    metrics.lines().find_map(|l| {
+        let value = l.strip_prefix("trellis_proxy_discovery_workloads ")?;
+        value.trim().parse().ok()
+    })
 }
 
 /// `GET path` over HTTP/1.0; the body.
@@ -167,4 +178,19 @@ async fn get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
     let text = tokio::time::timeout(Duration::from_secs(2), exchange).await??;
     let (_, body) = text.split_once("\r\n\r\n").context("no HTTP body")?;
     Ok(body.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::workloads_of;
+
+    #[test]
+    fn the_workload_count_is_read_from_its_own_sample_only() {
+        let page = "# HELP trellis_proxy_discovery_workloads Workloads\n\
+                    trellis_proxy_discovery_workloads_other 7\n\
+                    trellis_proxy_discovery_workloads 10000\n";
+        assert_eq!(workloads_of(page), Some(10000));
+        assert_eq!(workloads_of("trellis_proxy_discovery_version 3\n"), None);
+        assert_eq!(workloads_of("trellis_proxy_discovery_workloads x\n"), None);
+    }
 }

@@ -26,6 +26,7 @@ use trellis_proto::discovery::discovery_client::DiscoveryClient;
 use trellis_proto::discovery::{MeshUpdate, WatchRequest};
 use trellis_proxy::discovery::apply::{ApplyContext, Assembler, apply};
 use trellis_proxy::services::Loads;
+use trellis_proxy::state::Identities;
 use trellis_proxy::state::MeshState;
 
 use super::tracker::{Stats, Tracker};
@@ -207,7 +208,7 @@ fn tracing_retry(e: &str) {
 struct Held {
     epoch: u64,
     version: u64,
-    state: Option<(MeshState, Loads)>,
+    state: Option<(MeshState, Loads, Identities)>,
 }
 
 fn ipv4(bytes: &[u8]) -> Option<Ipv4Addr> {
@@ -247,7 +248,11 @@ async fn watch(
         .context("Watch refused")?
         .into_inner();
     if me.real_state && held.state.is_none() {
-        held.state = Some((MeshState::default(), Loads::default()));
+        held.state = Some((
+            MeshState::default(),
+            Loads::default(),
+            Identities::default(),
+        ));
     }
     let mut assembler = Assembler::default();
     loop {
@@ -259,7 +264,7 @@ async fn watch(
         let Some(update) = assembler.push(message)? else {
             continue;
         };
-        let error = match on_update(&update, shared, progress, held, first) {
+        let error = match on_update(update, shared, progress, held, first) {
             Ok(()) => String::new(),
             Err(e) => e,
         };
@@ -270,7 +275,7 @@ async fn watch(
 
 /// Checks and applies one whole update; `Err` says why it does not apply (a resync follows).
 fn on_update(
-    update: &MeshUpdate,
+    update: MeshUpdate,
     shared: &Shared,
     progress: &Progress,
     held: &mut Held,
@@ -295,18 +300,20 @@ fn on_update(
         let removed = update.removed_workloads.iter().filter_map(|w| ipv4(&w.ip));
         shared.tracker.applied(removed, false);
     }
-    if let Some((state, loads)) = held.state.as_mut() {
+    let applied = (update.epoch, update.version);
+    if let Some((state, loads, identities)) = held.state.as_mut() {
         let mut cx = ApplyContext {
             trust_domain: &shared.trust_domain,
             static_workloads: &[],
             loads,
+            identities,
         };
         *state = apply(state, update, &mut cx).map_err(|e| e.to_string())?;
         progress
             .workloads_held
             .store(state.len(), Ordering::Relaxed);
     }
-    (held.epoch, held.version) = (update.epoch, update.version);
+    (held.epoch, held.version) = applied;
     shared.stats.count(&shared.stats.updates);
     Ok(())
 }

@@ -10,7 +10,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
 use tracing::warn;
-use trellis_ca::{IdentityPattern, SpiffeId, TrustBundle, TrustDomain};
+use trellis_ca::{IdentityPattern, TrustBundle, TrustDomain};
 use trellis_proto::discovery::{
     Inbound, MeshUpdate, MtlsMode as PbMtls, PolicyMode as PbMode, Service as PbService,
     Workload as PbWorkload, WorkloadAddress,
@@ -20,7 +20,7 @@ use crate::config::{MtlsMode, StaticWorkload, WorkloadAddr};
 use crate::policy::{InboundPolicy, Rule, RuleMode};
 use crate::ports::TUNNEL;
 use crate::services::{Endpoint, Health, Loads, ServiceEntry, ServicePort};
-use crate::state::{MeshState, Peer, Version};
+use crate::state::{Identities, MeshState, Peer, Version};
 
 /// Most messages one update may span.
 const MAX_PARTS: usize = 1024;
@@ -114,12 +114,16 @@ pub struct ApplyContext<'a> {
     pub static_workloads: &'a [StaticWorkload],
     /// Endpoint loads, shared across updates.
     pub loads: &'a mut Loads,
+    /// Workload identities, shared across updates.
+    pub identities: &'a mut Identities,
 }
 
-/// The state after `update` on top of `held`.
+/// The state after `update` on top of `held`. The update is consumed as it is applied: each
+/// entry is freed once converted, so the new state's allocations reuse its memory instead of
+/// adding to it (at 10,000 workloads the decoded full state is ~3 MB).
 pub fn apply(
     held: &MeshState,
-    update: &MeshUpdate,
+    mut update: MeshUpdate,
     cx: &mut ApplyContext<'_>,
 ) -> Result<MeshState, ApplyError> {
     let mut next = if update.full {
@@ -140,8 +144,8 @@ pub fn apply(
             next.remove(addr);
         }
     }
-    for w in &update.workloads {
-        match workload(w) {
+    for w in std::mem::take(&mut update.workloads) {
+        match workload(&w, cx.identities) {
             Some((addr, peer)) => next.insert(addr, peer),
             None => warn!(workload = ?w, "discovery workload skipped: unparseable"),
         }
@@ -149,18 +153,19 @@ pub fn apply(
     for name in &update.removed_services {
         next.remove_service(name);
     }
-    for s in &update.services {
-        match service(s, cx.loads) {
+    for s in std::mem::take(&mut update.services) {
+        match service(&s, cx.loads) {
             Some(entry) => next.insert_service(entry),
             None => warn!(service = %s.name, "discovery Service skipped: unparseable"),
         }
     }
     cx.loads.prune();
+    cx.identities.prune();
     for w in cx.static_workloads {
         next.insert(
             w.addr,
             Peer {
-                id: w.id.clone(),
+                id: Arc::new(w.id.clone()),
                 tunnel: w.tunnel,
             },
         );
@@ -215,9 +220,9 @@ fn workload_addr(w: &WorkloadAddress) -> Option<WorkloadAddr> {
     addr_of(&w.ip, w.port)
 }
 
-fn workload(w: &PbWorkload) -> Option<(WorkloadAddr, Peer)> {
+fn workload(w: &PbWorkload, identities: &mut Identities) -> Option<(WorkloadAddr, Peer)> {
     let addr = addr_of(&w.ip, w.port)?;
-    let id = SpiffeId::parse(&w.spiffe_id).ok()?;
+    let id = identities.of(&w.spiffe_id)?;
     let tunnel = if w.tunnel.is_empty() {
         let ip = match addr {
             WorkloadAddr::Ip(ip) => ip,

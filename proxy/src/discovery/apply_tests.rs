@@ -1,3 +1,4 @@
+use trellis_ca::SpiffeId;
 use trellis_proto::discovery::{
     PolicyRule, ServiceEndpoint as PbEndpoint, ServicePort as PbPort, TrustBundle,
 };
@@ -88,12 +89,14 @@ fn apply_to(held: &MeshState, u: &MeshUpdate, loads: &mut Loads) -> Result<MeshS
             .parse()
             .unwrap(),
     ];
+    let mut identities = Identities::default();
     let mut cx = ApplyContext {
         trust_domain: &td,
         static_workloads: &statics,
         loads,
+        identities: &mut identities,
     };
-    apply(held, u, &mut cx)
+    apply(held, u.clone(), &mut cx)
 }
 
 fn a(s: &str) -> SocketAddr {
@@ -116,7 +119,7 @@ fn a_full_update_replaces_the_state_and_keeps_static_workloads() {
     held.insert(
         WorkloadAddr::Ip("198.18.0.77".parse().unwrap()),
         Peer {
-            id: SpiffeId::parse("spiffe://cluster.local/ns/old/sa/gone").unwrap(),
+            id: Arc::new(SpiffeId::parse("spiffe://cluster.local/ns/old/sa/gone").unwrap()),
             tunnel: a("198.18.0.77:15008"),
         },
     );
@@ -380,4 +383,48 @@ fn after_an_update_the_service_ip_routes_to_the_service() {
         Route::Service(s) => assert_eq!(s.name(), "shop/backend:80"),
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn workloads_of_one_service_account_share_one_identity_across_updates_until_none_holds_it() {
+    let td = TrustDomain::default();
+    let mut loads = Loads::default();
+    let mut identities = Identities::default();
+    let mut cx = ApplyContext {
+        trust_domain: &td,
+        static_workloads: &[],
+        loads: &mut loads,
+        identities: &mut identities,
+    };
+    let first = apply(&MeshState::default(), full(1), &mut cx).unwrap();
+    let delta = MeshUpdate {
+        epoch: 5,
+        version: 2,
+        base_version: 1,
+        workloads: vec![
+            pb_workload("198.18.0.5", "backend"),
+            pb_workload("198.18.0.6", "db"),
+        ],
+        ..MeshUpdate::default()
+    };
+    let second = apply(&first, delta, &mut cx).unwrap();
+    let id = |st: &MeshState, ip: &str| st.lookup(a(&format!("{ip}:1"))).unwrap().id.clone();
+    assert!(Arc::ptr_eq(
+        &id(&second, "198.18.0.3"),
+        &id(&second, "198.18.0.5")
+    ));
+    assert!(!Arc::ptr_eq(
+        &id(&second, "198.18.0.3"),
+        &id(&second, "198.18.0.6")
+    ));
+    assert_eq!(
+        id(&second, "198.18.0.6").to_string(),
+        "spiffe://cluster.local/ns/shop/sa/db"
+    );
+    assert_eq!(cx.identities.len(), 2);
+    // Once no snapshot holds `db`, the next update forgets it.
+    drop((first, second));
+    let only_backend = apply(&MeshState::default(), full(3), &mut cx).unwrap();
+    assert_eq!(cx.identities.len(), 1);
+    assert_eq!(only_backend.len(), 2);
 }

@@ -26,7 +26,7 @@ use crate::config::StaticWorkload;
 use crate::identity::SvidWatch;
 use crate::metrics::Metrics;
 use crate::services::Loads;
-use crate::state::{MeshState, Version};
+use crate::state::{Identities, MeshState, Version};
 use apply::{ApplyContext, Assembler};
 
 /// Largest discovery message accepted (the control plane sends at most ~1 MiB per message;
@@ -46,6 +46,15 @@ pub struct DiscoverySource {
     pub static_workloads: Vec<StaticWorkload>,
     /// Our pod name, for the control plane's logs and status.
     pub node: String,
+}
+
+/// What applying keeps from one update to the next, across streams.
+#[derive(Debug, Default)]
+struct Kept {
+    /// Endpoint loads.
+    loads: Loads,
+    /// Workload identities.
+    identities: Identities,
 }
 
 /// How a stream ended.
@@ -68,7 +77,7 @@ pub async fn run(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
-    let mut loads = Loads::default();
+    let mut kept = Kept::default();
     let mut failures = 0u32;
     loop {
         let current = tokio::select! {
@@ -80,7 +89,7 @@ pub async fn run(
         };
         let Some(current) = current else { continue };
         let ended = follow(
-            &source, &current, &mut svid, &state, &metrics, &mut loads, &shutdown,
+            &source, &current, &mut svid, &state, &metrics, &mut kept, &shutdown,
         )
         .await;
         match ended {
@@ -141,7 +150,7 @@ async fn follow(
     svid: &mut SvidWatch,
     state: &watch::Sender<Arc<MeshState>>,
     metrics: &Metrics,
-    loads: &mut Loads,
+    kept: &mut Kept,
     shutdown: &CancellationToken,
 ) -> Ended {
     let lost = |error: String, applied| Ended::Lost { error, applied };
@@ -191,10 +200,12 @@ async fn follow(
             let mut cx = ApplyContext {
                 trust_domain: &source.trust_domain,
                 static_workloads: &source.static_workloads,
-                loads,
+                loads: &mut kept.loads,
+                identities: &mut kept.identities,
             };
-            let next = apply::apply(&state.borrow(), &update, &mut cx)?;
-            Ok(Some((update.full, next)))
+            let full = update.full;
+            let next = apply::apply(&state.borrow(), update, &mut cx)?;
+            Ok(Some((full, next)))
         });
         let answer = match outcome {
             Ok(None) => continue, // more messages of this update follow
@@ -222,6 +233,9 @@ async fn follow(
                 metrics
                     .discovery_version
                     .set(i64::try_from(version.version).unwrap_or(i64::MAX));
+                metrics
+                    .discovery_workloads
+                    .set(i64::try_from(next.len()).unwrap_or(i64::MAX));
                 state.send_replace(Arc::new(next));
                 applied = true;
                 request(source, version, String::new())
