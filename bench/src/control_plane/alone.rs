@@ -73,7 +73,7 @@ async fn probe(args: &ProbeArgs) -> anyhow::Result<(u64, u64)> {
         local: None,
     };
     // A first Certify warms what every proxy has before it holds any state (TLS, gRPC).
-    proxies::certify(&me, &shared).await?;
+    proxies::certify(&me, &shared, &Default::default()).await?;
     let me_pid = [std::process::id()];
     let before = procs::rss_kib(&me_pid);
     let progress = Arc::new(Progress::default());

@@ -19,6 +19,7 @@
 //! - `alone` — one simulated proxy in a process of its own: its memory for the mesh state.
 //! - `tracker` — which proxy applied which change when; what they received.
 //! - `scenario` — one mesh size, phase by phase.
+//! - `storm` — where a restart storm's Certify time goes.
 //! - `report` — figures, targets, Markdown.
 
 mod alone;
@@ -29,6 +30,7 @@ mod processes;
 mod proxies;
 mod report;
 mod scenario;
+mod storm;
 mod tracker;
 
 use std::path::PathBuf;
@@ -69,6 +71,14 @@ pub struct Args {
     /// Keep the run's directory (logs, kubeconfig) and print its path.
     #[arg(long)]
     keep_dir: bool,
+    /// Run only this phase: `storm` (W proxies restarting at once; no proxy alone, no real
+    /// sidecar, no churn), with where the Certify time went on stderr.
+    #[arg(long, value_parser = ["storm"])]
+    only: Option<String>,
+    /// One more flag for the control plane under test (repeat for several), e.g.
+    /// `--control-plane-arg=--handshake-timeout=10s`.
+    #[arg(long = "control-plane-arg", allow_hyphen_values = true)]
+    control_plane_args: Vec<String>,
 }
 
 fn parse_scenario(text: &str) -> Result<Scenario, String> {
@@ -105,6 +115,8 @@ pub fn main(args: &Args) -> anyhow::Result<bool> {
     if let Some(rate) = args.rate.filter(|r| *r > 0.0) {
         plan.rate = rate;
     }
+    plan.storm_only = args.only.is_some();
+    plan.control_plane_args.clone_from(&args.control_plane_args);
     if let Some(s) = args.churn_seconds {
         plan.churn = Duration::from_secs(s.max(1));
     }

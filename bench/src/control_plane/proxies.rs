@@ -28,6 +28,7 @@ use trellis_proxy::discovery::apply::{ApplyContext, Assembler, apply};
 use trellis_proxy::services::Loads;
 use trellis_proxy::state::MeshState;
 
+use super::storm::{CertifyPath, Paths};
 use super::tracker::{Stats, Tracker};
 
 /// One proxy in this many holds a real `MeshState`.
@@ -93,6 +94,8 @@ pub struct Progress {
     pub reconnects: Mutex<Vec<String>>,
     /// Workloads in the latest state applied by a proxy that keeps a real one.
     pub workloads_held: std::sync::atomic::AtomicUsize,
+    /// Where each proxy's Certify time went.
+    pub paths: Paths,
 }
 
 impl Progress {
@@ -132,7 +135,7 @@ pub async fn run(
 ) {
     let svid = tokio::select! {
         () = stop.cancelled() => return,
-        svid = certify(&me, &shared) => match svid {
+        svid = certify(&me, &shared, &progress.paths) => match svid {
             Ok(s) => s,
             Err(e) => return Progress::note(&progress.failures, format!("{}: certify: {e:#}", me.pod)),
         },
@@ -163,12 +166,24 @@ pub async fn run(
 }
 
 /// Certifies as `me`, retrying what is retryable for [`CERTIFY_FOR`] with the proxy's own
-/// backoff (capped exponential, jittered).
-pub async fn certify(me: &Identity, shared: &Shared) -> anyhow::Result<Svid> {
+/// backoff (capped exponential, jittered); records where the time went in `paths`.
+pub async fn certify(me: &Identity, shared: &Shared, paths: &Paths) -> anyhow::Result<Svid> {
+    let mut path = CertifyPath::default();
+    let result = certify_recorded(me, shared, &mut path).await;
+    paths.push(path);
+    result
+}
+
+async fn certify_recorded(
+    me: &Identity,
+    shared: &Shared,
+    path: &mut CertifyPath,
+) -> anyhow::Result<Svid> {
     let deadline = Instant::now() + CERTIFY_FOR;
     let mut failures = 0;
     loop {
         let key = WorkloadKey::generate()?;
+        let connecting = Instant::now();
         let channel = connect_from(
             &shared.control_plane,
             shared.bundle.clone(),
@@ -177,6 +192,8 @@ pub async fn certify(me: &Identity, shared: &Shared) -> anyhow::Result<Svid> {
             me.local,
         )
         .await;
+        let connected = connecting.elapsed();
+        let calling = Instant::now();
         let result = match channel {
             Ok(c) => IdentityClient::new(c)
                 .certify(&key, None, &me.token, None)
@@ -184,12 +201,19 @@ pub async fn certify(me: &Identity, shared: &Shared) -> anyhow::Result<Svid> {
                 .map_err(|e| (e.is_retryable(), e.to_string())),
             Err(e) => Err((true, e.to_string())),
         };
+        path.attempt(
+            connected,
+            calling.elapsed(),
+            result.as_ref().err().map(|(_, e)| e.as_str()),
+        );
         match result {
             Ok(svid) => return Ok(svid),
             Err((true, e)) if Instant::now() < deadline => {
                 tracing_retry(&e);
                 failures += 1;
-                tokio::time::sleep(trellis_proxy::backoff::delay(failures)).await;
+                let sleep = trellis_proxy::backoff::delay(failures);
+                path.slept(sleep);
+                tokio::time::sleep(sleep).await;
             }
             Err((_, e)) => bail!(e),
         }
