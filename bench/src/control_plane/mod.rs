@@ -72,8 +72,9 @@ pub struct Args {
     #[arg(long)]
     keep_dir: bool,
     /// Run only this phase: `storm` (W proxies restarting at once; no proxy alone, no real
-    /// sidecar, no churn), with where the Certify time went on stderr.
-    #[arg(long, value_parser = ["storm"])]
+    /// sidecar, no churn), with where the Certify time went on stderr; `certify`: the same,
+    /// the proxies stopping once certified (no Watch).
+    #[arg(long, value_parser = ["storm", "certify"])]
     only: Option<String>,
     /// One more flag for the control plane under test (repeat for several), e.g.
     /// `--control-plane-arg=--handshake-timeout=10s`.
@@ -116,6 +117,7 @@ pub fn main(args: &Args) -> anyhow::Result<bool> {
         plan.rate = rate;
     }
     plan.storm_only = args.only.is_some();
+    plan.certify_only = args.only.as_deref() == Some("certify");
     plan.control_plane_args.clone_from(&args.control_plane_args);
     if let Some(s) = args.churn_seconds {
         plan.churn = Duration::from_secs(s.max(1));
@@ -133,6 +135,12 @@ pub fn main(args: &Args) -> anyhow::Result<bool> {
         .worker_threads(cores)
         .enable_all()
         .build()?;
+    // The simulated proxies' Watch streams (see `proxies::Then`).
+    let watching = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cores)
+        .thread_name("watching")
+        .enable_all()
+        .build()?;
     let mut figures = Vec::new();
     let outcome = rt.block_on(async {
         for sc in &plan.scenarios {
@@ -140,7 +148,12 @@ pub fn main(args: &Args) -> anyhow::Result<bool> {
                 "bench: control plane with P={} S={} W={}, R={}/s for {:?}",
                 sc.pods, sc.services, sc.watchers, plan.rate, plan.churn
             );
-            let run = scenario::run(&plan, sc, &bins, dir.path(), &template);
+            let then = if plan.certify_only {
+                proxies::Then::Stop
+            } else {
+                proxies::Then::Watch(watching.handle().clone())
+            };
+            let run = scenario::run(&plan, sc, &bins, dir.path(), &template, then);
             let f = tokio::select! {
                 f = run => f?,
                 () = crate::interrupted() => anyhow::bail!("interrupted"),
@@ -150,6 +163,7 @@ pub fn main(args: &Args) -> anyhow::Result<bool> {
         anyhow::Ok(())
     });
     rt.shutdown_timeout(Duration::from_secs(2));
+    watching.shutdown_timeout(Duration::from_secs(2));
     if args.keep_dir {
         eprintln!("bench: run directory kept: {}", dir.keep().display());
     }

@@ -40,6 +40,8 @@ pub struct Plan {
     pub drain_limit: Duration,
     /// Only the restart storm: no proxy alone, no sidecar, no churn (`--only storm`).
     pub storm_only: bool,
+    /// The storm's proxies stop once certified (`--only certify`): what Certify alone costs.
+    pub certify_only: bool,
     /// Extra flags for the control plane (`--control-plane-arg`), e.g. to compare its limits.
     pub control_plane_args: Vec<String>,
 }
@@ -63,6 +65,7 @@ impl Plan {
             storm_limit: Duration::from_secs(60),
             drain_limit: Duration::from_secs(10),
             storm_only: false,
+            certify_only: false,
             control_plane_args: Vec::new(),
         }
     }
@@ -88,6 +91,7 @@ impl Plan {
             storm_limit: Duration::from_secs(180),
             drain_limit: Duration::from_secs(30),
             storm_only: false,
+            certify_only: false,
             control_plane_args: Vec::new(),
         }
     }

@@ -125,13 +125,26 @@ impl Progress {
     }
 }
 
-/// One proxy's life until `stop`: certify, then watch (reconnecting, resuming from the version
-/// held, if the stream drops).
+/// Where a proxy's Watch streams run once it holds its certificate.
+#[derive(Debug, Clone)]
+pub enum Then {
+    /// Nowhere: the proxy stops once certified (`--only certify`).
+    Stop,
+    /// On this runtime: the fleet's Watch streams (full states decoded, deltas applied) on
+    /// threads of their own, as every pod has its own CPU — on the certifying proxies'
+    /// runtime, a proxy decoding its 700 KB full state held up the TLS handshakes of
+    /// proxies still certifying, in that runtime's queue, which no cluster does.
+    Watch(tokio::runtime::Handle),
+}
+
+/// One proxy's life until `stop`: certify, then (see [`Then`]) watch, reconnecting and
+/// resuming from the version held if the stream drops.
 pub async fn run(
     me: Identity,
     shared: Arc<Shared>,
     progress: Arc<Progress>,
     stop: CancellationToken,
+    then: Then,
 ) {
     let svid = tokio::select! {
         () = stop.cancelled() => return,
@@ -141,6 +154,21 @@ pub async fn run(
         },
     };
     Progress::push(&progress.certified, shared.start);
+    if let Then::Watch(runtime) = then {
+        let _ = runtime
+            .spawn(watch_until(me, svid, shared, progress, stop))
+            .await;
+    }
+}
+
+/// Watches as `me` with `svid` until `stop`, reconnecting with the proxy's backoff.
+async fn watch_until(
+    me: Identity,
+    svid: Svid,
+    shared: Arc<Shared>,
+    progress: Arc<Progress>,
+    stop: CancellationToken,
+) {
     let mut held = Held::default();
     let mut first = true;
     // Failed connections since the last one that brought an update (the proxy's backoff).
@@ -367,10 +395,12 @@ pub async fn rtt_probe(shared: Arc<Shared>, every: Duration, stop: CancellationT
     }
 }
 
-/// Whether every started proxy has failed or synced: `synced + failed >= total`.
-pub fn settled(progress: &Progress, total: usize) -> bool {
-    let (_, synced, failed) = progress.counts();
-    synced + failed >= total
+/// Whether every started proxy has failed or synced (or, when `watching` is false, been
+/// certified): `done + failed >= total`.
+pub fn settled(progress: &Progress, total: usize, watching: bool) -> bool {
+    let (certified, synced, failed) = progress.counts();
+    let done = if watching { synced } else { certified };
+    done + failed >= total
 }
 
 /// Stats readout: (messages, bytes, updates, resyncs, misses).
@@ -388,6 +418,27 @@ pub fn totals(stats: &Stats) -> (u64, u64, u64, u64, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_storm_settles_when_every_proxy_synced_or_certified_as_asked_or_failed() {
+        let progress = Progress::default();
+        let at = |list: &Mutex<Vec<f64>>, n: usize| list.lock().unwrap().resize(n, 1.0);
+        at(&progress.certified, 3);
+        at(&progress.synced, 1);
+        progress.failures.lock().unwrap().push("gave up".into());
+        for (total, watching, want) in [
+            (4, false, true),
+            (5, false, false),
+            (2, true, true),
+            (3, true, false),
+        ] {
+            assert_eq!(
+                settled(&progress, total, watching),
+                want,
+                "{total} {watching}"
+            );
+        }
+    }
 
     #[test]
     fn every_simulated_proxy_connects_from_a_loopback_address_of_its_own() {

@@ -19,7 +19,7 @@ use super::apiserver::{ApiServer, Cluster, token_for};
 use super::mesh::{Change, Mesh};
 use super::plan::{Plan, Scenario};
 use super::processes::{self, ControlPlane};
-use super::proxies::{self, Identity, Progress, REAL_STATE_EVERY, Shared};
+use super::proxies::{self, Identity, Progress, REAL_STATE_EVERY, Shared, Then};
 use super::report::Figures;
 use super::storm;
 use super::tracker::{Stats, Tracker, latencies, percentile};
@@ -52,9 +52,10 @@ pub async fn run(
     bins: &Bins,
     dir: &Path,
     template: &Value,
+    then: Then,
 ) -> anyhow::Result<Figures> {
     let mut sup = Supervisor::new(dir);
-    let result = measure(plan, sc, bins, dir, template, &mut sup).await;
+    let result = measure(plan, sc, bins, dir, template, &mut sup, then).await;
     sup.stop_all();
     result
 }
@@ -66,6 +67,7 @@ async fn measure(
     dir: &Path,
     template: &Value,
     sup: &mut Supervisor,
+    then: Then,
 ) -> anyhow::Result<Figures> {
     let mut f = Figures::new(sc);
     let cluster = Arc::new(Cluster::default());
@@ -135,10 +137,11 @@ async fn measure(
             shared.clone(),
             progress.clone(),
             stop.clone(),
+            then.clone(),
         )));
     }
     let settled = until(plan.storm_limit, || {
-        proxies::settled(&progress, sc.watchers)
+        proxies::settled(&progress, sc.watchers, !plan.certify_only)
     })
     .await;
     shared.stats.recording.store(false, Ordering::Relaxed);
