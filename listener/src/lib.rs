@@ -20,4 +20,4 @@ pub mod caps;
 
 pub use accept::Acceptor;
 pub use bind::bind;
-pub use caps::{CapRefusal, Caps, Gate, Ticket};
+pub use caps::{Admission, CapRefusal, Caps, Entry, Gate, Ticket, Waiter};
