@@ -50,13 +50,18 @@ impl CertifyPath {
 /// A failure's kind, from its message: a bounded label for the breakdown.
 pub fn failure_kind(error: &str) -> &'static str {
     let e = error.to_ascii_lowercase();
-    let table: [(&str, &'static str); 8] = [
+    let table: [(&str, &'static str); 9] = [
+        // Writing the handshake's end into a connection the server closed (its deadline).
+        (
+            "broken pipe",
+            "connect: closed by the server (handshake deadline)",
+        ),
         ("rate limited", "certify: rate limited"),
         ("tokenreview", "certify: TokenReview failed"),
         ("timed out", "timed out"),
         ("deadline", "timed out"),
         ("connection reset", "connect: reset (refused by a cap?)"),
-        ("refused", "connect: refused"),
+        ("connection refused", "connect: refused"),
         ("tls", "connect: TLS"),
         ("cancelled", "certify: cancelled (call timeout)"),
     ];
@@ -158,6 +163,10 @@ mod tests {
                 "connect: reset (refused by a cap?)",
             ),
             ("transport error: connection refused", "connect: refused"),
+            (
+                "cannot connect to the control plane at 127.0.0.1:1: connection error: Broken pipe (os error 32)",
+                "connect: closed by the server (handshake deadline)",
+            ),
             (
                 "control plane refused: Cancelled: Timeout expired",
                 "certify: cancelled (call timeout)",
