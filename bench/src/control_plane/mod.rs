@@ -71,8 +71,8 @@ pub struct Args {
     /// Keep the run's directory (logs, kubeconfig) and print its path.
     #[arg(long)]
     keep_dir: bool,
-    /// Run only this phase: `storm` (W proxies restarting at once; no proxy alone, no real
-    /// sidecar, no churn), with where the Certify time went on stderr; `certify`: the same,
+    /// Run only this phase: `storm` (W proxies restarting at once, after one proxy alone has
+    /// synced; no real sidecar, no churn), with where the Certify time went on stderr; `certify`: the same,
     /// the proxies stopping once certified (no Watch).
     #[arg(long, value_parser = ["storm", "certify"])]
     only: Option<String>,

@@ -38,7 +38,7 @@ pub struct Plan {
     /// After the churn, how long the last changes may take to reach every proxy.
     #[serde(serialize_with = "secs")]
     pub drain_limit: Duration,
-    /// Only the restart storm: no proxy alone, no sidecar, no churn (`--only storm`).
+    /// Only the restart storm (after one proxy alone): no sidecar, no churn (`--only storm`).
     pub storm_only: bool,
     /// The storm's proxies stop once certified (`--only certify`): what Certify alone costs.
     pub certify_only: bool,

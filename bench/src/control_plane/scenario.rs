@@ -105,7 +105,9 @@ async fn measure(
     };
 
     // 1. One proxy alone, in a process of its own, with a real state: how much it grows by it.
-    if !plan.storm_only {
+    // Also with --only storm: the storm then starts, as in the full run, once the control plane
+    // has listed the cluster (at P = 10,000 its first lists otherwise overlap the storm).
+    {
         let grown = alone::measure(
             sup,
             dir,
