@@ -421,7 +421,7 @@ pub async fn start(config: &Config, kube: Option<kube::Client>) -> Result<Runnin
 }
 
 async fn bind(flag: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr).await.map_err(|e| StartError::Bind {
+    trellis_listener::bind(addr).map_err(|e| StartError::Bind {
         flag,
         addr,
         reason: e.to_string(),

@@ -3,8 +3,11 @@
 //! from one source and [`HandshakeLimits::total`] in all, each within
 //! [`HandshakeLimits::timeout`], so that a host holding idle connections cannot keep others
 //! from their certificates — and hands tonic streams that carry the caller's address and, if
-//! it showed one, its verified SPIFFE ID. Connections closed before their handshake finished
-//! are counted (`trellis_control_plane_connections_refused_total{reason}`).
+//! it showed one, its verified SPIFFE ID. A connection over the total (a fleet restarting at
+//! once) waits for a place, up to [`HandshakeLimits::total`] of them, within its handshake
+//! deadline, rather than being closed into its backoff; one over its source's cap is closed at
+//! once. Connections closed before their handshake finished are counted
+//! (`trellis_control_plane_connections_refused_total{reason}`).
 //!
 //! Owns: [`PeerInfo`], [`HandshakeLimits`] and [`incoming`]. It does not decide anything about
 //! the caller.
@@ -26,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::server::Connected;
 use tracing::debug;
 use trellis_ca::SpiffeId;
-use trellis_listener::{CapRefusal, Caps, Gate};
+use trellis_listener::{CapRefusal, Caps, Entry, Gate};
 
 use crate::metrics::Metrics;
 
@@ -144,7 +147,9 @@ impl AsyncWrite for PeerStream {
 }
 
 /// Accepts connections on `listener` and yields those whose handshake succeeded, until
-/// `shutdown` is cancelled. A connection over a [`HandshakeLimits`] cap is closed at once.
+/// `shutdown` is cancelled. A connection over its source's cap, or over the total with as many
+/// waiting already, is closed at once; one over the total waits for a place within its
+/// handshake deadline.
 pub fn incoming(
     listener: TcpListener,
     acceptor: TlsAcceptor,
@@ -160,8 +165,9 @@ pub fn incoming(
     let mut accepting = trellis_listener::Acceptor::new(listener, "grpc");
     tokio::spawn(async move {
         while let Some((tcp, remote)) = accepting.accept(&shutdown).await {
-            let ticket = match pending.enter(remote.ip()) {
-                Ok(ticket) => ticket,
+            // As many may wait for a place as may hold one.
+            let entry = match pending.admit(remote.ip(), limits.total) {
+                Ok(entry) => entry,
                 Err(refusal) => {
                     metrics.refuse_connection(match refusal {
                         CapRefusal::PerSource(_) => "handshakes_per_source",
@@ -175,7 +181,22 @@ pub fn incoming(
             let acceptor = acceptor.clone();
             let (tx, metrics) = (tx.clone(), metrics.clone());
             tokio::spawn(async move {
-                let handshake = tokio::time::timeout(limits.timeout, acceptor.accept(tcp)).await;
+                // One deadline for the wait for a place and the handshake.
+                let deadline = tokio::time::Instant::now() + limits.timeout;
+                let ticket = match entry {
+                    Entry::Now(ticket) => ticket,
+                    Entry::Wait(waiter) => {
+                        match tokio::time::timeout_at(deadline, waiter.place()).await {
+                            Ok(ticket) => ticket,
+                            Err(_) => {
+                                metrics.refuse_connection("handshakes_total");
+                                debug!(peer.addr = %remote, "no handshake place free within the deadline");
+                                return;
+                            }
+                        }
+                    }
+                };
+                let handshake = tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await;
                 drop(ticket);
                 match handshake {
                     Ok(Ok(tls)) => {

@@ -3,13 +3,17 @@
 //! other caller needs.
 //!
 //! A source is an IPv4 address, or an IPv6 /64 (one host usually owns a whole /64, so counting
-//! single IPv6 addresses would cap nothing). Owns: the pure decision [`check`] and [`Gate`],
-//! which counts and hands out [`Ticket`]s that give their place back when dropped. What a
-//! refused connection is told, and how it is counted, is the caller's.
+//! single IPv6 addresses would cap nothing). Owns: the pure decisions [`check`] (refuse when
+//! full) and [`admit`] (queue when only the total is full), and [`Gate`], which counts and
+//! hands out [`Ticket`]s that give their place back when dropped, or [`Waiter`]s that wait for
+//! one. What a refused connection is told, how long a waiter may wait, and how both are
+//! counted, is the caller's.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio::sync::Notify;
 
 /// How many connections may be in the phase at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +59,37 @@ pub fn check(from_source: usize, total: usize, caps: Caps) -> Result<(), CapRefu
     Ok(())
 }
 
+/// What [`admit`] decides for one more connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// A place is free: in now.
+    Now,
+    /// Only the total is full: wait for a place (the caller bounds the wait).
+    Wait,
+    /// Refused: its source is full, or the total and the queue are.
+    Refuse(CapRefusal),
+}
+
+/// Whether one more connection from a source with `from_source` connections in the phase or
+/// waiting for it may join, with `in_phase` in the phase and `waiting` waiting overall, at
+/// most `max_waiting` of them. The per-source cap counts the waiting too (one host cannot
+/// fill the queue either); a full total queues rather than refuses while the queue has room —
+/// a burst of callers from many hosts (a fleet restarting) waits a moment instead of being
+/// turned away into their backoff.
+pub fn admit(
+    from_source: usize,
+    in_phase: usize,
+    waiting: usize,
+    caps: Caps,
+    max_waiting: usize,
+) -> Admission {
+    match check(from_source, in_phase, caps) {
+        Ok(()) => Admission::Now,
+        Err(CapRefusal::Total(_)) if waiting < max_waiting => Admission::Wait,
+        Err(refusal) => Admission::Refuse(refusal),
+    }
+}
+
 /// What connections are counted by: the address, or its /64 for IPv6.
 pub fn source_key(ip: IpAddr) -> IpAddr {
     match ip {
@@ -76,6 +111,33 @@ struct Counts {
     by_source: HashMap<IpAddr, usize>,
     /// All connections in the phase.
     total: usize,
+    /// Connections waiting for a place (also counted in `by_source`).
+    waiting: usize,
+}
+
+impl Counts {
+    /// Counts one more connection of `key`, in the phase or waiting.
+    fn add(&mut self, key: IpAddr, waiting: bool) {
+        *self.by_source.entry(key).or_insert(0) += 1;
+        match waiting {
+            true => self.waiting += 1,
+            false => self.total += 1,
+        }
+    }
+
+    /// Forgets one connection of `key`, in the phase or waiting.
+    fn remove(&mut self, key: IpAddr, waiting: bool) {
+        match waiting {
+            true => self.waiting = self.waiting.saturating_sub(1),
+            false => self.total = self.total.saturating_sub(1),
+        }
+        if let Some(n) = self.by_source.get_mut(&key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.by_source.remove(&key);
+            }
+        }
+    }
 }
 
 /// Counts connections in one phase and lets them in while [`check`] allows.
@@ -85,6 +147,8 @@ pub struct Gate {
     caps: Caps,
     /// The counts, shared with the tickets.
     counts: Arc<Mutex<Counts>>,
+    /// Woken when a ticket gives its place back.
+    freed: Arc<Notify>,
 }
 
 impl Gate {
@@ -93,6 +157,7 @@ impl Gate {
         Self {
             caps,
             counts: Arc::default(),
+            freed: Arc::default(),
         }
     }
 
@@ -103,12 +168,54 @@ impl Gate {
         let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
         let from_source = counts.by_source.get(&key).copied().unwrap_or(0);
         check(from_source, counts.total, self.caps)?;
-        *counts.by_source.entry(key).or_insert(0) += 1;
-        counts.total += 1;
-        Ok(Ticket {
+        counts.add(key, false);
+        Ok(self.ticket(key))
+    }
+
+    /// As [`Gate::enter`], but when only the total is full and fewer than `max_waiting` wait,
+    /// a [`Waiter`] holds a place in the queue (counted against its source) until it gets a
+    /// place in the phase — the caller bounds how long, by dropping it.
+    pub fn admit(&self, ip: IpAddr, max_waiting: usize) -> Result<Entry, CapRefusal> {
+        let key = source_key(ip);
+        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        let from_source = counts.by_source.get(&key).copied().unwrap_or(0);
+        match admit(
+            from_source,
+            counts.total,
+            counts.waiting,
+            self.caps,
+            max_waiting,
+        ) {
+            Admission::Now => {
+                counts.add(key, false);
+                Ok(Entry::Now(self.ticket(key)))
+            }
+            Admission::Wait => {
+                counts.add(key, true);
+                Ok(Entry::Wait(Waiter {
+                    key,
+                    gate: self.clone(),
+                    placed: false,
+                }))
+            }
+            Admission::Refuse(refusal) => Err(refusal),
+        }
+    }
+
+    /// Connections waiting for a place now.
+    pub fn waiting(&self) -> usize {
+        self.counts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .waiting
+    }
+
+    fn ticket(&self, key: IpAddr) -> Ticket {
+        Ticket {
             key,
             counts: self.counts.clone(),
-        })
+            freed: self.freed.clone(),
+        }
     }
 
     /// Connections in the phase now, from everyone.
@@ -125,25 +232,82 @@ impl Gate {
     }
 }
 
-/// A place in a [`Gate`]; given back on drop.
+/// A connection let into a [`Gate`] by [`Gate::admit`]: in, or queued.
+#[derive(Debug)]
+pub enum Entry {
+    /// In the phase.
+    Now(Ticket),
+    /// Waiting for a place.
+    Wait(Waiter),
+}
+
+/// A place in a [`Gate`]'s queue; [`Waiter::place`] turns it into a [`Ticket`] once a place is
+/// free. Dropped (the caller's deadline passed), it leaves the queue.
+#[derive(Debug)]
+pub struct Waiter {
+    /// Whose place.
+    key: IpAddr,
+    /// The gate.
+    gate: Gate,
+    /// Whether it became a ticket (then the queue's count was moved already).
+    placed: bool,
+}
+
+impl Waiter {
+    /// Waits until a place in the phase is free and takes it. Cancel-safe: dropping the
+    /// future leaves the queue.
+    pub async fn place(mut self) -> Ticket {
+        loop {
+            let freed = self.gate.freed.notified();
+            {
+                let mut counts = self
+                    .gate
+                    .counts
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                if counts.total < self.gate.caps.total {
+                    counts.waiting = counts.waiting.saturating_sub(1);
+                    counts.total += 1;
+                    self.placed = true;
+                    return self.gate.ticket(self.key);
+                }
+            }
+            freed.await;
+        }
+    }
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        if !self.placed {
+            let mut counts = self
+                .gate
+                .counts
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            counts.remove(self.key, true);
+        }
+    }
+}
+
+/// A place in a [`Gate`]; given back on drop (and a waiter, if any, woken).
 #[derive(Debug)]
 pub struct Ticket {
     /// Whose place.
     key: IpAddr,
     /// The gate's counts.
     counts: Arc<Mutex<Counts>>,
+    /// Woken on drop.
+    freed: Arc<Notify>,
 }
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
-        counts.total = counts.total.saturating_sub(1);
-        if let Some(n) = counts.by_source.get_mut(&self.key) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                counts.by_source.remove(&self.key);
-            }
-        }
+        self.counts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(self.key, false);
+        self.freed.notify_one();
     }
 }
 
@@ -173,6 +337,60 @@ mod tests {
                 "{from_source} {total}"
             );
         }
+    }
+
+    #[test]
+    fn a_full_total_queues_while_the_queue_has_room_and_a_full_source_is_refused() {
+        let table = [
+            // (from source, in phase, waiting, max waiting) -> admission
+            ((0, 0, 0, 4), Admission::Now),
+            ((1, 2, 0, 4), Admission::Now),
+            ((0, 3, 0, 4), Admission::Wait),
+            ((1, 3, 3, 4), Admission::Wait),
+            ((0, 3, 4, 4), Admission::Refuse(CapRefusal::Total(3))),
+            ((0, 3, 0, 0), Admission::Refuse(CapRefusal::Total(3))),
+            ((2, 0, 0, 4), Admission::Refuse(CapRefusal::PerSource(2))),
+            ((2, 3, 0, 4), Admission::Refuse(CapRefusal::PerSource(2))),
+        ];
+        for ((from_source, in_phase, waiting, max), want) in table {
+            assert_eq!(
+                admit(from_source, in_phase, waiting, CAPS, max),
+                want,
+                "{from_source} {in_phase} {waiting} {max}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_waiter_gets_the_first_place_given_back_and_leaves_the_queue_when_dropped() {
+        let gate = Gate::new(CAPS);
+        let ip = |n: u8| IpAddr::from([198, 18, 0, n]);
+        let held: Vec<Ticket> = (1..=3)
+            .map(|n| match gate.admit(ip(n), 2) {
+                Ok(Entry::Now(t)) => t,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        let Ok(Entry::Wait(first)) = gate.admit(ip(4), 2) else {
+            panic!("not queued")
+        };
+        let Ok(Entry::Wait(second)) = gate.admit(ip(5), 2) else {
+            panic!("not queued")
+        };
+        assert_eq!(gate.admit(ip(6), 2).unwrap_err(), CapRefusal::Total(3));
+        assert_eq!(gate.waiting(), 2);
+        // Nothing free yet: still waiting.
+        let first = tokio::spawn(first.place());
+        tokio::task::yield_now().await;
+        assert!(!first.is_finished());
+        drop(held);
+        let _placed = first.await.unwrap();
+        assert_eq!((gate.total(), gate.waiting()), (1, 1));
+        drop(second);
+        assert_eq!(gate.waiting(), 0);
+        // The source that waited is counted while it waits and once in, and only then.
+        let _a = gate.enter(ip(4)).unwrap();
+        assert_eq!(gate.enter(ip(4)).unwrap_err(), CapRefusal::PerSource(2));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //!
 //! | module | owns |
 //! |---|---|
+//! | [`bind`] | listening sockets with an accept queue deep enough for a restart storm's burst of SYNs |
 //! | [`accept`] | the accept loop's step: back off on accept errors (EMFILE, ENFILE, ENOBUFS, ENOMEM) instead of spinning, warn at a bounded rate |
 //! | [`caps`] | per-source and total caps on connections in some phase (pending TLS handshakes, established tunnels): the pure decision and the counting [`caps::Gate`] |
 //!
@@ -14,7 +15,9 @@
 #![forbid(unsafe_code)]
 
 pub mod accept;
+pub mod bind;
 pub mod caps;
 
 pub use accept::Acceptor;
-pub use caps::{CapRefusal, Caps, Gate, Ticket};
+pub use bind::bind;
+pub use caps::{Admission, CapRefusal, Caps, Entry, Gate, Ticket, Waiter};

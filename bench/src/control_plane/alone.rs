@@ -73,12 +73,19 @@ async fn probe(args: &ProbeArgs) -> anyhow::Result<(u64, u64)> {
         local: None,
     };
     // A first Certify warms what every proxy has before it holds any state (TLS, gRPC).
-    proxies::certify(&me, &shared).await?;
+    proxies::certify(&me, &shared, &Default::default()).await?;
     let me_pid = [std::process::id()];
     let before = procs::rss_kib(&me_pid);
     let progress = Arc::new(Progress::default());
     let stop = CancellationToken::new();
-    let task = tokio::spawn(proxies::run(me, shared, progress.clone(), stop.clone()));
+    let here = proxies::Then::Watch(tokio::runtime::Handle::current());
+    let task = tokio::spawn(proxies::run(
+        me,
+        shared,
+        progress.clone(),
+        stop.clone(),
+        here,
+    ));
     let deadline = Instant::now() + Duration::from_secs(60);
     let holds_all = || progress.workloads_held.load(Ordering::Relaxed) >= args.workloads;
     while !(holds_all() || progress.counts().2 > 0) {

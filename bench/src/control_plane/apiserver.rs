@@ -349,8 +349,10 @@ impl ApiServer {
     /// API server does not share a scheduler with the pods, and on the bench's runtime its
     /// answers (TokenReviews, watch events) queued behind 2,000 simulated proxies' tasks.
     pub async fn start(cluster: Arc<Cluster>) -> anyhow::Result<Self> {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-        listener.set_nonblocking(true)?;
+        // The accept queue of a real API server (Go asks for the system's maximum): the
+        // standard library's 128 dropped the control plane's burst of TokenReview connections
+        // in a restart storm, each retried by TCP after a second or more.
+        let listener = trellis_listener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))?.into_std()?;
         let addr = listener.local_addr()?;
         let stop = CancellationToken::new();
         let (shared, stopped) = (cluster.clone(), stop.clone());

@@ -19,6 +19,7 @@
 //! - `alone` — one simulated proxy in a process of its own: its memory for the mesh state.
 //! - `tracker` — which proxy applied which change when; what they received.
 //! - `scenario` — one mesh size, phase by phase.
+//! - `storm` — where a restart storm's Certify time goes.
 //! - `report` — figures, targets, Markdown.
 
 mod alone;
@@ -29,6 +30,7 @@ mod processes;
 mod proxies;
 mod report;
 mod scenario;
+mod storm;
 mod tracker;
 
 use std::path::PathBuf;
@@ -69,6 +71,15 @@ pub struct Args {
     /// Keep the run's directory (logs, kubeconfig) and print its path.
     #[arg(long)]
     keep_dir: bool,
+    /// Run only this phase: `storm` (W proxies restarting at once, after one proxy alone has
+    /// synced; no real sidecar, no churn), with where the Certify time went on stderr; `certify`: the same,
+    /// the proxies stopping once certified (no Watch).
+    #[arg(long, value_parser = ["storm", "certify"])]
+    only: Option<String>,
+    /// One more flag for the control plane under test (repeat for several), e.g.
+    /// `--control-plane-arg=--handshake-timeout=10s`.
+    #[arg(long = "control-plane-arg", allow_hyphen_values = true)]
+    control_plane_args: Vec<String>,
 }
 
 fn parse_scenario(text: &str) -> Result<Scenario, String> {
@@ -105,6 +116,9 @@ pub fn main(args: &Args) -> anyhow::Result<bool> {
     if let Some(rate) = args.rate.filter(|r| *r > 0.0) {
         plan.rate = rate;
     }
+    plan.storm_only = args.only.is_some();
+    plan.certify_only = args.only.as_deref() == Some("certify");
+    plan.control_plane_args.clone_from(&args.control_plane_args);
     if let Some(s) = args.churn_seconds {
         plan.churn = Duration::from_secs(s.max(1));
     }
@@ -121,6 +135,12 @@ pub fn main(args: &Args) -> anyhow::Result<bool> {
         .worker_threads(cores)
         .enable_all()
         .build()?;
+    // The simulated proxies' Watch streams (see `proxies::Then`).
+    let watching = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cores)
+        .thread_name("watching")
+        .enable_all()
+        .build()?;
     let mut figures = Vec::new();
     let outcome = rt.block_on(async {
         for sc in &plan.scenarios {
@@ -128,7 +148,12 @@ pub fn main(args: &Args) -> anyhow::Result<bool> {
                 "bench: control plane with P={} S={} W={}, R={}/s for {:?}",
                 sc.pods, sc.services, sc.watchers, plan.rate, plan.churn
             );
-            let run = scenario::run(&plan, sc, &bins, dir.path(), &template);
+            let then = if plan.certify_only {
+                proxies::Then::Stop
+            } else {
+                proxies::Then::Watch(watching.handle().clone())
+            };
+            let run = scenario::run(&plan, sc, &bins, dir.path(), &template, then);
             let f = tokio::select! {
                 f = run => f?,
                 () = crate::interrupted() => anyhow::bail!("interrupted"),
@@ -138,6 +163,7 @@ pub fn main(args: &Args) -> anyhow::Result<bool> {
         anyhow::Ok(())
     });
     rt.shutdown_timeout(Duration::from_secs(2));
+    watching.shutdown_timeout(Duration::from_secs(2));
     if args.keep_dir {
         eprintln!("bench: run directory kept: {}", dir.keep().display());
     }

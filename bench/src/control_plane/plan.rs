@@ -38,6 +38,12 @@ pub struct Plan {
     /// After the churn, how long the last changes may take to reach every proxy.
     #[serde(serialize_with = "secs")]
     pub drain_limit: Duration,
+    /// Only the restart storm (after one proxy alone): no sidecar, no churn (`--only storm`).
+    pub storm_only: bool,
+    /// The storm's proxies stop once certified (`--only certify`): what Certify alone costs.
+    pub certify_only: bool,
+    /// Extra flags for the control plane (`--control-plane-arg`), e.g. to compare its limits.
+    pub control_plane_args: Vec<String>,
 }
 
 fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -58,6 +64,9 @@ impl Plan {
             churn: Duration::from_secs(5),
             storm_limit: Duration::from_secs(60),
             drain_limit: Duration::from_secs(10),
+            storm_only: false,
+            certify_only: false,
+            control_plane_args: Vec::new(),
         }
     }
 
@@ -81,6 +90,9 @@ impl Plan {
             churn: Duration::from_secs(60),
             storm_limit: Duration::from_secs(180),
             drain_limit: Duration::from_secs(30),
+            storm_only: false,
+            certify_only: false,
+            control_plane_args: Vec::new(),
         }
     }
 }

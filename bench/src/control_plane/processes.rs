@@ -33,6 +33,15 @@ pub struct ControlPlane {
     pub grpc: SocketAddr,
     /// The root it made (PEM), read from its CA Secret.
     pub root_pem: String,
+    /// Its metrics address.
+    pub metrics: SocketAddr,
+}
+
+impl ControlPlane {
+    /// Its metrics, as Prometheus text.
+    pub async fn metrics_text(&self) -> anyhow::Result<String> {
+        get(self.metrics, "/metrics").await
+    }
 }
 
 /// Starts the control plane against `api` and waits until it serves and has stored its root.
@@ -42,6 +51,7 @@ pub async fn start_control_plane(
     bins: &Bins,
     api: &ApiServer,
     name: &str,
+    extra_args: &[String],
 ) -> anyhow::Result<ControlPlane> {
     let kubeconfig = dir.join(format!("{name}.kubeconfig"));
     std::fs::write(&kubeconfig, api.kubeconfig())?;
@@ -55,7 +65,8 @@ pub async fn start_control_plane(
             .arg(format!("--metrics-listen={metrics}"))
             .arg("--injector-secret=")
             .arg("--shutdown-grace=1s")
-            .arg("--log=warn"),
+            .arg("--log=warn")
+            .args(extra_args),
     )?;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -69,6 +80,7 @@ pub async fn start_control_plane(
                 pid,
                 grpc,
                 root_pem,
+                metrics,
             });
         }
         if Instant::now() > deadline {

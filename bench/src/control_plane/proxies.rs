@@ -29,6 +29,7 @@ use trellis_proxy::services::Loads;
 use trellis_proxy::state::Identities;
 use trellis_proxy::state::MeshState;
 
+use super::storm::{CertifyPath, Paths};
 use super::tracker::{Stats, Tracker};
 
 /// One proxy in this many holds a real `MeshState`.
@@ -94,6 +95,8 @@ pub struct Progress {
     pub reconnects: Mutex<Vec<String>>,
     /// Workloads in the latest state applied by a proxy that keeps a real one.
     pub workloads_held: std::sync::atomic::AtomicUsize,
+    /// Where each proxy's Certify time went.
+    pub paths: Paths,
 }
 
 impl Progress {
@@ -123,22 +126,50 @@ impl Progress {
     }
 }
 
-/// One proxy's life until `stop`: certify, then watch (reconnecting, resuming from the version
-/// held, if the stream drops).
+/// Where a proxy's Watch streams run once it holds its certificate.
+#[derive(Debug, Clone)]
+pub enum Then {
+    /// Nowhere: the proxy stops once certified (`--only certify`).
+    Stop,
+    /// On this runtime: the fleet's Watch streams (full states decoded, deltas applied) on
+    /// threads of their own, as every pod has its own CPU — on the certifying proxies'
+    /// runtime, a proxy decoding its 700 KB full state held up the TLS handshakes of
+    /// proxies still certifying, in that runtime's queue, which no cluster does.
+    Watch(tokio::runtime::Handle),
+}
+
+/// One proxy's life until `stop`: certify, then (see [`Then`]) watch, reconnecting and
+/// resuming from the version held if the stream drops.
 pub async fn run(
     me: Identity,
     shared: Arc<Shared>,
     progress: Arc<Progress>,
     stop: CancellationToken,
+    then: Then,
 ) {
     let svid = tokio::select! {
         () = stop.cancelled() => return,
-        svid = certify(&me, &shared) => match svid {
+        svid = certify(&me, &shared, &progress.paths) => match svid {
             Ok(s) => s,
             Err(e) => return Progress::note(&progress.failures, format!("{}: certify: {e:#}", me.pod)),
         },
     };
     Progress::push(&progress.certified, shared.start);
+    if let Then::Watch(runtime) = then {
+        let _ = runtime
+            .spawn(watch_until(me, svid, shared, progress, stop))
+            .await;
+    }
+}
+
+/// Watches as `me` with `svid` until `stop`, reconnecting with the proxy's backoff.
+async fn watch_until(
+    me: Identity,
+    svid: Svid,
+    shared: Arc<Shared>,
+    progress: Arc<Progress>,
+    stop: CancellationToken,
+) {
     let mut held = Held::default();
     let mut first = true;
     // Failed connections since the last one that brought an update (the proxy's backoff).
@@ -164,12 +195,24 @@ pub async fn run(
 }
 
 /// Certifies as `me`, retrying what is retryable for [`CERTIFY_FOR`] with the proxy's own
-/// backoff (capped exponential, jittered).
-pub async fn certify(me: &Identity, shared: &Shared) -> anyhow::Result<Svid> {
+/// backoff (capped exponential, jittered); records where the time went in `paths`.
+pub async fn certify(me: &Identity, shared: &Shared, paths: &Paths) -> anyhow::Result<Svid> {
+    let mut path = CertifyPath::default();
+    let result = certify_recorded(me, shared, &mut path).await;
+    paths.push(path);
+    result
+}
+
+async fn certify_recorded(
+    me: &Identity,
+    shared: &Shared,
+    path: &mut CertifyPath,
+) -> anyhow::Result<Svid> {
     let deadline = Instant::now() + CERTIFY_FOR;
     let mut failures = 0;
     loop {
         let key = WorkloadKey::generate()?;
+        let connecting = Instant::now();
         let channel = connect_from(
             &shared.control_plane,
             shared.bundle.clone(),
@@ -178,6 +221,8 @@ pub async fn certify(me: &Identity, shared: &Shared) -> anyhow::Result<Svid> {
             me.local,
         )
         .await;
+        let connected = connecting.elapsed();
+        let calling = Instant::now();
         let result = match channel {
             Ok(c) => IdentityClient::new(c)
                 .certify(&key, None, &me.token, None)
@@ -185,12 +230,19 @@ pub async fn certify(me: &Identity, shared: &Shared) -> anyhow::Result<Svid> {
                 .map_err(|e| (e.is_retryable(), e.to_string())),
             Err(e) => Err((true, e.to_string())),
         };
+        path.attempt(
+            connected,
+            calling.elapsed(),
+            result.as_ref().err().map(|(_, e)| e.as_str()),
+        );
         match result {
             Ok(svid) => return Ok(svid),
             Err((true, e)) if Instant::now() < deadline => {
                 tracing_retry(&e);
                 failures += 1;
-                tokio::time::sleep(trellis_proxy::backoff::delay(failures)).await;
+                let sleep = trellis_proxy::backoff::delay(failures);
+                path.slept(sleep);
+                tokio::time::sleep(sleep).await;
             }
             Err((_, e)) => bail!(e),
         }
@@ -350,10 +402,12 @@ pub async fn rtt_probe(shared: Arc<Shared>, every: Duration, stop: CancellationT
     }
 }
 
-/// Whether every started proxy has failed or synced: `synced + failed >= total`.
-pub fn settled(progress: &Progress, total: usize) -> bool {
-    let (_, synced, failed) = progress.counts();
-    synced + failed >= total
+/// Whether every started proxy has failed or synced (or, when `watching` is false, been
+/// certified): `done + failed >= total`.
+pub fn settled(progress: &Progress, total: usize, watching: bool) -> bool {
+    let (certified, synced, failed) = progress.counts();
+    let done = if watching { synced } else { certified };
+    done + failed >= total
 }
 
 /// Stats readout: (messages, bytes, updates, resyncs, misses).
@@ -371,6 +425,27 @@ pub fn totals(stats: &Stats) -> (u64, u64, u64, u64, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_storm_settles_when_every_proxy_synced_or_certified_as_asked_or_failed() {
+        let progress = Progress::default();
+        let at = |list: &Mutex<Vec<f64>>, n: usize| list.lock().unwrap().resize(n, 1.0);
+        at(&progress.certified, 3);
+        at(&progress.synced, 1);
+        progress.failures.lock().unwrap().push("gave up".into());
+        for (total, watching, want) in [
+            (4, false, true),
+            (5, false, false),
+            (2, true, true),
+            (3, true, false),
+        ] {
+            assert_eq!(
+                settled(&progress, total, watching),
+                want,
+                "{total} {watching}"
+            );
+        }
+    }
 
     #[test]
     fn every_simulated_proxy_connects_from_a_loopback_address_of_its_own() {

@@ -19,8 +19,9 @@ use super::apiserver::{ApiServer, Cluster, token_for};
 use super::mesh::{Change, Mesh};
 use super::plan::{Plan, Scenario};
 use super::processes::{self, ControlPlane};
-use super::proxies::{self, Identity, Progress, REAL_STATE_EVERY, Shared};
+use super::proxies::{self, Identity, Progress, REAL_STATE_EVERY, Shared, Then};
 use super::report::Figures;
+use super::storm;
 use super::tracker::{Stats, Tracker, latencies, percentile};
 use crate::procs::{self, Supervisor};
 use crate::routes::Bins;
@@ -51,9 +52,10 @@ pub async fn run(
     bins: &Bins,
     dir: &Path,
     template: &Value,
+    then: Then,
 ) -> anyhow::Result<Figures> {
     let mut sup = Supervisor::new(dir);
-    let result = measure(plan, sc, bins, dir, template, &mut sup).await;
+    let result = measure(plan, sc, bins, dir, template, &mut sup, then).await;
     sup.stop_all();
     result
 }
@@ -65,6 +67,7 @@ async fn measure(
     dir: &Path,
     template: &Value,
     sup: &mut Supervisor,
+    then: Then,
 ) -> anyhow::Result<Figures> {
     let mut f = Figures::new(sc);
     let cluster = Arc::new(Cluster::default());
@@ -79,7 +82,8 @@ async fn measure(
     mesh.load_into(&cluster);
     let api = ApiServer::start(cluster.clone()).await?;
     let name = format!("control-plane-{}", sc.pods);
-    let cp = processes::start_control_plane(sup, dir, bins, &api, &name).await?;
+    let cp = processes::start_control_plane(sup, dir, bins, &api, &name, &plan.control_plane_args)
+        .await?;
     let td = TrustDomain::default();
     let shared = Arc::new(Shared {
         control_plane: cp.grpc.to_string(),
@@ -101,17 +105,21 @@ async fn measure(
     };
 
     // 1. One proxy alone, in a process of its own, with a real state: how much it grows by it.
-    let grown = alone::measure(
-        sup,
-        dir,
-        &shared,
-        &cp.root_pem,
-        &identity(sc.watchers, true),
-        mesh.pod_count(),
-        &format!("proxy-alone-{}", sc.pods),
-    )
-    .await?;
-    f.sim_state_mib = Some(mib(grown));
+    // Also with --only storm: the storm then starts, as in the full run, once the control plane
+    // has listed the cluster (at P = 10,000 its first lists otherwise overlap the storm).
+    {
+        let grown = alone::measure(
+            sup,
+            dir,
+            &shared,
+            &cp.root_pem,
+            &identity(sc.watchers, true),
+            mesh.pod_count(),
+            &format!("proxy-alone-{}", sc.pods),
+        )
+        .await?;
+        f.sim_state_mib = Some(mib(grown));
+    }
 
     // 2. W proxies restarting at once: Certify, then Watch and the full state.
     procs::reset_peak_rss(&[cp.pid]);
@@ -131,10 +139,11 @@ async fn measure(
             shared.clone(),
             progress.clone(),
             stop.clone(),
+            then.clone(),
         )));
     }
     let settled = until(plan.storm_limit, || {
-        proxies::settled(&progress, sc.watchers)
+        proxies::settled(&progress, sc.watchers, !plan.certify_only)
     })
     .await;
     shared.stats.recording.store(false, Ordering::Relaxed);
@@ -171,6 +180,20 @@ async fn measure(
         "bench: P={} W={}: certified {:?}, synced {:?} (all, s)",
         sc.pods, sc.watchers, f.certified.all_s, f.synced.all_s
     );
+    let counters = cp.metrics_text().await.map(|t| storm::cp_counters(&t));
+    for line in storm::breakdown(&progress.paths.all())
+        .into_iter()
+        .chain(counters.unwrap_or_else(|e| vec![format!("control-plane metrics: {e:#}")]))
+    {
+        eprintln!("bench: {line}");
+    }
+    if plan.storm_only {
+        stop.cancel();
+        for task in fleet {
+            let _ = task.await;
+        }
+        return Ok(f);
+    }
 
     // 3. A real sidecar joins and syncs.
     let sidecar_name = format!("sidecar-{}", sc.pods);
