@@ -70,9 +70,6 @@ mod tests {
 
     #[test]
     fn the_injector_gives_injected_sidecars_the_same_settings() {
-        assert_eq!(
-            trellis_injector::containers::PROXY_GLIBC_TUNABLES,
-            TUNABLES
-        );
+        assert_eq!(trellis_injector::containers::PROXY_GLIBC_TUNABLES, TUNABLES);
     }
 }

@@ -92,14 +92,8 @@ impl PolicyMesh {
         let backend = sandbox.add_pod("backend", BACKEND_IP).expect("pod");
         let intruder = sandbox.add_pod("intruder", INTRUDER_IP).expect("pod");
         let identities = [frontend_identity(), backend_identity(), intruder_identity()];
-        let cp = ControlPlane::start_with_mesh(
-            &sandbox,
-            &cp_pod,
-            &identities,
-            mesh_yaml,
-            &[],
-        )
-        .expect("control plane");
+        let cp = ControlPlane::start_with_mesh(&sandbox, &cp_pod, &identities, mesh_yaml, &[])
+            .expect("control plane");
         let backend_app = App::start(&sandbox, &backend, "backend").expect("backend app");
         let start = |pod: &Pod, id: Identity| {
             Sidecar::start(&cp, pod, SidecarSpec::new(id)).expect("sidecar")
