@@ -20,6 +20,13 @@ fn pod(ns: &str, name: &str, ip: &str, sa: &str, app: &str) -> Pod {
     .unwrap()
 }
 
+/// Applies `pod(ns, name, ip, sa, app)` as a watch event.
+fn apply_pod(c: &mut Cluster, ns: &str, name: &str, ip: &str, sa: &str, app: &str) {
+    c.apply(ClusterEvent::Pod(Box::new(Event::Apply(pod(
+        ns, name, ip, sa, app,
+    )))));
+}
+
 fn service(ns: &str, name: &str, cluster_ip: &str) -> KubeService {
     serde_json::from_value(json!({
         "metadata": {"name": name, "namespace": ns},
@@ -115,45 +122,21 @@ fn the_model_is_incomplete_until_every_kind_was_listed_once() {
 #[test]
 fn a_new_pod_is_one_change_naming_its_address_and_identity_and_a_repeat_is_none() {
     let mut c = listed();
-    c.apply(ClusterEvent::Pod(Box::new(Event::Apply(pod(
-        "a",
-        "p",
-        "198.18.0.1",
-        "sa",
-        "x",
-    )))));
+    apply_pod(&mut c, "a", "p", "198.18.0.1", "sa", "x");
     let (model, index, change) = c.take_change().unwrap();
     assert_eq!(change.workloads, BTreeSet::from([key("198.18.0.1")]));
     assert_eq!(change.identities, BTreeSet::from([id("ns/a/sa/sa")]));
     assert_eq!(index, model.identity_index());
-    c.apply(ClusterEvent::Pod(Box::new(Event::Apply(pod(
-        "a",
-        "p",
-        "198.18.0.1",
-        "sa",
-        "x",
-    )))));
+    apply_pod(&mut c, "a", "p", "198.18.0.1", "sa", "x");
     assert!(c.take_change().is_none());
 }
 
 #[test]
 fn a_relabelled_pod_changes_its_identity_s_view_not_the_workloads() {
     let mut c = listed();
-    c.apply(ClusterEvent::Pod(Box::new(Event::Apply(pod(
-        "a",
-        "p",
-        "198.18.0.1",
-        "sa",
-        "x",
-    )))));
+    apply_pod(&mut c, "a", "p", "198.18.0.1", "sa", "x");
     c.take_change();
-    c.apply(ClusterEvent::Pod(Box::new(Event::Apply(pod(
-        "a",
-        "p",
-        "198.18.0.1",
-        "sa",
-        "y",
-    )))));
+    apply_pod(&mut c, "a", "p", "198.18.0.1", "sa", "y");
     let change = change_of(&mut c);
     assert!(change.workloads.is_empty());
     assert_eq!(change.identities, BTreeSet::from([id("ns/a/sa/sa")]));
@@ -211,9 +194,7 @@ fn a_relist_removes_what_was_deleted_while_disconnected_and_changes_only_the_dif
         ("p2", "198.18.0.2"),
         ("p3", "198.18.0.3"),
     ] {
-        c.apply(ClusterEvent::Pod(Box::new(Event::Apply(pod(
-            "a", name, ip, "sa", "x",
-        )))));
+        apply_pod(&mut c, "a", name, ip, "sa", "x");
     }
     c.take_change();
     // Reconnected: p2 was deleted, p3 moved to a new label, p4 is new; p1 is unchanged.
@@ -536,21 +517,9 @@ fn random_event_sequences_publish_exact_changes_and_end_as_a_full_rebuild() {
 #[test]
 fn a_published_model_shares_the_workloads_it_did_not_change() {
     let mut c = listed();
-    c.apply(ClusterEvent::Pod(Box::new(Event::Apply(pod(
-        "a",
-        "p1",
-        "198.18.0.1",
-        "s",
-        "x",
-    )))));
+    apply_pod(&mut c, "a", "p1", "198.18.0.1", "s", "x");
     let (first, _, _) = c.take_change().unwrap();
-    c.apply(ClusterEvent::Pod(Box::new(Event::Apply(pod(
-        "a",
-        "p2",
-        "198.18.0.2",
-        "s",
-        "x",
-    )))));
+    apply_pod(&mut c, "a", "p2", "198.18.0.2", "s", "x");
     let (second, _, _) = c.take_change().unwrap();
     let k = key("198.18.0.1");
     assert!(Arc::ptr_eq(&first.workloads[&k], &second.workloads[&k]));
