@@ -333,6 +333,7 @@ pub async fn start(config: &Config, kube: Option<kube::Client>) -> Result<Runnin
                 client,
                 td.clone(),
                 args.mtls_mode,
+                args.discovery_debounce,
                 publisher,
                 pods_writer,
                 shutdown.clone(),

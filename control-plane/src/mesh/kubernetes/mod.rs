@@ -32,8 +32,6 @@ use super::publish::Publisher;
 use cluster::{Cluster, ClusterEvent};
 pub use pods::{INJECTED, MTLS, workload_of};
 
-/// Changes arriving within this window are published together.
-const COALESCE: Duration = Duration::from_millis(100);
 /// Events queued from the watches to the publish loop (a full queue holds the watches back).
 const EVENTS: usize = 1024;
 
@@ -83,6 +81,7 @@ pub async fn watch_cluster(
     client: kube::Client,
     td: TrustDomain,
     default_mtls: MtlsMode,
+    debounce: Duration,
     publisher: Publisher,
     pods: PodIndexWriter,
     shutdown: CancellationToken,
@@ -115,7 +114,7 @@ pub async fn watch_cluster(
         };
         let Some(first) = first else { return };
         cluster.apply(first);
-        let window = tokio::time::sleep(COALESCE);
+        let window = tokio::time::sleep(debounce);
         tokio::pin!(window);
         loop {
             tokio::select! {
