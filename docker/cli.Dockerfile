@@ -21,8 +21,8 @@ COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/usr/local/cargo/git \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p trellis --bin trellis \
- && install -D -m 0755 target/release/trellis /out/trellis
+    cargo build --profile dist --locked -p trellis --bin trellis \
+ && install -D -m 0755 target/dist/trellis /out/trellis
 
 FROM ${RUNTIME_IMAGE}
 LABEL org.opencontainers.image.title="trellis" \

@@ -21,8 +21,8 @@ COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/usr/local/cargo/git \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p trellis-control-plane --bin trellis-control-plane \
- && install -D -m 0755 target/release/trellis-control-plane /out/trellis-control-plane
+    cargo build --profile dist --locked -p trellis-control-plane --bin trellis-control-plane \
+ && install -D -m 0755 target/dist/trellis-control-plane /out/trellis-control-plane
 
 FROM ${RUNTIME_IMAGE}
 LABEL org.opencontainers.image.title="trellis-control-plane" \

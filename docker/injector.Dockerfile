@@ -21,8 +21,8 @@ COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/usr/local/cargo/git \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p trellis-injector --bin trellis-injector \
- && install -D -m 0755 target/release/trellis-injector /out/trellis-injector
+    cargo build --profile dist --locked -p trellis-injector --bin trellis-injector \
+ && install -D -m 0755 target/dist/trellis-injector /out/trellis-injector
 
 FROM ${RUNTIME_IMAGE}
 LABEL org.opencontainers.image.title="trellis-injector" \

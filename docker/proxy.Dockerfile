@@ -19,8 +19,8 @@ COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/usr/local/cargo/git \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p trellis-proxy --bin trellis-proxy \
- && install -D -m 0755 target/release/trellis-proxy /out/trellis-proxy
+    cargo build --profile dist --locked -p trellis-proxy --bin trellis-proxy \
+ && install -D -m 0755 target/dist/trellis-proxy /out/trellis-proxy
 
 FROM ${RUNTIME_IMAGE}
 LABEL org.opencontainers.image.title="trellis-proxy" \

@@ -181,7 +181,7 @@ pub struct Args {
     /// Kubernetes mode: cluster changes arriving within this window after the first one are
     /// published to proxies as one update (fewer, larger updates: less CPU per change, more
     /// latency). At most 10s.
-    #[arg(long, env = "TRELLIS_DISCOVERY_DEBOUNCE", default_value = "100ms", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "TRELLIS_DISCOVERY_DEBOUNCE", default_value = "250ms", value_parser = humantime::parse_duration)]
     pub discovery_debounce: Duration,
     /// How long to let in-flight calls finish after SIGTERM.
     #[arg(long, env = "TRELLIS_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
@@ -435,7 +435,7 @@ mod tests {
         assert_eq!(c.args.default_ttl, Duration::from_secs(24 * 3600));
         assert_eq!(c.args.max_pending_handshakes_per_source, 32);
         assert_eq!(c.args.handshake_timeout, Duration::from_secs(3));
-        assert_eq!(c.args.discovery_debounce, Duration::from_millis(100));
+        assert_eq!(c.args.discovery_debounce, Duration::from_millis(250));
         assert_eq!(c.args.token_audiences, ["trellis-ca"]);
     }
 
