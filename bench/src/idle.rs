@@ -1,6 +1,7 @@
 //! Connections at scale: N application connections held open through one route at once, each
 //! carrying one request every few seconds (the fleet's own requests are the latency sample).
-//! Measured once per route, first in the run, while the proxies are fresh: their RSS before the
+//! Measured once per route, first in the run, while the proxies are fresh (a Trellis route's on a
+//! pair of its own, which no other measurement uses afterwards): their RSS before the
 //! connections open and while they are open, the difference per connection, and the latency
 //! of the fleet's requests (added = route − direct).
 //!

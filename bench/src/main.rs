@@ -197,7 +197,16 @@ fn bench(cli: &Cli) -> anyhow::Result<bool> {
                     .map(|b| b.split_whitespace().map(str::to_owned).collect()),
             };
             let max_conns = plan.idle.connections + 1_000;
-            let mut routes = routes::start(&mut sup, dir.path(), &bins, &args, max_conns).await?;
+            let up = routes::start(
+                &mut sup,
+                dir.path(),
+                &bins,
+                &args,
+                max_conns,
+                plan.runs("idle"),
+            )
+            .await?;
+            let (mut routes, idle) = (up.routes, up.idle);
             if !cli.routes.is_empty() {
                 routes.retain(|r| {
                     r.name == "direct"
@@ -211,7 +220,7 @@ fn bench(cli: &Cli) -> anyhow::Result<bool> {
                 started.elapsed(),
                 plan.mode
             );
-            anyhow::Ok(run::measure(&plan, &routes).await)
+            anyhow::Ok(run::measure(&plan, &routes, &idle).await)
         };
         let result = tokio::select! {
             r = work => r,

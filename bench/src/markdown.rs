@@ -239,7 +239,7 @@ fn idle_table(r: &Report, o: &mut String) {
     }
     let _ = writeln!(
         o,
-        "## Connections at scale ({} application connections open at once, each one request every {:.0} s; fresh proxies)\n",
+        "## Connections at scale ({} application connections open at once, each one request every {:.0} s; fresh proxies, Trellis on a pair of its own)\n",
         thousands(p.idle.connections as u32),
         p.idle.interval.as_secs_f64()
     );

@@ -127,14 +127,26 @@ pub struct TrellisArgs {
     pub b: Option<Vec<String>>,
 }
 
-/// Starts everything and returns the routes, each checked with one request.
+/// What [`start`] started.
+#[derive(Debug)]
+pub struct Started {
+    /// Every route, each checked with one request.
+    pub routes: Vec<Route>,
+    /// For the connections-at-scale measurement, a Trellis pair of its own per Trellis route
+    /// (same name; empty unless asked): proxies that held 10,000 connections keep heap the
+    /// allocator cannot give back at once, which the other measurements must not inherit.
+    pub idle: Vec<Route>,
+}
+
+/// Starts everything (with `idle_pairs`, the [`Started::idle`] pairs too).
 pub async fn start(
     sup: &mut Supervisor,
     dir: &Path,
     bins: &Bins,
     args: &TrellisArgs,
     max_conns: usize,
-) -> anyhow::Result<Vec<Route>> {
+    idle_pairs: bool,
+) -> anyhow::Result<Started> {
     // Backend.
     let (app_http, app_stream) = (free_addr()?, free_addr()?);
     let exe = std::env::current_exe()?;
@@ -222,7 +234,7 @@ pub async fn start(
         &root,
         tunnel,
         app,
-        ("trellis", &args.common),
+        ("trellis", "trellis", &args.common),
     )
     .await?;
     let server = trellis
@@ -234,35 +246,49 @@ pub async fn start(
     let trellis_service =
         service_route::start(sup, dir, bins, cp, &root, server, &args.common).await?;
     let mut routes = vec![direct, trellis, trellis_service];
-    if let Some(b) = &args.b {
-        let b_args: Vec<String> = args.common.iter().chain(b).cloned().collect();
-        let b_tunnel = free_addr()?;
+    let b_args: Option<Vec<String>> = args
+        .b
+        .as_ref()
+        .map(|b| args.common.iter().chain(b).cloned().collect());
+    if let Some(b_args) = &b_args {
         let b_route = start_trellis(
             sup,
             dir,
             bins,
             cp,
             &root,
-            b_tunnel,
+            free_addr()?,
             app,
-            ("trellis-b", &b_args),
+            ("trellis-b", "trellis-b", b_args),
         )
         .await?;
         routes.push(b_route);
     }
+    let mut idle = vec![];
+    if idle_pairs {
+        let pairs = std::iter::once(("trellis", "idle-trellis", &args.common))
+            .chain(b_args.iter().map(|b| ("trellis-b", "idle-trellis-b", b)));
+        for (name, logs, extra) in pairs {
+            let tunnel = free_addr()?;
+            idle.push(
+                start_trellis(sup, dir, bins, cp, &root, tunnel, app, (name, logs, extra)).await?,
+            );
+        }
+    }
     routes.push(start_haproxy(sup, dir, app, max_conns).await?);
     routes.push(start_nginx(sup, dir, app_http, app_stream).await?);
-    for r in &routes {
+    for r in routes.iter().chain(&idle) {
         let mut c = load::open_connections(r.http, 1, Duration::from_secs(10))
             .await
             .with_context(|| format!("route {} does not carry a request", r.name))?;
         c.clear();
     }
-    Ok(routes)
+    Ok(Started { routes, idle })
 }
 
-/// Starts a Trellis pair as route `name` (`trellis`, or `trellis-b` in an A/B run), every
-/// proxy given `extra` after the bench's own arguments (a later flag overrides an earlier one).
+/// Starts a Trellis pair as route `name` (`trellis`, or `trellis-b` in an A/B run), its logs
+/// `<logs>-server.log` and `<logs>-client.log`, every proxy given `extra` after the bench's own
+/// arguments (a later flag overrides an earlier one).
 #[allow(clippy::too_many_arguments)]
 async fn start_trellis(
     sup: &mut Supervisor,
@@ -272,7 +298,7 @@ async fn start_trellis(
     root: &Path,
     tunnel: SocketAddr,
     (app_http, app_stream): (SocketAddr, SocketAddr),
-    (name, extra): (&'static str, &[String]),
+    (name, logs, extra): (&'static str, &str, &[String]),
 ) -> anyhow::Result<Route> {
     let (server_admin, client_admin) = (free_addr()?, free_addr()?);
     let (http, stream) = (free_addr()?, free_addr()?);
@@ -292,7 +318,7 @@ async fn start_trellis(
         ))
         .arg(format!("--admin-listen={admin}"));
     };
-    let logs = (format!("{name}-server"), format!("{name}-client"));
+    let logs = (format!("{logs}-server"), format!("{logs}-client"));
     let mut server = Command::new(&bins.proxy);
     common(&mut server, "server", server_admin);
     server.arg(format!("--tunnel-listen={tunnel}")).args(extra);

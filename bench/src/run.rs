@@ -117,8 +117,9 @@ pub struct Samples {
 /// left out: each run opens and holds thousands of connections per route).
 pub const IDLE_ROUTES: [&str; 4] = ["direct", "trellis", "trellis-b", "haproxy"];
 
-/// Takes every measurement `plan.repetitions` times on every route.
-pub async fn measure(plan: &Plan, routes: &[Route]) -> Vec<Samples> {
+/// Takes every measurement `plan.repetitions` times on every route; connections at scale once
+/// per route, on its pair in `idle` if it has one there (same name), else on the route itself.
+pub async fn measure(plan: &Plan, routes: &[Route], idle: &[Route]) -> Vec<Samples> {
     let mut all: Vec<Samples> = routes
         .iter()
         .map(|r| Samples {
@@ -150,7 +151,8 @@ pub async fn measure(plan: &Plan, routes: &[Route]) -> Vec<Samples> {
             all[i].idle_skipped = Some(why);
             continue;
         }
-        let s = idle::measure(&plan.idle, route).await;
+        let own = idle.iter().find(|r| r.name == route.name).unwrap_or(route);
+        let s = idle::measure(&plan.idle, own).await;
         let rss: Vec<String> = s
             .proxies
             .iter()

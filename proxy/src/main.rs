@@ -74,8 +74,7 @@ fn run(args: RunArgs, reexec_failed: Option<std::io::Error>) -> anyhow::Result<(
     config.log_control = Some(logs);
     raise_fd_limit();
     tracing::info!(config = %serde_json::to_string(&config).unwrap_or_default(), "starting");
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
+    let runtime = runtime_builder(workers)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
@@ -89,6 +88,19 @@ fn run(args: RunArgs, reexec_failed: Option<std::io::Error>) -> anyhow::Result<(
         running.shutdown().await;
         Ok(())
     })
+}
+
+/// One worker: a current-thread runtime, every task on the main thread. A multi-thread runtime
+/// with one worker still hands tasks between the main thread and its worker, and pays for
+/// cross-thread wake-ups on every hop (bench/: at 5,000 req/s, CPU per request −31 % and added
+/// p50 −33 %; single-stream throughput +8 %).
+fn runtime_builder(workers: usize) -> tokio::runtime::Builder {
+    if workers == 1 {
+        return tokio::runtime::Builder::new_current_thread();
+    }
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.worker_threads(workers);
+    builder
 }
 
 /// Raises the soft limit on open files to the hard limit: every proxied connection costs two

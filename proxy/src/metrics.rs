@@ -94,6 +94,8 @@ pub struct Metrics {
     pub handshake_seconds: Histogram,
     /// Open proxied connections.
     pub open_connections: Gauge,
+    /// Tunnel connections open now, dialed and accepted.
+    pub tunnel_connections: Gauge,
     /// Tunnel connections opened to peers (each one a TLS handshake).
     pub tunnel_connections_opened: Counter,
     /// Bytes from the connection's client towards its server, by direction (reported at each
@@ -159,6 +161,12 @@ impl Metrics {
             "open_connections",
             "Proxied connections open now",
             open_connections.clone(),
+        );
+        let tunnel_connections = Gauge::default();
+        registry.register(
+            "tunnel_connections",
+            "mTLS tunnel connections open now, dialed to peers and accepted from them",
+            tunnel_connections.clone(),
         );
         let tunnel_connections_opened = Counter::default();
         registry.register(
@@ -254,6 +262,7 @@ impl Metrics {
             decisions,
             handshake_seconds,
             open_connections,
+            tunnel_connections,
             tunnel_connections_opened,
             cert_expiry,
             renewals,
@@ -285,5 +294,23 @@ impl Metrics {
         // Writing to a String cannot fail.
         let _ = encode(&mut out, &self.registry);
         out
+    }
+}
+
+/// Counts itself in a gauge while it lives.
+#[derive(Debug)]
+pub struct Counted(Gauge);
+
+impl Counted {
+    /// Adds one to `gauge` until dropped.
+    pub fn new(gauge: &Gauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }

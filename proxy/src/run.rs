@@ -290,6 +290,17 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         let (ctx, stop) = (ctx.clone(), background.clone());
         async move { ctx.refusals.run_summaries(stop).await }
     });
+    tokio::spawn({
+        let metrics = ctx.metrics.clone();
+        let stop = background.clone();
+        async move {
+            let (open, tunnels) = (&metrics.open_connections, &metrics.tunnel_connections);
+            tokio::select! {
+                () = stop.cancelled() => {}
+                () = crate::heap_trim::watch(open.clone(), tunnels.clone()) => {}
+            }
+        }
+    });
     info!(?addrs, mode = ?ctx.config.mode, "proxy listening");
     Ok(Running {
         addrs,

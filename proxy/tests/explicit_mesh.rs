@@ -71,7 +71,19 @@ async fn many_app_connections_to_one_peer_share_one_tunnel() {
         .filter(|r| r.tls.as_ref().is_some_and(|t| t.reused))
         .count();
     assert_eq!(reused, 19);
+    assert_eq!(frontend.ctx.metrics.tunnel_connections.get(), 1, "dialed");
+    assert_eq!(backend.ctx.metrics.tunnel_connections.get(), 1, "accepted");
     frontend.shutdown().await;
+    assert!(
+        eventually(Duration::from_secs(5), || backend
+            .ctx
+            .metrics
+            .tunnel_connections
+            .get()
+            == 0)
+        .await,
+        "the accepted tunnel connection is counted until it closes"
+    );
     backend.shutdown().await;
 }
 

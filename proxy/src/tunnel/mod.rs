@@ -30,6 +30,13 @@ pub const CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
 /// Largest DATA frame we accept (HTTP/2 allows 16 KiB to 16 MiB): 64 KiB frames let a bulk
 /// transfer go out in 64 KiB socket writes (four TLS records each) instead of 16 KiB ones.
 pub const MAX_FRAME_SIZE: u32 = 64 * 1024;
+/// Encrypted bytes rustls may hold for the socket (its default: 64 KiB). A 64 KiB DATA frame and
+/// its header need more than 64 KiB once encrypted, so with the default every frame went out in
+/// two `writev`s; with room for four frames, one (bench/: tunnel writes 31 → 54 KB on average,
+/// 40 % fewer, CPU per GB −3.5 %, upload +7 %). Only a peer that does not read keeps it full.
+pub const TLS_SEND_BUFFER: usize = 256 * 1024;
+// A full DATA frame and its header, encrypted (16 KiB records, 22 bytes of overhead each), fit.
+const _: () = assert!(TLS_SEND_BUFFER >= MAX_FRAME_SIZE as usize + 9 + 22 * 5);
 /// Largest header block we accept: a CONNECT needs a few hundred bytes.
 pub const MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
 /// Idle time after which a tunnel connection is probed with a PING.

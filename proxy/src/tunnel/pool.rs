@@ -313,6 +313,9 @@ async fn dial(
         .observe(facts.handshake_ms / 1000.0);
     ctx.metrics.tunnel_connections_opened.inc();
     tls.get_mut().0.enable();
+    tls.get_mut()
+        .1
+        .set_buffer_limit(Some(super::TLS_SEND_BUFFER));
     let (sender, mut conn) = h2::client::Builder::new()
         .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
@@ -328,8 +331,10 @@ async fn dial(
     let closed = Arc::new(AtomicBool::new(false));
     let closed2 = closed.clone();
     let pings = conn.ping_pong();
+    let open = crate::metrics::Counted::new(&ctx.metrics.tunnel_connections);
     tokio::spawn(
         async move {
+            let _open = open;
             let dead = async move {
                 match pings {
                     Some(p) => keepalive(p).await,

@@ -195,6 +195,9 @@ async fn handle_connection(
         too_many_refused: tokio::sync::Notify::new(),
     });
     tls.get_mut().0.enable();
+    tls.get_mut()
+        .1
+        .set_buffer_limit(Some(super::TLS_SEND_BUFFER));
     let mut conn = match tokio::time::timeout(
         timeout,
         h2::server::Builder::new()
@@ -218,6 +221,7 @@ async fn handle_connection(
         }
     };
     drop(handshake);
+    let _open = crate::metrics::Counted::new(&ctx.metrics.tunnel_connections);
     let pings = conn.ping_pong();
     let dead = async move {
         match pings {
