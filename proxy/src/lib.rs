@@ -18,6 +18,7 @@
 //! | [`inbound`] | 15006: plaintext at an app port: STRICT refuses, PERMISSIVE passes and records |
 //! | [`tunnel`] | 15008 server (mTLS + HTTP/2 CONNECT) and the client pool (one connection per peer) |
 //! | [`copy`] | bytes both ways: half-close, backpressure, idle timeout, live counters |
+//! | [`heap_trim`] | memory back to the kernel once a burst of connections has closed (`malloc_trim`) |
 //! | [`copy_buffers`] | the copy buffers, lent only while a direction holds bytes; a small pool per thread |
 //! | [`records`] | the connection log behind `/handshakes` |
 //! | [`failures`] | failed handshakes from outside, summed per source and reason (bounded), shown in `/handshakes` |
