@@ -206,7 +206,7 @@ pub fn render(r: &Report) -> String {
         }
     }
     o.push_str(
-        "\nnginx: master + 2 workers summed; HAProxy: one process, 2 threads; Trellis: one process, 1 tokio worker thread (its default). \
+        "\nnginx: master + 2 workers summed; HAProxy: one process, 2 threads; Trellis: one process, one thread (its default). \
          HAProxy and nginx in TCP mode open one TLS connection between the proxies per application connection \
          (sessions resumed); Trellis carries every application connection as an HTTP/2 stream on one pooled mTLS \
          connection. nginx's client side does not verify the server certificate (it cannot check a SPIFFE-only \
