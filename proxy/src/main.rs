@@ -136,3 +136,24 @@ async fn terminated() {
         () = term => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::runtime_builder;
+    use tokio::runtime::RuntimeFlavor;
+
+    #[test]
+    fn one_worker_runs_on_the_main_thread_and_more_get_a_pool() {
+        for (workers, flavor) in [
+            (1, RuntimeFlavor::CurrentThread),
+            (2, RuntimeFlavor::MultiThread),
+            (4, RuntimeFlavor::MultiThread),
+        ] {
+            let rt = runtime_builder(workers).enable_all().build().unwrap();
+            assert_eq!(rt.handle().runtime_flavor(), flavor, "{workers} workers");
+            if flavor == RuntimeFlavor::MultiThread {
+                assert_eq!(rt.metrics().num_workers(), workers);
+            }
+        }
+    }
+}
