@@ -291,13 +291,13 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         async move { ctx.refusals.run_summaries(stop).await }
     });
     tokio::spawn({
-        let metrics = ctx.metrics.clone();
+        let open = ctx.metrics.open_connections.clone();
+        let tunnels = ctx.metrics.tunnel_connections.clone();
         let stop = background.clone();
         async move {
-            let (open, tunnels) = (&metrics.open_connections, &metrics.tunnel_connections);
             tokio::select! {
                 () = stop.cancelled() => {}
-                () = crate::heap_trim::watch(open.clone(), tunnels.clone()) => {}
+                () = crate::heap_trim::watch(open, tunnels) => {}
             }
         }
     });
